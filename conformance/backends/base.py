@@ -1,0 +1,94 @@
+"""What every backend provides: one framework, used the way its users write it, returning plain numpy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from conformance.cases import Case
+from conformance.expressions import FUNCTIONS, OperatorTarget, lower
+from conformance.reference.conventions import KinkConventions
+
+Arrays = dict[str, np.ndarray]
+
+
+class NotApplicable(Exception):
+    """This (case, backend) pair has no native equivalent; the message says why."""
+
+
+@dataclass(frozen=True)
+class GradientRun:
+    """Everything one differentiation, and its repetition, left behind, copied out of the framework."""
+
+    loss: float
+    values_before: Arrays
+    values_after: Arrays  # after the first differentiation
+    values_after_repeat: Arrays  # after differentiating a second time, as a user would in the next step
+    gradients: dict[str, np.ndarray | None]  # None: the framework gives no gradient (an unused variable)
+    gradients_repeat: dict[str, np.ndarray | None]
+
+
+class Backend:
+    """The interface of an adapter; subclasses override everything that raises NotImplementedError."""
+
+    name: str = ""
+    variants: tuple[str, ...] = ("default",)
+    conventions: KinkConventions = KinkConventions()
+
+    def unavailable_reason(self) -> str | None:
+        """None when the framework is installed and usable; otherwise why not, in one line."""
+        return None
+
+    def versions(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def devices(self) -> list[str]:
+        return ["cpu"]
+
+    def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
+        raise NotImplementedError
+
+    def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
+        """A standalone script that computes the case's gradients with this framework alone."""
+        raise NotImplementedError
+
+
+def copied(values: dict[str, Any], to_numpy) -> Arrays:
+    """Copies out of framework memory, so that later in-place changes cannot alter what was recorded."""
+    return {name: np.array(to_numpy(value), copy=True) for name, value in values.items()}
+
+
+class SourceTarget(OperatorTarget):
+    """Lowers an expression to source text for a reproducer; `formats` maps each function to a template."""
+
+    def __init__(self, formats: dict[str, str], constant_format: str = "{!r}"):
+        missing = set(FUNCTIONS) - {name.removesuffix("@axis") for name in formats}  # "@" may override matmul
+        if missing:
+            raise ValueError(f"no source format for {sorted(missing)}")
+        self.formats, self.constant_format = formats, constant_format
+
+    def constant(self, value: float) -> str:
+        return self.constant_format.format(value)
+
+    def binary(self, op: str, left: str, right: Any) -> str:
+        if op in self.formats:
+            return self.formats[op].format(left, right)
+        return f"({left} {op} {right!r})" if op == "**" else f"({left} {op} {right})"
+
+    def negate(self, operand: str) -> str:
+        return f"(-{operand})"
+
+    def call(self, function: str, args: list[str], axis: int | None) -> str:
+        template = self.formats.get(f"{function}@axis" if axis is not None else function, self.formats[function])
+        return template.format(*args, axis=axis)
+
+
+def source_of(case: Case, formats: dict[str, str], constant_format: str = "{!r}") -> str:
+    return lower(case.loss, SourceTarget(formats, constant_format), {spec.name: spec.name for spec in case.tensors})
+
+
+def literal(array: np.ndarray) -> str:
+    """A Python literal that round-trips the array's values exactly (repr of floats is exact)."""
+    return repr(np.asarray(array, dtype=np.float64).tolist())

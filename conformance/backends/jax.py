@@ -1,0 +1,168 @@
+"""JAX as its users write it: a pure loss function of a parameter dict, `jax.value_and_grad`, with `jax.jit` or not.
+
+float64 runs inside `jax.enable_x64(True)`, a context manager, so 64-bit mode never leaks into other tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+
+import numpy as np
+
+from conformance.backends.base import Arrays, Backend, GradientRun, copied, literal, source_of
+from conformance.cases import Case
+from conformance.expressions import OperatorTarget, lower
+from conformance.reference.conventions import Citation, KinkConventions
+
+SOURCE_FORMATS = {
+    "sum": "jnp.sum({0})", "sum@axis": "jnp.sum({0}, axis={axis})",
+    "mean": "jnp.mean({0})", "mean@axis": "jnp.mean({0}, axis={axis})",
+    "logsumexp": "jax.nn.logsumexp({0})", "logsumexp@axis": "jax.nn.logsumexp({0}, axis={axis})",
+    "exp": "jnp.exp({0})", "log": "jnp.log({0})", "sqrt": "jnp.sqrt({0})", "abs": "jnp.abs({0})",
+    "tanh": "jnp.tanh({0})", "sigmoid": "jax.nn.sigmoid({0})", "softplus": "jax.nn.softplus({0})",
+    "relu": "jax.nn.relu({0})", "square": "jnp.square({0})",
+    "maximum": "jnp.maximum({0}, {1})", "minimum": "jnp.minimum({0}, {1})",
+}  # fmt: skip
+
+
+class JaxTarget(OperatorTarget):
+    def __init__(self, jax, dtype):
+        self.jax, self.jnp, self.dtype = jax, jax.numpy, dtype
+
+    def constant(self, value):
+        return self.jnp.asarray(value, dtype=self.dtype)
+
+    def sum(self, a, axis=None):
+        return self.jnp.sum(a, axis=axis)
+
+    def mean(self, a, axis=None):
+        return self.jnp.mean(a, axis=axis)
+
+    def logsumexp(self, a, axis=None):
+        return self.jax.nn.logsumexp(a, axis=axis)
+
+    def exp(self, a):
+        return self.jnp.exp(a)
+
+    def log(self, a):
+        return self.jnp.log(a)
+
+    def sqrt(self, a):
+        return self.jnp.sqrt(a)
+
+    def abs(self, a):
+        return self.jnp.abs(a)
+
+    def tanh(self, a):
+        return self.jnp.tanh(a)
+
+    def sigmoid(self, a):
+        return self.jax.nn.sigmoid(a)
+
+    def softplus(self, a):
+        return self.jax.nn.softplus(a)
+
+    def relu(self, a):
+        return self.jax.nn.relu(a)
+
+    def square(self, a):
+        return self.jnp.square(a)
+
+    def maximum(self, a, b):
+        return self.jnp.maximum(a, b)
+
+    def minimum(self, a, b):
+        return self.jnp.minimum(a, b)
+
+
+class JaxBackend(Backend):
+    name = "jax"
+    variants = ("jit", "eager")
+    conventions = KinkConventions(
+        abs_slope_at_zero=1.0,
+        maximum_tie_to_first=0.5,
+        minimum_tie_to_first=0.5,
+        citations={
+            "abs_slope_at_zero": Citation("jnp.abs differentiates as select(x >= 0, 1, -1): slope 1 at 0 "
+                                          "(jax/_src/lax/lax.py, abs_p's JVP uses sign with the positive branch at 0)",
+                                          "https://github.com/jax-ml/jax/blob/main/jax/_src/lax/lax.py"),
+            "maximum_tie_to_first": Citation("lax.max_p / min_p JVPs give each argument half of the gradient at a tie "
+                                             "(jax/_src/lax/lax.py, _balanced_eq)",
+                                             "https://github.com/jax-ml/jax/blob/main/jax/_src/lax/lax.py"),
+        },
+    )  # fmt: skip
+
+    def __init__(self):
+        self._compiled: dict[tuple[int, str], object] = {}
+
+    def unavailable_reason(self):
+        if importlib.util.find_spec("jax") is None:
+            return "jax is not installed (pip install 'conformance[jax]')"
+        return None
+
+    @property
+    def jax(self):
+        import jax
+
+        return jax
+
+    def versions(self):
+        versions = {"jax": self.jax.__version__}
+        if importlib.util.find_spec("optax") is not None:
+            import optax
+
+            versions["optax"] = optax.__version__
+        return versions
+
+    def devices(self):
+        platforms = {device.platform for device in self.jax.devices()}
+        return ["cpu"] + (["gpu"] if "gpu" in platforms else [])
+
+    def precision(self, dtype: str):
+        """64-bit mode for float64 only, scoped to the call."""
+        return self.jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+
+    def _value_and_grad(self, case: Case, dtype: str, variant: str):
+        jax = self.jax
+        target = JaxTarget(jax, getattr(jax.numpy, dtype))
+
+        def loss_function(params, data):
+            return lower(case.loss, target, {**params, **data})
+
+        if variant == "eager":
+            return jax.value_and_grad(loss_function)
+        key = (id(case), dtype)
+        if key not in self._compiled:
+            self._compiled[key] = jax.jit(jax.value_and_grad(loss_function))
+        return self._compiled[key]
+
+    def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
+        jax = self.jax
+        placement = jax.devices(device)[0]
+        with self.precision(dtype):
+            jnp_dtype = getattr(jax.numpy, dtype)
+            params = {s.name: jax.device_put(jax.numpy.asarray(inputs[s.name], jnp_dtype), placement) for s in case.variables}
+            data = {s.name: jax.device_put(jax.numpy.asarray(inputs[s.name], jnp_dtype), placement) for s in case.data}
+            value_and_grad = self._value_and_grad(case, dtype, variant)
+            values_before = copied(params, np.asarray)
+            loss, grads = value_and_grad(params, data)
+            gradients = copied(grads, np.asarray)
+            values_after = copied(params, np.asarray)
+            _, grads = value_and_grad(params, data)
+            return GradientRun(float(loss), values_before, values_after, copied(params, np.asarray), gradients,
+                               copied(grads, np.asarray))  # fmt: skip
+
+    def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
+        lines = ["import jax", "import jax.numpy as jnp", ""]
+        if dtype == "float64":
+            lines.append("jax.config.update('jax_enable_x64', True)")
+        for spec in case.tensors:
+            lines.append(f"{spec.name} = jnp.asarray({literal(inputs[spec.name])}, dtype=jnp.{dtype})")
+        names = ", ".join(case.variable_names)
+        lines += [f"def loss_function({names}):", f"    return {source_of(case, SOURCE_FORMATS)}", "",
+                  f"argnums = tuple(range({len(case.variables)}))",
+                  f"loss, grads = jax.value_and_grad(loss_function, argnums=argnums)({names})",
+                  "print('loss', loss)", f"for name, grad in zip({list(case.variable_names)!r}, grads):",
+                  "    print('grad', name, grad)"]  # fmt: skip
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,163 @@
+"""TensorFlow as its users write it: `tf.Variable`, `tf.GradientTape`, eagerly or inside `tf.function`."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+
+from conformance.backends.base import Arrays, Backend, GradientRun, copied, literal, source_of
+from conformance.cases import Case
+from conformance.expressions import OperatorTarget, lower
+from conformance.reference.conventions import Citation, KinkConventions
+
+SOURCE_FORMATS = {
+    "sum": "tf.reduce_sum({0})", "sum@axis": "tf.reduce_sum({0}, axis={axis})",
+    "mean": "tf.reduce_mean({0})", "mean@axis": "tf.reduce_mean({0}, axis={axis})",
+    "logsumexp": "tf.reduce_logsumexp({0})", "logsumexp@axis": "tf.reduce_logsumexp({0}, axis={axis})",
+    "exp": "tf.exp({0})", "log": "tf.math.log({0})", "sqrt": "tf.sqrt({0})", "abs": "tf.abs({0})",
+    "tanh": "tf.tanh({0})", "sigmoid": "tf.sigmoid({0})", "softplus": "tf.nn.softplus({0})",
+    "relu": "tf.nn.relu({0})", "square": "tf.square({0})",
+    "maximum": "tf.maximum({0}, {1})", "minimum": "tf.minimum({0}, {1})",
+    "@": "tf.experimental.numpy.matmul({0}, {1})",
+}  # fmt: skip
+
+
+class TensorFlowTarget(OperatorTarget):
+    def __init__(self, tf, dtype):
+        self.tf, self.dtype = tf, dtype
+
+    def constant(self, value):
+        return self.tf.constant(value, dtype=self.dtype)
+
+    def binary(self, op, left, right):
+        if op == "@":  # tf.matmul wants matrices; the numpy-style matmul takes vectors as numpy does
+            return self.tf.experimental.numpy.matmul(left, right)
+        return super().binary(op, left, right)
+
+    def sum(self, a, axis=None):
+        return self.tf.reduce_sum(a, axis=axis)
+
+    def mean(self, a, axis=None):
+        return self.tf.reduce_mean(a, axis=axis)
+
+    def logsumexp(self, a, axis=None):
+        return self.tf.reduce_logsumexp(a, axis=axis)
+
+    def exp(self, a):
+        return self.tf.exp(a)
+
+    def log(self, a):
+        return self.tf.math.log(a)
+
+    def sqrt(self, a):
+        return self.tf.sqrt(a)
+
+    def abs(self, a):
+        return self.tf.abs(a)
+
+    def tanh(self, a):
+        return self.tf.tanh(a)
+
+    def sigmoid(self, a):
+        return self.tf.sigmoid(a)
+
+    def softplus(self, a):
+        return self.tf.nn.softplus(a)
+
+    def relu(self, a):
+        return self.tf.nn.relu(a)
+
+    def square(self, a):
+        return self.tf.square(a)
+
+    def maximum(self, a, b):
+        return self.tf.maximum(a, b)
+
+    def minimum(self, a, b):
+        return self.tf.minimum(a, b)
+
+
+class TensorFlowBackend(Backend):
+    name = "tensorflow"
+    variants = ("eager", "function")
+    conventions = KinkConventions(
+        abs_slope_at_zero=0.0,
+        maximum_tie_to_first=1.0,
+        minimum_tie_to_first=1.0,
+        citations={
+            "abs_slope_at_zero": Citation("Abs gradient is grad * sign(x), sign(0) = 0 (tensorflow/python/ops/math_grad.py)",
+                                          "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/math_grad.py"),
+            "maximum_tie_to_first": Citation("Maximum/Minimum gradients route a tie entirely to x: the mask is "
+                                             "x >= y, resp. x <= y (tensorflow/python/ops/math_grad.py, _MaximumMinimumGrad)",
+                                             "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/math_grad.py"),
+        },
+    )  # fmt: skip
+
+    def __init__(self):
+        self._compiled: dict[tuple[int, str], tuple[dict, object]] = {}
+
+    def unavailable_reason(self):
+        if importlib.util.find_spec("tensorflow") is None:
+            return "tensorflow is not installed (pip install 'conformance[tensorflow]')"
+        return None
+
+    @property
+    def tf(self):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        return tf
+
+    def versions(self):
+        tf = self.tf
+        return {"tensorflow": tf.__version__, "keras": tf.keras.__version__}
+
+    def _differentiation(self, case: Case, dtype: str, variant: str):
+        """Variables and a function computing (loss, gradients); under tf.function both are built once per case."""
+        tf = self.tf
+        key = (id(case), dtype)
+        if variant == "function" and key in self._compiled:
+            return self._compiled[key]
+        tf_dtype = getattr(tf, dtype)
+        variables = {spec.name: tf.Variable(tf.zeros(spec.shape, tf_dtype), name=spec.name) for spec in case.variables}
+        target = TensorFlowTarget(tf, tf_dtype)
+
+        def differentiate(data):
+            with tf.GradientTape() as tape:
+                loss = lower(case.loss, target, {**variables, **data})
+            return loss, tape.gradient(loss, variables)
+
+        compiled = (variables, tf.function(differentiate, autograph=False) if variant == "function" else differentiate)
+        if variant == "function":
+            self._compiled[key] = compiled
+        return compiled
+
+    def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
+        tf = self.tf
+        tf_dtype = getattr(tf, dtype)
+        variables, differentiate = self._differentiation(case, dtype, variant)
+        for name, variable in variables.items():
+            variable.assign(tf.constant(inputs[name], dtype=tf_dtype))
+        data = {spec.name: tf.constant(inputs[spec.name], dtype=tf_dtype) for spec in case.data}
+        to_numpy = lambda tensor: tensor.numpy()  # noqa: E731
+        values_before = copied(variables, to_numpy)
+        loss, grads = differentiate(data)
+        gradients = {name: None if grad is None else np.array(grad.numpy()) for name, grad in grads.items()}
+        values_after = copied(variables, to_numpy)
+        _, grads = differentiate(data)
+        gradients_repeat = {name: None if grad is None else np.array(grad.numpy()) for name, grad in grads.items()}
+        return GradientRun(float(loss.numpy()), values_before, values_after, copied(variables, to_numpy), gradients,
+                           gradients_repeat)  # fmt: skip
+
+    def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
+        lines = ["import tensorflow as tf", ""]
+        for spec in case.tensors:
+            kind = "tf.Variable" if spec.trainable else "tf.constant"
+            lines.append(f"{spec.name} = {kind}({literal(inputs[spec.name])}, dtype=tf.{dtype})")
+        names = ", ".join(case.variable_names)
+        lines += ["with tf.GradientTape() as tape:", f"    loss = {source_of(case, SOURCE_FORMATS)}",
+                  f"grads = tape.gradient(loss, [{names}])", "print('loss', loss.numpy())",
+                  f"for name, grad in zip({list(case.variable_names)!r}, grads):", "    print('grad', name, grad)"]  # fmt: skip
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,315 @@
+"""Case files: TOML in, validated `Case` objects out, or a `CaseError` that names the file and the field."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conformance import expressions
+from conformance.numpy_target import result_shape
+
+RULES = ("sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop", "adagrad")
+HYPERPARAMETERS = (
+    "lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "momentum", "nesterov", "dampening", "rho",
+    "centered", "initial_accumulator",
+)  # fmt: skip
+BOOLEAN_HYPERPARAMETERS = ("amsgrad", "nesterov", "centered")
+MAX_ELEMENTS = 256  # the reference differentiates element by element; beyond this SymPy gets slow
+MAX_STEPS = 50
+MAX_FILE_BYTES = 64_000
+TOP_LEVEL_KEYS = {"id", "title", "tags", "variables", "data", "loss", "update", "accumulate", "expect"}
+
+
+class CaseError(ValueError):
+    """An invalid case file; str() is one line: `path: field: problem`."""
+
+    def __init__(self, path: Path | str, field_name: str, problem: str):
+        self.path, self.field, self.problem = str(path), field_name, problem
+        super().__init__(f"{path}: {field_name}: {problem}" if field_name else f"{path}: {problem}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A variable (trainable) or data tensor: a fixed value, or a shape and a closed range to draw from."""
+
+    name: str
+    trainable: bool
+    shape: tuple[int, ...]
+    value: np.ndarray | None = None
+    range: tuple[float, float] | None = None
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class HyperParameter:
+    name: str
+    value: float | bool | None = None
+    range: tuple[float, float] | None = None
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    rule: str
+    steps: int
+    hyperparameters: dict[str, HyperParameter]
+
+
+@dataclass(frozen=True, eq=False)
+class Case:
+    """One validated case file; compared and hashed by identity, since cases are loaded once per process."""
+
+    id: str
+    path: str
+    title: str
+    tags: tuple[str, ...]
+    variables: tuple[TensorSpec, ...]
+    data: tuple[TensorSpec, ...]
+    loss_source: str
+    loss: expressions.Node = field(compare=False)
+    update: UpdateSpec | None = None
+    micro_batches: int | None = None
+    expect: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
+
+    @property
+    def tensors(self) -> tuple[TensorSpec, ...]:
+        return self.variables + self.data
+
+    @property
+    def variable_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.variables)
+
+
+def load_case(path: Path, root: Path | None = None) -> Case:
+    """Read and validate one case file; `root` is the directory ids are relative to."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise CaseError(path, "", f"cannot be read ({error.strerror})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise CaseError(path, "", f"is {len(raw)} bytes; the limit is {MAX_FILE_BYTES}")
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CaseError(path, "", "is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as error:
+        raise CaseError(path, "", f"is not valid TOML ({error})") from None
+    default_id = path.with_suffix("").relative_to(root).as_posix() if root else path.stem
+    return _CaseReader(path, document).read(default_id)
+
+
+def load_cases(directories: list[Path]) -> list[Case]:
+    """Every `*.toml` under the directories, sorted by id; ids must be unique across directories."""
+    cases: dict[str, Case] = {}
+    for directory in directories:
+        directory = Path(directory)
+        if directory.is_file():
+            files, root = [directory], directory.parent
+        elif directory.is_dir():
+            files, root = sorted(directory.rglob("*.toml")), directory
+        else:
+            raise CaseError(directory, "", "is neither a case file nor a directory of cases")
+        for file in files:
+            case = load_case(file, root)
+            if case.id in cases:
+                raise CaseError(file, "id", f"{case.id!r} is also the id of {cases[case.id].path}")
+            cases[case.id] = case
+    return [cases[key] for key in sorted(cases)]
+
+
+class _CaseReader:
+    def __init__(self, path: Path, document: dict[str, Any]):
+        self.path, self.document = path, document
+
+    def fail(self, field_name: str, problem: str) -> CaseError:
+        return CaseError(self.path, field_name, problem)
+
+    def read(self, default_id: str) -> Case:
+        unknown = set(self.document) - TOP_LEVEL_KEYS
+        if unknown:
+            raise self.fail(sorted(unknown)[0], f"is not a case field (fields: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+        case_id = self._string("id", default_id)
+        variables = self._tensors("variables", trainable=True)
+        if not variables:
+            raise self.fail("variables", "is missing: a case needs at least one trainable variable")
+        data = self._tensors("data", trainable=False)
+        if sum(spec.size for spec in variables + data) > MAX_ELEMENTS:
+            raise self.fail("variables", f"variables and data hold more than {MAX_ELEMENTS} elements together")
+        tensors = {spec.name: spec for spec in variables + data}
+        loss_source, loss = self._loss(tensors)
+        micro_batches = self._accumulate(data)
+        return Case(
+            id=case_id,
+            path=str(self.path),
+            title=self._string("title", case_id),
+            tags=tuple(self._tags()),
+            variables=variables,
+            data=data,
+            loss_source=loss_source,
+            loss=loss,
+            update=self._update(),
+            micro_batches=micro_batches,
+            expect=self._expect(tensors),
+        )
+
+    def _string(self, key: str, default: str) -> str:
+        value = self.document.get(key, default)
+        if not isinstance(value, str) or not value.strip() or len(value) > 300:
+            raise self.fail(key, "must be a non-empty string of at most 300 characters")
+        return value
+
+    def _tags(self) -> list[str]:
+        tags = self.document.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(tag, str) and 0 < len(tag) <= 60 for tag in tags):
+            raise self.fail("tags", "must be a list of short strings")
+        return tags
+
+    def _table(self, key: str) -> dict[str, Any]:
+        table = self.document.get(key, {})
+        if not isinstance(table, dict):
+            raise self.fail(key, "must be a table")
+        return table
+
+    def _tensors(self, key: str, trainable: bool) -> tuple[TensorSpec, ...]:
+        specs = []
+        for name, entry in self._table(key).items():
+            where = f"{key}.{name}"
+            if not name.isidentifier() or not name.isascii() or name in expressions.FUNCTIONS:
+                raise self.fail(where, "the name must be an ASCII identifier that is not a function of the table")
+            if not isinstance(entry, dict):
+                raise self.fail(where, "must be a table with `value`, or `shape` and `range`")
+            specs.append(self._tensor(where, name, entry, trainable))
+        return tuple(specs)
+
+    def _tensor(self, where: str, name: str, entry: dict[str, Any], trainable: bool) -> TensorSpec:
+        extra = set(entry) - {"value", "shape", "range"}
+        if extra:
+            raise self.fail(f"{where}.{sorted(extra)[0]}", "is not a tensor field (value, shape, range)")
+        if "value" in entry:
+            if "range" in entry:
+                raise self.fail(where, "has both `value` and `range`; give one")
+            value = self._array(f"{where}.value", entry["value"])
+            if "shape" in entry and tuple(entry["shape"]) != value.shape:
+                raise self.fail(f"{where}.shape", f"is {entry['shape']} but the value has shape {list(value.shape)}")
+            return TensorSpec(name, trainable, value.shape, value=value)
+        if "shape" not in entry or "range" not in entry:
+            raise self.fail(where, "needs `value`, or both `shape` and `range`")
+        return TensorSpec(name, trainable, self._shape(f"{where}.shape", entry["shape"]),
+                          range=self._range(f"{where}.range", entry["range"]))  # fmt: skip
+
+    def _array(self, where: str, value: Any) -> np.ndarray:
+        try:
+            array = np.array(value, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise self.fail(where, "must be a number or a rectangular nested list of numbers") from None
+        if array.size > MAX_ELEMENTS or array.ndim > 4:
+            raise self.fail(where, f"must have at most {MAX_ELEMENTS} elements and 4 axes")
+        if not np.all(np.isfinite(array)):
+            raise self.fail(where, "must be finite")
+        return array
+
+    def _shape(self, where: str, shape: Any) -> tuple[int, ...]:
+        if not isinstance(shape, list) or len(shape) > 4 or not all(type(n) is int and 1 <= n <= MAX_ELEMENTS for n in shape):
+            raise self.fail(where, "must be a list of at most 4 positive integers")
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise self.fail(where, f"has {math.prod(shape)} elements; the limit is {MAX_ELEMENTS}")
+        return tuple(shape)
+
+    def _range(self, where: str, bounds: Any) -> tuple[float, float]:
+        if (not isinstance(bounds, list) or len(bounds) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):  # fmt: skip
+            raise self.fail(where, "must be a list of two numbers [low, high]")
+        low, high = float(bounds[0]), float(bounds[1])
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise self.fail(where, "must be finite")
+        if low > high:
+            raise self.fail(where, f"is empty: low {low:g} is above high {high:g}")
+        return low, high
+
+    def _loss(self, tensors: dict[str, TensorSpec]) -> tuple[str, expressions.Node]:
+        table = self._table("loss")
+        if set(table) != {"expr"}:
+            raise self.fail("loss", "must be a table with exactly one field, `expr`")
+        source = table["expr"]
+        try:
+            tree = expressions.parse(source, frozenset(tensors))
+        except expressions.ExpressionError as error:
+            raise self.fail("loss.expr", str(error)) from None
+        if not expressions.names_used(tree) & {n for n, spec in tensors.items() if spec.trainable}:
+            raise self.fail("loss.expr", "uses no trainable variable, so there is nothing to differentiate")
+        try:
+            shape = result_shape(tree, {name: spec.shape for name, spec in tensors.items()})
+        except (ValueError, IndexError, TypeError) as error:
+            raise self.fail("loss.expr", f"shapes do not fit ({str(error).splitlines()[0][:200]})") from None
+        if shape != ():
+            raise self.fail("loss.expr", f"must be a scalar, but has shape {list(shape)} (reduce it with sum or mean)")
+        return source, tree
+
+    def _update(self) -> UpdateSpec | None:
+        if "update" not in self.document:
+            return None
+        table = dict(self._table("update"))
+        rule = table.pop("rule", None)
+        if rule not in RULES:
+            raise self.fail("update.rule", f"must be one of {', '.join(RULES)}")
+        steps = table.pop("steps", 1)
+        if type(steps) is not int or not 1 <= steps <= MAX_STEPS:
+            raise self.fail("update.steps", f"must be an integer from 1 to {MAX_STEPS}")
+        hyperparameters = {}
+        for name, value in table.items():
+            if name not in HYPERPARAMETERS:
+                raise self.fail(f"update.{name}", f"is not a canonical hyperparameter ({', '.join(HYPERPARAMETERS)})")
+            hyperparameters[name] = self._hyperparameter(f"update.{name}", name, value)
+        return UpdateSpec(rule, steps, hyperparameters)
+
+    def _hyperparameter(self, where: str, name: str, value: Any) -> HyperParameter:
+        if name in BOOLEAN_HYPERPARAMETERS:
+            if not isinstance(value, bool):
+                raise self.fail(where, "must be true or false")
+            return HyperParameter(name, value=value)
+        if isinstance(value, dict):
+            if not set(value) <= {"range", "log"} or "range" not in value or not isinstance(value.get("log", False), bool):
+                raise self.fail(where, "must be a number or { range = [low, high], log = true|false }")
+            low, high = self._range(f"{where}.range", value["range"])
+            log = value.get("log", False)
+            if low < 0 or (log and low <= 0):
+                raise self.fail(f"{where}.range", "must be non-negative, and positive on a log scale")
+            return HyperParameter(name, range=(low, high), log=log)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise self.fail(where, "must be a finite non-negative number")
+        return HyperParameter(name, value=float(value))
+
+    def _accumulate(self, data: tuple[TensorSpec, ...]) -> int | None:
+        if "accumulate" not in self.document:
+            return None
+        table = self._table("accumulate")
+        if set(table) != {"micro_batches"}:
+            raise self.fail("accumulate", "must be a table with exactly one field, `micro_batches`")
+        count = table["micro_batches"]
+        if type(count) is not int or not 1 <= count <= 64:
+            raise self.fail("accumulate.micro_batches", "must be an integer from 1 to 64")
+        for spec in data:
+            if not spec.shape or spec.shape[0] % count:
+                raise self.fail("accumulate.micro_batches", f"{count} does not divide the leading axis of data.{spec.name}")
+        return count
+
+    def _expect(self, tensors: dict[str, TensorSpec]) -> dict[str, np.ndarray]:
+        expected = {}
+        for key, value in self._table("expect").items():
+            name = key.removeprefix("grad.")
+            if name not in tensors or not tensors[name].trainable:
+                raise self.fail(f"expect.{key}", "must be `x` or `grad.x` for a trainable variable x of the case")
+            array = self._array(f"expect.{key}", value)
+            if array.shape not in ((), tensors[name].shape):
+                raise self.fail(f"expect.{key}", f"has shape {list(array.shape)}, the variable {list(tensors[name].shape)}")
+            expected[key] = array
+        return expected

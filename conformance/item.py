@@ -1,0 +1,153 @@
+"""One test item of the suite: (property, case, backend, variant, device, dtype), what it observed, and its record.
+
+Property tests call `draw_inputs`, `gradients`, `reference` and `check`; the item keeps the worst error seen
+over all Hypothesis examples, the shrunk counterexample and a reproducer, and turns them into a result record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import hypothesis
+import numpy as np
+import pytest
+
+from conformance import backends as backend_registry
+from conformance import strategies
+from conformance.backends.base import Backend, GradientRun, NotApplicable
+from conformance.cases import Case
+from conformance.reference.conventions import KinkConventions
+from conformance.reference.gradients import ReferenceGradient, compiled_gradient
+from conformance.results import ResultRecord
+from conformance.tolerance import Comparison
+
+NOT_APPLICABLE = "not applicable: "
+
+
+class PropertyFailed(AssertionError):
+    """A property does not hold; the message says where and by how much."""
+
+
+class BackendError(RuntimeError):
+    """The framework (or its adapter) raised instead of returning a result."""
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    property: str
+    case: Case
+    backend: str
+    variant: str
+    device: str
+    dtype: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.case.id}-{self.backend}-{self.variant}-{self.device}-{self.dtype}"
+
+
+@dataclass
+class ConformanceItem:
+    spec: ItemSpec
+    other_backends: list[str]
+    examples: int = 0
+    worst: Comparison | None = None
+    failure: Comparison | None = None
+    last_inputs: dict[str, np.ndarray] | None = None
+    explanation: str | None = None
+    citation: str | None = None
+    repro: str | None = None
+    _explained_examples: int = field(default=0, repr=False)
+
+    @property
+    def case(self) -> Case:
+        return self.spec.case
+
+    @property
+    def backend(self) -> Backend:
+        return backend_registry.load(self.spec.backend)
+
+    def draw_inputs(self, data) -> dict[str, np.ndarray]:
+        inputs = data.draw(strategies.inputs(self.case, self.spec.dtype), label="inputs")
+        self.last_inputs, self.examples = inputs, self.examples + 1
+        return inputs
+
+    def gradients(self, inputs: dict[str, np.ndarray], backend: Backend | None = None, variant: str | None = None,
+                  device: str | None = None) -> GradientRun:  # fmt: skip
+        """The backend's run, with any exception from the framework turned into a BackendError."""
+        backend = backend or self.backend
+        try:
+            return backend.gradients(self.case, inputs, self.spec.dtype, variant or self.spec.variant,
+                                     device or self.spec.device)  # fmt: skip
+        except NotApplicable as reason:
+            pytest.skip(f"{NOT_APPLICABLE}{reason}")
+        except Exception as error:  # noqa: BLE001 - any crash inside a framework is a result, not a harness bug
+            raise BackendError(f"{backend.name} raised {type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}") from error
+
+    def reference(self, inputs: dict[str, np.ndarray], conventions: KinkConventions | None = None) -> ReferenceGradient:
+        return compiled_gradient(self.case)(inputs, conventions or self.backend.conventions, self.spec.dtype)
+
+    def check(self, comparison: Comparison, expected: dict[str, np.ndarray] | None = None) -> None:
+        """Keep the worst comparison; fail the example, with a reproducer attached, when it does not hold."""
+        if self.worst is None or comparison.ratio >= self.worst.ratio:
+            self.worst = comparison
+        if np.isfinite(comparison.ratio):
+            hypothesis.target(float(comparison.ratio), label=f"error / tolerance of {comparison.where}")
+        if comparison.ok:
+            return
+        self.failure = comparison
+        message = f"{self.spec.property}: {comparison.where}: {comparison.detail}"
+        if comparison.tolerance:
+            message += f" (error {comparison.max_error:.3g} = {comparison.ratio:.3g} x tolerance)"
+        error = PropertyFailed(message)
+        self.repro = self._reproducer(expected)
+        if self.repro:
+            error.add_note(f"Reproduce with {self.spec.backend} alone:\n{self.repro}")
+        raise error
+
+    def explain(self, explanation: str, citation: str) -> None:
+        """The example differs between backends, and a documented switch of the reference explains it."""
+        self.explanation, self.citation = explanation, citation
+        self._explained_examples += 1
+
+    def _reproducer(self, expected: dict[str, np.ndarray] | None) -> str | None:
+        if self.last_inputs is None:
+            return None
+        try:
+            script = self.backend.repro(self.case, self.last_inputs, self.spec.dtype)
+        except NotImplementedError:
+            return None
+        if expected:
+            script += "".join(f"# expected {name}: {np.asarray(value).tolist()!r}\n" for name, value in expected.items())
+        return script
+
+    def record(self, report: pytest.TestReport, call: pytest.CallInfo) -> ResultRecord:
+        spec, backend = self.spec, backend_registry.load(self.spec.backend)
+        reason = backend.unavailable_reason()
+        versions = backend.versions() if reason is None else {}
+        outcome, message = self._outcome(report, call)
+        shown = self.failure if outcome == "fail" else self.worst
+        return ResultRecord(
+            case=spec.case.id, property=spec.property, backend=spec.backend, variant=spec.variant, device=spec.device,
+            dtype=spec.dtype, framework_version=next(iter(versions.values()), "not installed"), outcome=outcome,
+            title=spec.case.title, tags=list(spec.case.tags), explanation=self.explanation, citation=self.citation,
+            examples=self.examples, elapsed_s=round(report.duration, 4),
+            max_error=None if shown is None else shown.max_error, tolerance=None if shown is None else shown.tolerance,
+            counterexample=self.last_inputs if outcome == "fail" else None, repro=self.repro if outcome == "fail" else None,
+            message=message,
+        )  # fmt: skip
+
+    def _outcome(self, report: pytest.TestReport, call: pytest.CallInfo) -> tuple[str, str | None]:
+        if report.skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            reason = reason.removeprefix("Skipped: ")
+            if reason.startswith(NOT_APPLICABLE):
+                return "not_applicable", reason.removeprefix(NOT_APPLICABLE)
+            return "skip", reason
+        if report.passed:
+            return ("divergent" if self.explanation else "pass"), None
+        error = call.excinfo.value if call.excinfo else None
+        first_line = str(error).splitlines()[0] if error is not None and str(error) else report.longreprtext[-300:]
+        if isinstance(error, (PropertyFailed, AssertionError)) and not isinstance(error, BackendError):
+            return "fail", first_line
+        return "error", first_line

@@ -1,0 +1,51 @@
+"""The expression language lowered to plain numpy: used to check shapes when a case is loaded.
+
+It is not the reference (that is symbolic, in `conformance.reference`); it only has to agree with the
+frameworks on shapes, broadcasting and axes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conformance.expressions import Node, OperatorTarget, lower
+
+
+class NumpyTarget(OperatorTarget):
+    def sum(self, a, axis=None):
+        return np.sum(a, axis=axis)
+
+    def mean(self, a, axis=None):
+        return np.mean(a, axis=axis)
+
+    def logsumexp(self, a, axis=None):
+        a = np.asarray(a)
+        peak = np.max(a, axis=axis, keepdims=True)
+        peak = np.where(np.isfinite(peak), peak, 0.0)
+        total = np.sum(np.exp(a - peak), axis=axis, keepdims=True)
+        return np.squeeze(np.log(total) + peak, axis=axis) if axis is not None else (np.log(total) + peak).reshape(())
+
+    exp = staticmethod(np.exp)
+    log = staticmethod(np.log)
+    sqrt = staticmethod(np.sqrt)
+    abs = staticmethod(np.abs)
+    tanh = staticmethod(np.tanh)
+    square = staticmethod(np.square)
+    maximum = staticmethod(np.maximum)
+    minimum = staticmethod(np.minimum)
+
+    def sigmoid(self, a):
+        return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(a)))
+
+    def softplus(self, a):
+        return np.logaddexp(0.0, a)
+
+    def relu(self, a):
+        return np.maximum(a, 0.0)
+
+
+def result_shape(expression: Node, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """The shape of the expression's value; numpy's ValueError/IndexError when shapes do not fit."""
+    env = {name: np.ones(shape) for name, shape in shapes.items()}
+    with np.errstate(all="ignore"):
+        return np.shape(lower(expression, NumpyTarget(), env))

@@ -1,0 +1,111 @@
+"""Results as JSON Lines: a header record, then one record per item, appended and flushed as each is produced."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import platform
+import subprocess
+import sys
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+OUTCOMES = ("pass", "fail", "divergent", "not_applicable", "skip", "error")
+
+
+@dataclass
+class ResultRecord:
+    case: str
+    property: str
+    backend: str
+    variant: str
+    device: str
+    dtype: str
+    framework_version: str
+    outcome: str
+    title: str = ""
+    tags: list[str] = field(default_factory=list)
+    explanation: str | None = None
+    citation: str | None = None
+    examples: int = 0
+    elapsed_s: float = 0.0
+    max_error: float | None = None
+    tolerance: float | None = None
+    counterexample: dict[str, Any] | None = None
+    repro: str | None = None
+    message: str | None = None
+    trajectory: dict[str, list[float]] | None = None
+
+    def to_json(self, run_id: str) -> str:
+        return json.dumps(clean({"schema": SCHEMA, "kind": "result", "run_id": run_id, **asdict(self)}), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    return repr(value) if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def clean(value: Any) -> Any:
+    """Recursively replace non-finite floats by their repr so that `allow_nan=False` holds."""
+    if isinstance(value, dict):
+        return {key: clean(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(item) for item in value]
+    if hasattr(value, "tolist"):
+        return clean(value.tolist())
+    return _finite(value)
+
+
+def run_header(run_id: str, frameworks: dict[str, str], devices: dict[str, list[str]], seed: str | None,
+               profile: str) -> dict[str, Any]:  # fmt: skip
+    return {
+        "schema": SCHEMA,
+        "kind": "run",
+        "run_id": run_id,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "frameworks": frameworks,
+        "devices": devices,
+        "seed": seed,
+        "profile": profile,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "hostname": platform.node(),
+        "argv": sys.argv[1:],
+    }
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _git_commit() -> str | None:
+    try:
+        completed = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                   cwd=Path(__file__).parent)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return completed.stdout.strip() or None if completed.returncode == 0 else None
+
+
+class ResultsWriter:
+    """Appends one line per record and flushes it, so that an interrupted run leaves a readable file."""
+
+    def __init__(self, path: Path, header: dict[str, Any]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.run_id = path, header["run_id"]
+        self._file = path.open("w", encoding="utf-8")
+        self._write(json.dumps(clean(header), allow_nan=False))
+
+    def write(self, record: ResultRecord) -> None:
+        self._write(record.to_json(self.run_id))
+
+    def _write(self, line: str) -> None:
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()

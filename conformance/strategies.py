@@ -1,0 +1,33 @@
+"""Hypothesis strategies drawn from a case's declarations: values representable in the dtype under test."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from conformance.cases import Case, TensorSpec
+
+
+def representable_range(low: float, high: float, dtype: str) -> tuple[float, float]:
+    """The closed range rounded inwards to values of `dtype`, so that every draw lies in the declared range."""
+    kind = np.dtype(dtype).type
+    low_in, high_in = kind(low), kind(high)
+    if float(low_in) < low:
+        low_in = np.nextafter(low_in, kind(np.inf))
+    if float(high_in) > high:
+        high_in = np.nextafter(high_in, kind(-np.inf))
+    return float(low_in), float(high_in)
+
+
+def tensor(spec: TensorSpec, dtype: str) -> st.SearchStrategy[np.ndarray]:
+    if spec.value is not None:
+        return st.just(spec.value.astype(dtype))
+    low, high = representable_range(*spec.range, dtype)
+    elements = st.floats(low, high, width=np.dtype(dtype).itemsize * 8, allow_nan=False, allow_infinity=False)
+    return hnp.arrays(dtype, spec.shape, elements=elements)
+
+
+def inputs(case: Case, dtype: str) -> st.SearchStrategy[dict[str, np.ndarray]]:
+    """Every variable and data tensor of the case, as numpy arrays of `dtype`."""
+    return st.fixed_dictionaries({spec.name: tensor(spec, dtype) for spec in case.tensors})

@@ -1,0 +1,88 @@
+"""All judgement of closeness: special values by category first, then |actual - expected| against a derived bound.
+
+The bounds themselves come from the reference (`reference.rounding`): this module only applies them, so
+that no property carries a constant of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The worst element of one comparison: its error, its bound, and where it is."""
+
+    ok: bool
+    max_error: float
+    tolerance: float
+    where: str
+    detail: str = ""
+
+    @property
+    def ratio(self) -> float:
+        if self.tolerance > 0:
+            return self.max_error / self.tolerance
+        return 0.0 if self.max_error == 0 else float("inf")
+
+
+def category(values: np.ndarray) -> np.ndarray:
+    """nan, +inf, -inf or finite, elementwise, so that special values are compared before closeness."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.select([np.isnan(values), values == np.inf, values == -np.inf], ["nan", "+inf", "-inf"], "finite")
+
+
+def compare(name: str, actual: np.ndarray, expected: np.ndarray, bound: np.ndarray | float) -> Comparison:
+    """`actual` (any float dtype) against `expected` (float64) within the elementwise `bound`."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        return Comparison(False, float("inf"), 0.0, name, f"shape {list(actual.shape)}, expected {list(expected.shape)}")
+    bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), expected.shape)
+    actual_category, expected_category = category(actual), category(expected)
+    mismatched = actual_category != expected_category
+    if np.any(mismatched):
+        index = tuple(np.argwhere(mismatched)[0])
+        return Comparison(False, float("inf"), float(bound[index]), _at(name, index),
+                          f"{actual[index]!r} where {expected[index]!r} is expected")  # fmt: skip
+    finite = expected_category == "finite"
+    if not np.any(finite):
+        return Comparison(True, 0.0, 0.0, name)
+    errors = np.where(finite, np.abs(actual - expected), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(errors == 0, 0.0, errors / bound)
+    index = np.unravel_index(int(np.argmax(ratios)), ratios.shape) if ratios.ndim else ()
+    worst_error, worst_bound = float(errors[index]), float(bound[index])
+    ok = worst_error <= worst_bound
+    detail = "" if ok else f"{actual[index]!r} where {expected[index]!r} +- {worst_bound:.3g} is expected"
+    return Comparison(ok, worst_error, worst_bound, _at(name, index), detail)
+
+
+def identical(name: str, first: np.ndarray, second: np.ndarray) -> Comparison:
+    """Bit-for-bit equality (NaNs with the same bits count as equal): for values that must not change at all."""
+    first, second = np.asarray(first), np.asarray(second)
+    if first.shape != second.shape or first.dtype != second.dtype:
+        return Comparison(False, float("inf"), 0.0, name,
+                          f"{first.dtype}{list(first.shape)} became {second.dtype}{list(second.shape)}")  # fmt: skip
+    first_bytes = np.ascontiguousarray(first).reshape(-1).view(np.uint8).reshape(first.size, -1)
+    second_bytes = np.ascontiguousarray(second).reshape(-1).view(np.uint8).reshape(second.size, -1)
+    differs = np.any(first_bytes != second_bytes, axis=1)
+    if not np.any(differs):
+        return Comparison(True, 0.0, 0.0, name)
+    index = np.unravel_index(int(np.argmax(differs)), first.shape)
+    error = float(np.abs(np.float64(first[index]) - np.float64(second[index])))
+    return Comparison(False, error, 0.0, _at(name, index), f"{first[index]!r} became {second[index]!r}")
+
+
+def worst(comparisons: list[Comparison]) -> Comparison:
+    """The failing comparison if any, else the one closest to its bound."""
+    failing = [c for c in comparisons if not c.ok]
+    if failing:
+        return failing[0]
+    return max(comparisons, key=lambda c: c.ratio, default=Comparison(True, 0.0, 0.0, ""))
+
+
+def _at(name: str, index: tuple) -> str:
+    return f"{name}[{', '.join(str(int(i)) for i in index)}]" if index else name
