@@ -6,7 +6,7 @@ over all Hypothesis examples, the shrunk counterexample and a reproducer, and tu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import hypothesis
 import numpy as np
@@ -57,7 +57,6 @@ class ConformanceItem:
     explanation: str | None = None
     citation: str | None = None
     repro: str | None = None
-    _explained_examples: int = field(default=0, repr=False)
 
     @property
     def case(self) -> Case:
@@ -105,10 +104,11 @@ class ConformanceItem:
             error.add_note(f"Reproduce with {self.spec.backend} alone:\n{self.repro}")
         raise error
 
-    def explain(self, explanation: str, citation: str) -> None:
+    def explain(self, explanation: str, citation: str, difference: Comparison | None = None) -> None:
         """The example differs between backends, and a documented switch of the reference explains it."""
         self.explanation, self.citation = explanation, citation
-        self._explained_examples += 1
+        if difference is not None and (self.worst is None or difference.ratio >= self.worst.ratio):
+            self.worst = difference
 
     def _reproducer(self, expected: dict[str, np.ndarray] | None) -> str | None:
         if self.last_inputs is None:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, Phase, settings
 from conformance import backends as backend_registry
 from conformance.cases import Case, CaseError, load_cases
 from conformance.item import ConformanceItem, ItemSpec
-from conformance.results import ResultRecord, ResultsWriter, new_run_id, run_header
+from conformance.results import ResultRecord, ResultsWriter, clean, new_run_id, run_header
 
 SHIPPED_CASES = Path(__file__).resolve().parent.parent / "cases"
 DTYPES = ("float32", "float64")
@@ -144,4 +144,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         return
     tested: ConformanceItem | None = getattr(item, "_conformance_item", None)
     record = (tested or ConformanceItem(spec, other_backends=[])).record(report, call)
-    report.user_properties.append((RECORD_KEY, json.dumps(record.__dict__)))
+    report.user_properties.append((RECORD_KEY, json.dumps(clean(record.__dict__))))

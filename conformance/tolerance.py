@@ -46,7 +46,7 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, bound: np.ndarr
     if np.any(mismatched):
         index = tuple(np.argwhere(mismatched)[0])
         return Comparison(False, float("inf"), float(bound[index]), _at(name, index),
-                          f"{actual[index]!r} where {expected[index]!r} is expected")  # fmt: skip
+                          f"{float(actual[index])!r} where {float(expected[index])!r} is expected")  # fmt: skip
     finite = expected_category == "finite"
     if not np.any(finite):
         return Comparison(True, 0.0, 0.0, name)
@@ -56,7 +56,7 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, bound: np.ndarr
     index = np.unravel_index(int(np.argmax(ratios)), ratios.shape) if ratios.ndim else ()
     worst_error, worst_bound = float(errors[index]), float(bound[index])
     ok = worst_error <= worst_bound
-    detail = "" if ok else f"{actual[index]!r} where {expected[index]!r} +- {worst_bound:.3g} is expected"
+    detail = "" if ok else f"{float(actual[index])!r} where {float(expected[index])!r} +- {worst_bound:.3g} is expected"
     return Comparison(ok, worst_error, worst_bound, _at(name, index), detail)
 
 
@@ -73,7 +73,7 @@ def identical(name: str, first: np.ndarray, second: np.ndarray) -> Comparison:
         return Comparison(True, 0.0, 0.0, name)
     index = np.unravel_index(int(np.argmax(differs)), first.shape)
     error = float(np.abs(np.float64(first[index]) - np.float64(second[index])))
-    return Comparison(False, error, 0.0, _at(name, index), f"{first[index]!r} became {second[index]!r}")
+    return Comparison(False, error, 0.0, _at(name, index), f"{float(first[index])!r} became {float(second[index])!r}")
 
 
 def worst(comparisons: list[Comparison]) -> Comparison:

@@ -79,7 +79,11 @@ class TorchBackend(Backend):
         abs_slope_at_zero=0.0,
         maximum_tie_to_first=0.5,
         minimum_tie_to_first=0.5,
+        softplus_linear_above=20.0,
         citations={
+            "softplus_linear_above": Citation("torch.nn.functional.softplus reverts to the linear function when "
+                                              "input * beta > threshold (default 20), gradient exactly 1",
+                                              "https://pytorch.org/docs/stable/generated/torch.nn.Softplus.html"),
             "abs_slope_at_zero": Citation("abs backward is grad * sgn(x), sgn(0) = 0 (tools/autograd/derivatives.yaml)",
                                           "https://github.com/pytorch/pytorch/blob/main/tools/autograd/derivatives.yaml"),
             "maximum_tie_to_first": Citation("maximum/minimum backward splits ties evenly (derivatives.yaml: "

@@ -11,6 +11,7 @@ unit roundoff and `tiny` the absolute error of a result that underflows (flush-t
     f(a, ...) smooth:                         sum |df/da| b(a) + c_f (u|f| + tiny), c_f = 4 ulps for
                                               library transcendentals (float32 kernels are not all
                                               correctly rounded), 0 for exact ones (abs, relu, max, min)
+    a piecewise definition:                   the bound of the branch taken
     a step or sign at a kink:                 its jump, where the argument is within its own bound of the
                                               kink, else 0 (so exact ties are judged by convention, not bound)
 Summing with |t| rather than |sum| covers any order of summation and the reassociation that reverse-mode
@@ -87,6 +88,8 @@ class RoundingBound:
             return self._product_bound(expr.args)
         if expr.is_Pow:
             return self._power_bound(*expr.args)
+        if isinstance(expr, sp.Piecewise):  # the branch taken is the framework's documented choice
+            return sp.Piecewise(*[(self(branch), condition) for branch, condition in expr.args])
         if isinstance(expr, (symbolic.Step, symbolic.SignAtZero)):
             return self._jump_bound(expr)
         if isinstance(expr, sp.Function):

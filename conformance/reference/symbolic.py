@@ -17,7 +17,8 @@ from conformance.expressions import OperatorTarget
 ABS_SLOPE_AT_ZERO = sp.Symbol("abs_slope_at_zero", real=True)
 MAXIMUM_TIE_TO_FIRST = sp.Symbol("maximum_tie_to_first", real=True)
 MINIMUM_TIE_TO_FIRST = sp.Symbol("minimum_tie_to_first", real=True)
-CONVENTION_SYMBOLS = (ABS_SLOPE_AT_ZERO, MAXIMUM_TIE_TO_FIRST, MINIMUM_TIE_TO_FIRST)
+SOFTPLUS_LINEAR_ABOVE = sp.Symbol("softplus_linear_above", real=True)
+CONVENTION_SYMBOLS = (ABS_SLOPE_AT_ZERO, MAXIMUM_TIE_TO_FIRST, MINIMUM_TIE_TO_FIRST, SOFTPLUS_LINEAR_ABOVE)
 
 
 class Step(sp.Function):
@@ -63,7 +64,9 @@ class Softplus(sp.Function):
     nargs = 1
 
     def fdiff(self, argindex=1):
-        return Sigmoid(self.args[0])
+        # sigmoid(x), written as JAX differentiates logaddexp: exp(x - softplus(x)); the same value, but its
+        # rounding bound then carries softplus' own error, which that formula amplifies by |softplus(x)|
+        return sp.exp(self.args[0] - self)
 
 
 class Maximum(sp.Function):
@@ -174,7 +177,7 @@ class SymbolicTarget(OperatorTarget):
     abs = staticmethod(_elementwise(Absolute))
     tanh = staticmethod(_elementwise(sp.tanh))
     sigmoid = staticmethod(_elementwise(Sigmoid))
-    softplus = staticmethod(_elementwise(Softplus))
+    softplus = staticmethod(_elementwise(lambda x: sp.Piecewise((x, x > SOFTPLUS_LINEAR_ABOVE), (Softplus(x), True))))
     relu = staticmethod(_elementwise(Relu))
     square = staticmethod(_elementwise(lambda x: x**2))
     maximum = staticmethod(_elementwise(Maximum))

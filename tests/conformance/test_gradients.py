@@ -64,7 +64,7 @@ def test_agrees_across_backends(conformance_item, data):
             citations = {**other.conventions.citations, **item.backend.conventions.citations}
             item.explain(f"{item.backend.name} and {other.name} differ at a kink or tie ({', '.join(switches)}): "
                          f"{agreement.where} is {agreement.detail}",
-                         "; ".join(citations[s].url for s in switches if s in citations))  # fmt: skip
+                         "; ".join(citations[s].url for s in switches if s in citations), agreement)  # fmt: skip
             continue
         item.check(agreement)
 

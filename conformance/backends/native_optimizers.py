@@ -1,0 +1,240 @@
+"""Each framework's own optimizer, built from a rule and canonical hyperparameters the way its users write it.
+
+Only the hyperparameters a case gives are passed, so that everything else takes the framework's own default
+(which `reference.optimizers.DEFAULTS` mirrors). The constructor is kept as data (`Call`) so that the same thing
+is run and printed in a reproducer. Where a user of a framework has no way to ask for a hyperparameter, the pair
+is `NotApplicable` with the reason, never a substitute. The one composition built here is optax's own idiom for
+L2 weight decay, `optax.chain(optax.add_decayed_weights(wd), optax.<rule>(...))`: optax's optimizers other than
+adamw take no weight decay, and a transform in front of the optimizer adds `wd * p` to the gradient, which is
+what torch's `weight_decay` does.
+
+Frameworks are imported only inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from conformance.backends.base import NotApplicable
+from conformance.reference.optimizers import DEFAULTS, FORCED, Hyper, State, base_rule, check_hyperparameters
+
+MODULES = {"torch": "torch", "tf": "tensorflow", "optax": "optax"}  # how a reproducer imports each root name
+
+
+class _Params:
+    """Stands for the parameters in a torch constructor call until `build` is given them."""
+
+    def __repr__(self) -> str:
+        return "params"
+
+
+PARAMS = _Params()
+
+
+@dataclass(frozen=True)
+class Call:
+    """A constructor call as data: `function` is a dotted name from a root in MODULES; arguments may be Calls."""
+
+    function: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def source(self) -> str:
+        """The call as a user writes it, e.g. `torch.optim.Adam(params, lr=0.1)`."""
+        arguments = [_source(a) for a in self.args] + [f"{k}={_source(v)}" for k, v in self.kwargs.items()]
+        return f"{self.function}({', '.join(arguments)})"
+
+    def imports(self) -> list[str]:
+        """The import lines the source needs."""
+        return sorted({_import_line(root) for root in self._roots()})
+
+    def _roots(self) -> set[str]:
+        nested = [a for a in (*self.args, *self.kwargs.values()) if isinstance(a, Call)]
+        return {self.function.split(".")[0]}.union(*(call._roots() for call in nested))
+
+
+def _import_line(root: str) -> str:
+    return f"import {root}" if MODULES[root] == root else f"import {MODULES[root]} as {root}"
+
+
+def _source(value: Any) -> str:
+    return value.source() if isinstance(value, Call) else repr(value)
+
+
+def build(call: Call, params: Any = None) -> Any:
+    """Runs the call: imports the framework, resolves the dotted name by attribute access, substitutes `params`."""
+    root, *path = call.function.split(".")
+    function = functools.reduce(getattr, path, importlib.import_module(MODULES[root]))
+    args = [params if a is PARAMS else build(a, params) if isinstance(a, Call) else a for a in call.args]
+    kwargs = {k: build(v, params) if isinstance(v, Call) else v for k, v in call.kwargs.items()}
+    return function(*args, **kwargs)
+
+
+def native_call(framework: str, rule: str, given: Hyper) -> Call:
+    """How a user of `framework` writes `rule` with the case's hyperparameters; NotApplicable where they cannot."""
+    check_hyperparameters(rule, given)
+    hyper = {**given, **FORCED.get(rule, {})}
+    return {"torch": _torch_call, "tensorflow": _keras_call, "jax": _optax_call}[framework](base_rule(rule), hyper)
+
+
+# ---------------------------------------------------------------------------------------------------- torch
+
+_TORCH_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+_TORCH_NAMES = {"rho": "alpha", "initial_accumulator": "initial_accumulator_value"}
+
+
+def _torch_call(rule: str, hyper: dict) -> Call:
+    if hyper.get("nesterov") and (not hyper.get("momentum") or hyper.get("dampening")):
+        raise NotApplicable("torch.optim.SGD rejects nesterov=True without momentum or with dampening "
+                            "(torch/optim/sgd.py raises ValueError)")  # fmt: skip
+    kwargs = {_TORCH_NAMES.get(name, name): _native_value(value) for name, value in hyper.items()
+              if name not in ("beta1", "beta2")}  # fmt: skip
+    if "beta1" in hyper or "beta2" in hyper:  # torch takes both as `betas`; the other keeps torch's default
+        defaults = DEFAULTS["torch"][rule]
+        kwargs["betas"] = (float(hyper.get("beta1", defaults["beta1"])), float(hyper.get("beta2", defaults["beta2"])))
+    return Call(f"torch.optim.{_TORCH_CLASSES[rule]}", (PARAMS,), kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- keras
+
+_KERAS_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+_KERAS_NAMES = {"lr": "learning_rate", "beta1": "beta_1", "beta2": "beta_2", "eps": "epsilon",
+                "initial_accumulator": "initial_accumulator_value"}  # fmt: skip
+
+
+def _keras_call(rule: str, hyper: dict) -> Call:
+    if hyper.pop("dampening", 0.0):
+        raise NotApplicable("keras.optimizers.SGD has no dampening (keras/src/optimizers/sgd.py)")
+    kwargs = {_KERAS_NAMES.get(name, name): _native_value(value) for name, value in hyper.items()}
+    return Call(f"tf.keras.optimizers.{_KERAS_CLASSES[rule]}", (), kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- optax
+
+_OPTAX_NAMES = {"lr": "learning_rate", "beta1": "b1", "beta2": "b2", "rho": "decay",
+                "initial_accumulator": "initial_accumulator_value"}  # fmt: skip
+
+
+def _optax_call(rule: str, hyper: dict) -> Call:
+    amsgrad = hyper.pop("amsgrad", False)
+    if rule == "adamw" and amsgrad:
+        raise NotApplicable("optax.adamw has no amsgrad option and optax.amsgrad has no decoupled weight decay "
+                            "(optax/_src/alias.py)")  # fmt: skip
+    if hyper.pop("dampening", 0.0):
+        raise NotApplicable("optax.sgd's momentum (optax.trace) has no dampening (optax/transforms/_accumulation.py)")
+    function = "amsgrad" if amsgrad else rule
+    if "lr" not in hyper:
+        raise NotApplicable(f"optax.{function} has no default learning rate, and the case gives no lr")
+    if "momentum" in hyper and not hyper["momentum"]:
+        del hyper["momentum"]  # None is optax's way to say no momentum; 0 would keep an idle trace in the state
+    decay = hyper.pop("weight_decay", 0.0) if rule != "adamw" else 0.0
+    kwargs = {_OPTAX_NAMES.get(name, name): _native_value(value) for name, value in hyper.items()}
+    optimizer = Call(f"optax.{function}", (), kwargs)
+    return Call("optax.chain", (Call("optax.add_decayed_weights", (float(decay),)), optimizer)) if decay else optimizer
+
+
+def _native_value(value: float | bool) -> float | bool:
+    """Keras insists on Python floats (`learning_rate`, SGD's `momentum`); booleans stay booleans."""
+    return value if isinstance(value, bool) else float(value)
+
+
+# ---------------------------------------------------------------------------------------------------- building
+
+def torch_optimizer(rule: str, given: Hyper, params: list[Any]) -> Any:
+    """`torch.optim.<Rule>(params, ...)` for a list of leaf tensors."""
+    return build(native_call("torch", rule, given), params)
+
+
+def keras_optimizer(rule: str, given: Hyper) -> Any:
+    """`tf.keras.optimizers.<Rule>(...)`; it builds its slots on the first `apply_gradients`."""
+    return build(native_call("tensorflow", rule, given))
+
+
+def optax_optimizer(rule: str, given: Hyper) -> Any:
+    """`optax.<rule>(...)`, chained after `optax.add_decayed_weights` for L2 weight decay."""
+    return build(native_call("jax", rule, given))
+
+
+# ---------------------------------------------------------------------------------------------------- state
+
+def _array(value: Any, slot: str) -> np.ndarray:
+    """A copy, so that later in-place updates cannot change what was read; step counts as int64."""
+    array = np.array(value, copy=True)
+    return array.astype(np.int64) if slot == "step" else array
+
+
+_TORCH_SLOTS = {"momentum_buffer": "momentum"}  # every other torch state key is already the reference's name
+
+
+def torch_state(optimizer: Any, params: Mapping[str, Any]) -> State:
+    """`optimizer.state[p]` for each named parameter; a parameter that never had a gradient has none."""
+    state: State = {}
+    for name, parameter in params.items():
+        for key, value in optimizer.state.get(parameter, {}).items():
+            slot = _TORCH_SLOTS.get(key, key)
+            state.setdefault(slot, {})[name] = _array(value.detach().cpu().numpy(), slot)
+    return state
+
+
+_KERAS_SLOTS = {
+    "sgd": {"momentum": "momentum"},
+    "adam": {"momentum": "exp_avg", "velocity": "exp_avg_sq", "velocity_hat": "max_exp_avg_sq"},
+    "adamw": {"momentum": "exp_avg", "velocity": "exp_avg_sq", "velocity_hat": "max_exp_avg_sq"},
+    "rmsprop": {"velocity": "square_avg", "average_gradient": "grad_avg", "momentum": "momentum"},
+    "adagrad": {"accumulator": "sum"},
+}
+
+
+def keras_state(optimizer: Any, rule: str, variables: Mapping[str, Any]) -> State:
+    """`optimizer.variables`, found by the names Keras gives them (`<variable>_<slot>`); `iterations` is every
+    variable's step count, since Keras keeps one."""
+    by_name = {variable.name: variable for variable in optimizer.variables}
+    state: State = {"step": {name: _array(optimizer.iterations.numpy(), "step") for name in variables}}
+    for name, variable in variables.items():
+        prefix = _keras_slot_prefix(variable)
+        for suffix, slot in _KERAS_SLOTS[base_rule(rule)].items():
+            if f"{prefix}_{suffix}" in by_name:
+                state.setdefault(slot, {})[name] = _array(by_name[f"{prefix}_{suffix}"].numpy(), slot)
+    return state
+
+
+def _keras_slot_prefix(variable: Any) -> str:
+    """As keras/src/optimizers/base_optimizer.py add_variable_from_reference names a slot after its variable."""
+    if hasattr(variable, "path"):
+        return variable.path.replace("/", "_")
+    return str(variable.name).replace("/", "_").replace(":", "_")
+
+
+_OPTAX_SLOTS = {
+    "TraceState": {"trace": "momentum"},
+    "ScaleByAdamState": {"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq"},
+    "ScaleByAmsgradState": {"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"},
+    "ScaleByRmsState": {"nu": "square_avg"},
+    "ScaleByRStdDevState": {"mu": "grad_avg", "nu": "square_avg"},
+    "ScaleByRssState": {"sum_of_squares": "sum"},
+}
+
+
+def optax_state(opt_state: Any, names: list[str]) -> State:
+    """The named tuples of an optax state (nested through chain), read by their fields; a count is shared."""
+    state: State = {}
+    for node in _named_tuples(opt_state):
+        for field_name, slot in _OPTAX_SLOTS.get(type(node).__name__, {}).items():
+            value = getattr(node, field_name)
+            for name in names:
+                state.setdefault(slot, {})[name] = _array(value if slot == "step" else value[name], slot)
+    return state
+
+
+def _named_tuples(node: Any):
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        yield node
+    if isinstance(node, (tuple, list)):
+        for child in node:
+            yield from _named_tuples(child)

@@ -1,0 +1,472 @@
+"""The update-rule oracle: every rule in float64 numpy, with a switch for each documented framework variant.
+
+Pure functions in the style of optax: `init` makes the state, `step` returns new parameters and a new state and
+changes neither argument. A state is a plain dict, slot name -> variable name -> array (`"step"` holds each
+variable's step count), named after torch's state keys so that every framework's native state can be read into
+the same shape. A backend's difference from another is *explained* only when this reference, run with that
+backend's `SWITCHES` and `DEFAULTS`, reproduces it; every switch value cites the source line it follows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple
+
+import numpy as np
+
+from conformance.cases import RULES
+from conformance.reference.conventions import Citation
+
+Params = dict[str, np.ndarray]
+State = dict[str, dict[str, np.ndarray]]
+Hyper = Mapping[str, float | bool]
+
+RULE_HYPERPARAMETERS = {
+    "sgd": ("lr", "momentum", "dampening", "nesterov", "weight_decay"),
+    "adam": ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad"),
+    "adamw": ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad"),
+    "rmsprop": ("lr", "rho", "eps", "momentum", "centered", "weight_decay"),
+    "adagrad": ("lr", "eps", "initial_accumulator", "weight_decay"),
+}
+ALIASES = {"momentum": "sgd", "nesterov": "sgd", "amsgrad": "adam"}  # a rule that is another with a flag set
+FORCED = {"nesterov": {"nesterov": True}, "amsgrad": {"amsgrad": True}}
+REQUIRED = {"momentum": ("momentum",), "nesterov": ("momentum",)}  # no framework has a non-zero default
+
+# The releases whose source every citation below was read from; a newer release may have moved a line.
+VERIFIED_AGAINST = {"torch": "2.13.0", "keras": "3.15.1", "optax": "0.2.8"}
+_REPOSITORIES = {"torch": "pytorch/pytorch", "keras": "keras-team/keras", "optax": "google-deepmind/optax"}
+
+
+def _cite(library: str, path: str, text: str) -> Citation:
+    url = f"https://github.com/{_REPOSITORIES[library]}/blob/v{VERIFIED_AGAINST[library]}/{path}"
+    return Citation(f"{path}: {text}", url)
+
+
+def base_rule(rule: str) -> str:
+    """The rule an alias stands for: momentum and nesterov are sgd, amsgrad is adam."""
+    return ALIASES.get(rule, rule)
+
+
+def check_hyperparameters(rule: str, given: Hyper) -> None:
+    """Raises ValueError, naming the hyperparameter, where a case's update table does not fit its rule."""
+    if rule not in RULES:
+        raise ValueError(f"update.rule: unknown rule {rule!r} (known: {', '.join(RULES)})")
+    for name in given:
+        if name not in RULE_HYPERPARAMETERS[base_rule(rule)]:
+            raise ValueError(f"update.{name}: rule {rule!r} has no hyperparameter {name!r}")
+    for name, value in FORCED.get(rule, {}).items():
+        if name in given and given[name] != value:
+            raise ValueError(f"update.{name}: rule {rule!r} means {name} = {str(value).lower()}")
+    for name in REQUIRED.get(rule, ()):
+        if name not in given:
+            raise ValueError(f"update.{name}: rule {rule!r} needs it (no framework has a non-zero default)")
+
+
+def hyperparameters(rule: str, framework: str, given: Hyper) -> dict[str, float | bool]:
+    """The complete hyperparameters `framework` runs `rule` with: the case's values over the framework's defaults."""
+    check_hyperparameters(rule, given)
+    complete = {**DEFAULTS[framework][rule], **given, **FORCED.get(rule, {})}
+    missing = [name for name in RULE_HYPERPARAMETERS[base_rule(rule)] if name not in complete]
+    if missing:
+        raise ValueError(f"update.{missing[0]}: {framework} has no default for it in {rule!r}; the case must give it")
+    return complete
+
+
+# ---------------------------------------------------------------------------------------------------- switches
+
+SWITCH_MEANINGS: dict[str, dict[str, str]] = {
+    "adam_eps": {
+        "sqrt_v_hat": "eps is added to sqrt(v_hat), v_hat = v / (1 - beta2^t)",
+        "sqrt_v": "the bias corrections are folded into the step size lr * sqrt(1 - beta2^t) / (1 - beta1^t) and eps "
+                  "is added to sqrt(v), i.e. eps / sqrt(1 - beta2^t) in terms of v_hat: much larger for small t",
+    },
+    "amsgrad_max": {
+        "v": "the running maximum is taken of the uncorrected v and divided by the current 1 - beta2^t",
+        "v_hat": "the running maximum is taken of the bias-corrected v_hat of each step",
+    },
+    "weight_decay": {
+        "l2": "weight_decay * p is added to the gradient before the rule (L2 regularisation)",
+        "decoupled": "p -= lr * weight_decay * p before the rule, outside its moments (decoupled, as AdamW)",
+    },
+    "sgd_momentum": {
+        "gradient": "the buffer is in gradient units: buf = momentum * buf + (1 - dampening) * g, p -= lr * buf",
+        "step": "the buffer holds lr: buf = momentum * buf + lr * g, p -= buf",
+        "update": "the buffer holds the signed update: m = momentum * m - lr * g, p += m",
+    },
+    "rmsprop_eps": {
+        "outside_sqrt": "g / (sqrt(v) + eps)",
+        "inside_sqrt": "g / sqrt(v + eps)",
+    },
+    "adagrad_eps": {
+        "outside_sqrt": "g / (sqrt(sum) + eps)",
+        "inside_sqrt": "g / sqrt(sum + eps)",
+    },
+    "no_gradient": {
+        "skip": "a variable without a gradient is left alone: no decay, its state and its own step count unchanged",
+        "skip_count_advances": "a variable without a gradient is left alone, but the one shared step count advances",
+        "zero": "a variable without a gradient gets a zero gradient and is updated like any other",
+    },
+    "hyperparameter_precision": {
+        "as_given": "hyperparameters enter the arithmetic as the Python floats given",
+        "float32_casts": "a float64 run uses float32-rounded lr (held in a floatx variable), weight_decay, SGD's "
+                         "momentum, Adagrad's initial accumulator and the betas of Adam's bias corrections (each "
+                         "passes through ops.cast(python_float, dtype), which makes a float32 tensor first); "
+                         "1 - beta2 in float32 is off by 1.3e-5 relative, so early Adam steps move by ~1e-5",
+    },
+}  # fmt: skip
+SWITCH_MEANINGS["rmsprop_momentum"] = SWITCH_MEANINGS["sgd_momentum"]
+
+RULE_SWITCHES = {
+    "sgd": ("weight_decay", "sgd_momentum", "no_gradient", "hyperparameter_precision"),
+    "adam": ("adam_eps", "amsgrad_max", "weight_decay", "no_gradient", "hyperparameter_precision"),
+    "adamw": ("adam_eps", "amsgrad_max", "no_gradient", "hyperparameter_precision"),  # decoupled in every framework
+    "rmsprop": ("rmsprop_eps", "rmsprop_momentum", "weight_decay", "no_gradient", "hyperparameter_precision"),
+    "adagrad": ("adagrad_eps", "weight_decay", "no_gradient", "hyperparameter_precision"),
+}
+
+
+@dataclass(frozen=True)
+class UpdateSwitches:
+    """The documented variants a framework follows; `citations` says where, one per switch."""
+
+    adam_eps: str = "sqrt_v_hat"
+    amsgrad_max: str = "v"
+    weight_decay: str = "l2"
+    sgd_momentum: str = "gradient"
+    rmsprop_momentum: str = "gradient"
+    rmsprop_eps: str = "outside_sqrt"
+    adagrad_eps: str = "outside_sqrt"
+    no_gradient: str = "skip"
+    hyperparameter_precision: str = "as_given"
+    citations: dict[str, Citation] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in self.names():
+            if getattr(self, name) not in SWITCH_MEANINGS[name]:
+                raise ValueError(f"switch {name} = {getattr(self, name)!r}: one of {', '.join(SWITCH_MEANINGS[name])}")
+
+    @staticmethod
+    def names() -> tuple[str, ...]:
+        return tuple(f.name for f in fields(UpdateSwitches) if f.name != "citations")
+
+
+SWITCHES = {
+    "torch": UpdateSwitches(
+        adam_eps="sqrt_v_hat", amsgrad_max="v", weight_decay="l2", sgd_momentum="gradient",
+        rmsprop_momentum="gradient", rmsprop_eps="outside_sqrt", adagrad_eps="outside_sqrt", no_gradient="skip",
+        hyperparameter_precision="as_given",
+        citations={
+            "adam_eps": _cite("torch", "torch/optim/adam.py", "_single_tensor_adam: denom = (exp_avg_sq.sqrt() / "
+                              "bias_correction2_sqrt).add_(eps); param.addcdiv_(exp_avg, denom, value=-step_size)"),
+            "amsgrad_max": _cite("torch", "torch/optim/adam.py", "torch.maximum(max_exp_avg_sqs[i], exp_avg_sq) keeps "
+                                 "the maximum of the uncorrected v; denom = max_exp_avg_sqs[i].sqrt() / "
+                                 "bias_correction2_sqrt + eps"),
+            "weight_decay": _cite("torch", "torch/optim/adam.py", "grad = grad.add(param, alpha=weight_decay) unless "
+                                  "decoupled_weight_decay (AdamW); sgd.py, rmsprop.py and adagrad.py do the same"),
+            "sgd_momentum": _cite("torch", "torch/optim/sgd.py", "_single_tensor_sgd: buf = grad on the first step, "
+                                  "then buf.mul_(momentum).add_(grad, alpha=1 - dampening); nesterov: "
+                                  "grad.add(buf, alpha=momentum); param.add_(grad, alpha=-lr)"),
+            "rmsprop_momentum": _cite("torch", "torch/optim/rmsprop.py", "buf.mul_(momentum).addcdiv_(grad, avg); "
+                                      "param.add_(buf, alpha=-lr)"),
+            "rmsprop_eps": _cite("torch", "torch/optim/rmsprop.py", "avg = square_avg.sqrt() (centered: "
+                                 "square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()); avg = avg.add_(eps)"),
+            "adagrad_eps": _cite("torch", "torch/optim/adagrad.py", "_single_tensor_adagrad: std = "
+                                 "state_sum.sqrt().add_(eps); param.addcdiv_(grad, std, value=-clr)"),
+            "no_gradient": _cite("torch", "torch/optim/adam.py", "_init_group takes only parameters whose p.grad is "
+                                 "not None (backward() leaves an unused leaf's grad None); state, step included, is "
+                                 "kept per parameter; every torch.optim optimizer does the same"),
+            "hyperparameter_precision": _cite("torch", "torch/optim/adam.py", "hyperparameters are Python floats "
+                                              "used directly: bias_correction1 = 1 - beta1**step; "
+                                              "param.addcdiv_(exp_avg, denom, value=-step_size)"),
+        },
+    ),
+    "tensorflow": UpdateSwitches(
+        adam_eps="sqrt_v", amsgrad_max="v", weight_decay="decoupled", sgd_momentum="update",
+        rmsprop_momentum="step", rmsprop_eps="inside_sqrt", adagrad_eps="inside_sqrt",
+        no_gradient="skip_count_advances", hyperparameter_precision="float32_casts",
+        citations={
+            "adam_eps": _cite("keras", "keras/src/optimizers/adam.py", "update_step: alpha = lr * sqrt(1 - "
+                              "beta_2_power) / (1 - beta_1_power); variable -= m * alpha / (sqrt(v) + epsilon)"),
+            "amsgrad_max": _cite("keras", "keras/src/optimizers/adam.py", "v_hat = maximum(v_hat, v) of the "
+                                 "uncorrected v, then the same alpha and sqrt(v_hat) + epsilon"),
+            "weight_decay": _cite("keras", "keras/src/optimizers/base_optimizer.py", "_apply_weight_decay: "
+                                  "variable.assign(variable - variable * wd * lr) before update_step, for the "
+                                  "weight_decay argument of every optimizer (Adam's and SGD's too, not only AdamW's)"),
+            "sgd_momentum": _cite("keras", "keras/src/optimizers/sgd.py", "update_step: m = m * momentum - gradient * "
+                                  "learning_rate; variable += m (nesterov: variable += m * momentum - gradient * "
+                                  "learning_rate); no dampening"),
+            "rmsprop_momentum": _cite("keras", "keras/src/optimizers/rmsprop.py", "increment = lr * gradient / "
+                                      "sqrt(denominator); momentum = self.momentum * momentum + increment; "
+                                      "variable -= momentum"),
+            "rmsprop_eps": _cite("keras", "keras/src/optimizers/rmsprop.py", "denominator = velocity + epsilon "
+                                 "(centered: velocity - average_grad**2 + epsilon); increment = lr * gradient / "
+                                 "sqrt(denominator)"),
+            "adagrad_eps": _cite("keras", "keras/src/optimizers/adagrad.py", "variable -= lr * gradient / "
+                                 "sqrt(accumulator + epsilon)"),
+            "no_gradient": _cite("keras", "keras/src/optimizers/base_optimizer.py", "apply: _filter_empty_gradients "
+                                 "drops variables whose gradient is None (tf.GradientTape gives None for an unused "
+                                 "variable), then self._iterations.assign_add(1): the one shared count that Adam's "
+                                 "local_step = iterations + 1 reads advances for them too"),
+            "hyperparameter_precision": _cite("keras", "keras/src/optimizers/base_optimizer.py", "__init__: "
+                                              "learning_rate = backend.Variable(learning_rate, "
+                                              "dtype=backend.floatx()) (float32 unless keras.config.set_floatx); "
+                                              "wd = tf.cast(self.weight_decay, variable.dtype) "
+                                              "(keras/src/backend/tensorflow/optimizer.py); sgd.py: "
+                                              "ops.cast(self.momentum, variable.dtype); adam.py: ops.power(ops.cast("
+                                              "self.beta_1, variable.dtype), local_step); adagrad.py: "
+                                              "initializers.Constant(initial_accumulator_value), which is "
+                                              "ops.cast(value, dtype) * ones"),
+        },
+    ),
+    "jax": UpdateSwitches(
+        adam_eps="sqrt_v_hat", amsgrad_max="v_hat", weight_decay="l2", sgd_momentum="gradient",
+        rmsprop_momentum="update", rmsprop_eps="inside_sqrt", adagrad_eps="inside_sqrt", no_gradient="zero",
+        hyperparameter_precision="as_given",
+        citations={
+            "adam_eps": _cite("optax", "optax/_src/transform.py", "scale_by_adam: mu_hat = bias_correction(mu, b1, "
+                              "count_inc); nu_hat = bias_correction(nu, b2, count_inc); "
+                              "m / (sqrt(v + eps_root) + eps)"),
+            "amsgrad_max": _cite("optax", "optax/_src/transform.py", "scale_by_amsgrad: nu_max = maximum(state.nu_max, "
+                                 "bias_correction(nu, b2, count_inc)): the maximum of the bias-corrected v_hat"),
+            "weight_decay": _cite("optax", "optax/transforms/_adding.py", "optax.sgd/adam/amsgrad/rmsprop/adagrad have "
+                                  "no weight decay; a user chains add_decayed_weights (g + weight_decay * p) in front "
+                                  "of the optimizer, which is L2 (native_optimizers.py builds exactly that)"),
+            "sgd_momentum": _cite("optax", "optax/transforms/_accumulation.py", "optax.sgd = chain(trace(momentum, "
+                                  "nesterov), scale_by_learning_rate); trace: new_trace = g + decay * trace, nesterov: "
+                                  "g + decay * new_trace; no dampening"),
+            "rmsprop_momentum": _cite("optax", "optax/_src/alias.py", "rmsprop = chain(scale_by_rms, "
+                                      "scale_by_learning_rate(learning_rate), trace(decay=momentum)): the trace "
+                                      "accumulates the already lr-scaled, sign-flipped update"),
+            "rmsprop_eps": _cite("optax", "optax/_src/transform.py", "scale_by_rms / scale_by_stddev with "
+                                 "eps_in_sqrt=True (optax.rmsprop's default): rsqrt(nu + eps), centered: "
+                                 "rsqrt(nu - mu**2 + eps)"),
+            "adagrad_eps": _cite("optax", "optax/_src/transform.py", "scale_by_rss: where(sum_of_squares > 0, "
+                                 "rsqrt(sum_of_squares + eps), 0) * g"),
+            "no_gradient": _cite("optax", "optax/_src/transform.py", "jax.grad gives zeros for an input the loss does "
+                                 "not use, and optax updates it like any other: moments decay, count advances, "
+                                 "add_decayed_weights decays it"),
+            "hyperparameter_precision": _cite("optax", "optax/_src/transform.py", "hyperparameters are Python "
+                                              "floats, weakly typed, so float64 under jax_enable_x64: "
+                                              "scale_by_learning_rate is scale(-learning_rate)"),
+        },
+    ),
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- defaults
+
+def _defaults(sgd: dict, adam: dict, adamw: dict, rmsprop: dict, adagrad: dict) -> dict[str, dict]:
+    by_base = {"sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop, "adagrad": adagrad}
+    return {rule: {**by_base[base_rule(rule)], **FORCED.get(rule, {})} for rule in RULES}
+
+
+_ADAM = {"beta1": 0.9, "beta2": 0.999, "amsgrad": False}
+# What each framework runs with where a case gives no value; a knob a framework lacks is given the value at which
+# it does nothing (dampening 0, weight_decay 0). optax has no default learning rate, so neither has this table.
+DEFAULTS: dict[str, dict[str, dict[str, float | bool]]] = {
+    "torch": _defaults(
+        sgd={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0},
+        adam={"lr": 1e-3, **_ADAM, "eps": 1e-8, "weight_decay": 0.0},
+        adamw={"lr": 1e-3, **_ADAM, "eps": 1e-8, "weight_decay": 1e-2},
+        rmsprop={"lr": 1e-2, "rho": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
+        adagrad={"lr": 1e-2, "eps": 1e-10, "initial_accumulator": 0.0, "weight_decay": 0.0},
+    ),
+    "tensorflow": _defaults(
+        sgd={"lr": 1e-2, "momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0},
+        adam={"lr": 1e-3, **_ADAM, "eps": 1e-7, "weight_decay": 0.0},
+        adamw={"lr": 1e-3, **_ADAM, "eps": 1e-7, "weight_decay": 4e-3},
+        rmsprop={"lr": 1e-3, "rho": 0.9, "eps": 1e-7, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
+        adagrad={"lr": 1e-3, "eps": 1e-7, "initial_accumulator": 0.1, "weight_decay": 0.0},
+    ),
+    "jax": _defaults(
+        sgd={"momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0},
+        adam={**_ADAM, "eps": 1e-8, "weight_decay": 0.0},
+        adamw={**_ADAM, "eps": 1e-8, "weight_decay": 1e-4},
+        rmsprop={"rho": 0.9, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
+        adagrad={"eps": 1e-7, "initial_accumulator": 0.1, "weight_decay": 0.0},
+    ),
+}
+DEFAULT_SOURCES = {
+    "torch": {rule: _cite("torch", f"torch/optim/{rule}.py", "the torch.optim constructor's keyword defaults")
+              for rule in RULE_HYPERPARAMETERS},
+    "tensorflow": {rule: _cite("keras", f"keras/src/optimizers/{rule}.py", "the keras.optimizers constructor's "
+                               "keyword defaults") for rule in RULE_HYPERPARAMETERS},
+    "jax": {rule: _cite("optax", "optax/_src/alias.py", f"optax.{rule}'s keyword defaults")
+            for rule in RULE_HYPERPARAMETERS},
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- the rules
+
+def init(rule: str, hyper: Hyper, switches: UpdateSwitches, params: Mapping[str, np.ndarray]) -> State:
+    """The state before the first step: the rule's slots at their initial values and step counts of 0.
+
+    Every framework starts its moments at zero (rmsprop's too, in torch, Keras and optax)."""
+    state = {slot: {name: np.full(np.shape(value), initial, dtype=np.float64) for name, value in params.items()}
+             for slot, initial in _initial_slots(base_rule(rule), hyper, switches).items()}  # fmt: skip
+    state["step"] = {name: np.asarray(0, dtype=np.int64) for name in params}
+    return state
+
+
+def _initial_slots(rule: str, hyper: Hyper, switches: UpdateSwitches) -> dict[str, float]:
+    if rule == "sgd":
+        return {"momentum": 0.0} if hyper["momentum"] else {}
+    if rule in ("adam", "adamw"):
+        return {"exp_avg": 0.0, "exp_avg_sq": 0.0, **({"max_exp_avg_sq": 0.0} if hyper["amsgrad"] else {})}
+    if rule == "rmsprop":
+        centered = {"grad_avg": 0.0} if hyper["centered"] else {}
+        return {"square_avg": 0.0, **centered, **({"momentum": 0.0} if hyper["momentum"] else {})}
+    return {"sum": _precision(hyper["initial_accumulator"], switches)}
+
+
+def step(
+    rule: str,
+    hyper: Hyper,
+    switches: UpdateSwitches,
+    params: Mapping[str, np.ndarray],
+    grads: Mapping[str, np.ndarray | None],
+    state: State,
+) -> tuple[Params, State]:
+    """One update. `hyper` is complete (see `hyperparameters`); a gradient that is None or missing means the
+    framework gives none (tf.GradientTape's None, torch's .grad None), and `switches.no_gradient` says what then."""
+    rule = base_rule(rule)
+    lr = _precision(hyper["lr"], switches)
+    new_params = {name: np.array(value, dtype=np.float64) for name, value in params.items()}
+    new_state = {slot: dict(values) for slot, values in state.items()}
+    for name in params:
+        gradient = grads.get(name)
+        if gradient is None and switches.no_gradient != "zero":
+            if switches.no_gradient == "skip_count_advances":
+                new_state["step"][name] = new_state["step"][name] + 1
+            continue
+        g = np.zeros_like(new_params[name]) if gradient is None else np.asarray(gradient, dtype=np.float64)
+        p = new_params[name]
+        slots = {slot: values[name] for slot, values in new_state.items() if name in values}
+        slots["step"] = slots["step"] + 1
+        weight_decay = _precision(hyper["weight_decay"], switches)
+        if rule == "adamw" or switches.weight_decay == "decoupled":
+            p = p - lr * weight_decay * p
+        else:
+            g = g + weight_decay * p
+        new_params[name] = _RULES[rule](p, g, lr, hyper, switches, slots)
+        for slot, value in slots.items():
+            new_state[slot][name] = value
+    return new_params, new_state
+
+
+def _precision(value: float | bool, switches: UpdateSwitches) -> float:
+    """A hyperparameter at the precision the framework computes with it (only where Keras casts it)."""
+    return float(np.float32(value)) if switches.hyperparameter_precision == "float32_casts" else float(value)
+
+
+def _momentum(form: str, buffer: np.ndarray, direction: np.ndarray, into_buffer: np.ndarray, momentum: float,
+              lr: float, nesterov: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(new buffer, change to p): torch keeps the buffer in gradient units, Keras and optax keep lr inside it."""
+    scale = {"gradient": 1.0, "step": lr, "update": -lr}[form]
+    buffer = momentum * buffer + scale * into_buffer
+    moved = scale * direction + momentum * buffer if nesterov else buffer
+    return buffer, {"gradient": -lr * moved, "step": -moved, "update": moved}[form]
+
+
+def _sgd(p, g, lr, hyper, switches, slots):
+    momentum = _precision(hyper["momentum"], switches)
+    if not momentum:
+        return p - lr * g
+    # torch sets buf = grad on a parameter's first step, so dampening starts on the second
+    damped = g if int(slots["step"]) == 1 else (1 - float(hyper["dampening"])) * g
+    slots["momentum"], change = _momentum(switches.sgd_momentum, slots["momentum"], g, damped, momentum, lr,
+                                          bool(hyper["nesterov"]))  # fmt: skip
+    return p + change
+
+
+def _adam(p, g, lr, hyper, switches, slots):
+    beta1, beta2, eps, t = float(hyper["beta1"]), float(hyper["beta2"]), float(hyper["eps"]), int(slots["step"])
+    slots["exp_avg"] = beta1 * slots["exp_avg"] + (1 - beta1) * g
+    slots["exp_avg_sq"] = beta2 * slots["exp_avg_sq"] + (1 - beta2) * g * g
+    correction1 = 1 - _precision(beta1, switches) ** t
+    correction2 = 1 - _precision(beta2, switches) ** t
+    v = slots["exp_avg_sq"]
+    if hyper["amsgrad"] and switches.amsgrad_max == "v":
+        v = slots["max_exp_avg_sq"] = np.maximum(slots["max_exp_avg_sq"], v)
+    elif hyper["amsgrad"]:
+        slots["max_exp_avg_sq"] = np.maximum(slots["max_exp_avg_sq"], v / correction2)
+        v = slots["max_exp_avg_sq"] * correction2
+    if switches.adam_eps == "sqrt_v":
+        return p - slots["exp_avg"] * (lr * np.sqrt(correction2) / correction1) / (np.sqrt(v) + eps)
+    return p - lr * (slots["exp_avg"] / correction1) / (np.sqrt(v / correction2) + eps)
+
+
+def _rmsprop(p, g, lr, hyper, switches, slots):
+    rho, eps, momentum = float(hyper["rho"]), float(hyper["eps"]), float(hyper["momentum"])
+    slots["square_avg"] = rho * slots["square_avg"] + (1 - rho) * g * g
+    variance = slots["square_avg"]
+    if hyper["centered"]:
+        slots["grad_avg"] = rho * slots["grad_avg"] + (1 - rho) * g
+        variance = variance - slots["grad_avg"] ** 2
+    scaled = g / (np.sqrt(variance) + eps if switches.rmsprop_eps == "outside_sqrt" else np.sqrt(variance + eps))
+    if not momentum:
+        return p - lr * scaled
+    slots["momentum"], change = _momentum(switches.rmsprop_momentum, slots["momentum"], scaled, scaled, momentum,
+                                          lr, nesterov=False)  # fmt: skip
+    return p + change
+
+
+def _adagrad(p, g, lr, hyper, switches, slots):
+    eps = float(hyper["eps"])
+    total = slots["sum"] = slots["sum"] + g * g
+    return p - lr * g / (np.sqrt(total) + eps if switches.adagrad_eps == "outside_sqrt" else np.sqrt(total + eps))
+
+
+_RULES = {"sgd": _sgd, "adam": _adam, "adamw": _adam, "rmsprop": _rmsprop, "adagrad": _adagrad}
+
+
+# ---------------------------------------------------------------------------------------------------- explanations
+
+class Difference(NamedTuple):
+    """One reason two frameworks' updates differ, with where each documents its side."""
+
+    switch: str
+    text: str
+    citations: tuple[Citation, ...]
+
+
+def _matters(switch: str, rule: str, hyper: Hyper) -> bool:
+    """Whether a switch can change the result (trajectory or state) under these hyperparameters."""
+    rule = base_rule(rule)
+    if switch == "weight_decay":  # for plain sgd, L2 and decoupled decay are the same update
+        return bool(hyper.get("weight_decay", 1)) and not (rule == "sgd" and not hyper.get("momentum", 1))
+    if switch == "amsgrad_max":
+        return bool(hyper.get("amsgrad", True))
+    if switch in ("sgd_momentum", "rmsprop_momentum"):
+        return bool(hyper.get("momentum", 1))
+    return True
+
+
+def explain(rule: str, switches_a: UpdateSwitches, switches_b: UpdateSwitches,
+            hyper: Hyper | None = None) -> list[Difference]:
+    """The switches on which two frameworks differ for `rule`; with the case's `hyper`, only those that can matter
+    there (a hyperparameter it leaves out counts as one that might)."""
+    differences = []
+    for name in RULE_SWITCHES[base_rule(rule)]:
+        value_a, value_b = getattr(switches_a, name), getattr(switches_b, name)
+        if value_a == value_b or (hyper is not None and not _matters(name, rule, hyper)):
+            continue
+        meanings = SWITCH_MEANINGS[name]
+        text = f"{name}: {value_a} ({meanings[value_a]}) vs {value_b} ({meanings[value_b]})"
+        citations = tuple(c for c in (switches_a.citations.get(name), switches_b.citations.get(name)) if c)
+        differences.append(Difference(name, text, citations))
+    return differences
+
+
+def explain_defaults(rule: str, framework_a: str, framework_b: str, given: Hyper) -> list[Difference]:
+    """The hyperparameters a case leaves to the frameworks on which their defaults differ."""
+    differences = []
+    for name in RULE_HYPERPARAMETERS[base_rule(rule)]:
+        value_a, value_b = DEFAULTS[framework_a][rule].get(name), DEFAULTS[framework_b][rule].get(name)
+        if name in given or value_a == value_b:
+            continue
+        text = f"default {name}: {value_a} in {framework_a} vs {value_b} in {framework_b}"
+        sources = (DEFAULT_SOURCES[framework_a][base_rule(rule)], DEFAULT_SOURCES[framework_b][base_rule(rule)])
+        differences.append(Difference(name, text, sources))
+    return differences
