@@ -1,0 +1,90 @@
+"""`conformance run` and `conformance report`: the suite behind one command, exit codes as DESIGN.md fixes them.
+
+run: 0 when nothing unexplained failed, 1 when something did, 2 on a usage or case-file error (one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from conformance.report.cli import main_report
+
+PROPERTY_TESTS = Path(__file__).resolve().parent.parent / "tests" / "conformance"
+DEFAULT_RESULTS = Path("reports/results.jsonl")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        return main_report(argv[1:])
+    if argv[:1] == ["run"]:
+        return main_run(argv[1:])
+    print("usage: conformance run [options] | conformance report FILE... [-o FILE]   (-h for each)", file=sys.stderr)
+    return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conformance run", description="Run the conformance suite.")
+    parser.add_argument("--backend", action="append", default=[], metavar="NAME", help="repeatable; default: all")
+    parser.add_argument("--cases", action="append", default=[], metavar="PATH",
+                        help="case file or directory, repeatable; 'shipped' names the shipped cases (the default)")
+    parser.add_argument("--profile", default="default", help="Hypothesis profile: default, ci, thorough")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, metavar="FILE")
+    parser.add_argument("--report", type=Path, metavar="FILE", help="also write the HTML report to FILE")
+    parser.add_argument("-n", dest="workers", metavar="N", help="pytest-xdist workers (a number or 'auto')")
+    parser.add_argument("-k", dest="keyword", metavar="EXPR", help="pytest's -k: select items by name")
+    parser.add_argument("--seed", metavar="SEED", help="Hypothesis seed")  # fmt: skip
+    return parser
+
+
+def main_run(argv: Sequence[str]) -> int:
+    try:
+        arguments = _parser().parse_args(argv)
+    except SystemExit as exit_:
+        return 0 if exit_.code == 0 else 2
+    problem = _usage_problem(arguments)
+    if problem:
+        print(f"conformance run: {problem}", file=sys.stderr)
+        return 2
+    import pytest
+
+    pytest_args = [str(PROPERTY_TESTS), "-q", "-p", "no:cacheprovider", f"--hypothesis-profile={arguments.profile}",
+                   f"--results={arguments.results}", "-o", "console_output_style=count"]  # fmt: skip
+    pytest_args += [f"--backend={name}" for name in arguments.backend]
+    pytest_args += [f"--cases={path}" for path in arguments.cases]
+    if arguments.workers:
+        pytest_args += ["-n", arguments.workers]
+    if arguments.keyword:
+        pytest_args += ["-k", arguments.keyword]
+    if arguments.seed:
+        pytest_args += [f"--hypothesis-seed={arguments.seed}"]
+    os.environ["CONFORMANCE_PROFILE"] = arguments.profile
+    code = int(pytest.main(pytest_args))
+    if arguments.report and arguments.results.is_file():
+        report_code = main_report([str(arguments.results), "-o", str(arguments.report)])
+        code = code if report_code == 0 and code != 5 else max(code, report_code)
+    return {0: 0, 1: 1, 5: 0}.get(code, 2 if code == 4 else 1)
+
+
+def _usage_problem(arguments: argparse.Namespace) -> str | None:
+    """Case files and backend names are checked here first, so that a bad one is one line, not a pytest error."""
+    from conformance import backends
+    from conformance.cases import CaseError, load_cases
+    from conformance.pytest_plugin import SHIPPED_CASES
+
+    if not PROPERTY_TESTS.is_dir():
+        return f"the property tests are not at {PROPERTY_TESTS}: run from a clone of the repository"
+    if arguments.profile not in ("default", "ci", "thorough", "smoke"):
+        return f"--profile: unknown profile {arguments.profile!r} (default, ci, thorough, smoke)"
+    for name in arguments.backend:
+        if name not in backends.known_names():
+            return f"--backend: unknown backend {name!r} (known: {', '.join(backends.known_names())})"
+    try:
+        load_cases([SHIPPED_CASES if path == "shipped" else Path(path) for path in arguments.cases or ["shipped"]])
+    except CaseError as error:
+        return str(error)
+    return None
