@@ -57,6 +57,7 @@ class ConformanceItem:
     explanation: str | None = None
     citation: str | None = None
     repro: str | None = None
+    trajectory: dict | None = None
 
     @property
     def case(self) -> Case:
@@ -71,13 +72,16 @@ class ConformanceItem:
         self.last_inputs, self.examples = inputs, self.examples + 1
         return inputs
 
-    def gradients(self, inputs: dict[str, np.ndarray], backend: Backend | None = None, variant: str | None = None,
-                  device: str | None = None) -> GradientRun:  # fmt: skip
-        """The backend's run, with any exception from the framework turned into a BackendError."""
+    def gradients(self, inputs: dict[str, np.ndarray], backend: Backend | None = None) -> GradientRun:
+        return self.call("gradients", inputs, backend=backend)
+
+    def call(self, method: str, *args, backend: Backend | None = None):
+        """`backend.<method>(case, *args, dtype, variant, device)`, crashes turned into BackendError."""
         backend = backend or self.backend
+        variant = self.spec.variant if backend is self.backend else backend.variants[0]
+        device = self.spec.device if backend is self.backend else "cpu"
         try:
-            return backend.gradients(self.case, inputs, self.spec.dtype, variant or self.spec.variant,
-                                     device or self.spec.device)  # fmt: skip
+            return getattr(backend, method)(self.case, *args, self.spec.dtype, variant, device)
         except NotApplicable as reason:
             pytest.skip(f"{NOT_APPLICABLE}{reason}")
         except Exception as error:  # noqa: BLE001 - any crash inside a framework is a result, not a harness bug
@@ -134,7 +138,7 @@ class ConformanceItem:
             examples=self.examples, elapsed_s=round(report.duration, 4),
             max_error=None if shown is None else shown.max_error, tolerance=None if shown is None else shown.tolerance,
             counterexample=self.last_inputs if outcome == "fail" else None, repro=self.repro if outcome == "fail" else None,
-            message=message,
+            message=message, trajectory=self.trajectory,
         )  # fmt: skip
 
     def _outcome(self, report: pytest.TestReport, call: pytest.CallInfo) -> tuple[str, str | None]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conformance.cases import Case, TensorSpec
+from conformance.cases import Case, HyperParameter, TensorSpec
 
 
 def representable_range(low: float, high: float, dtype: str) -> tuple[float, float]:
@@ -34,3 +36,17 @@ def tensor(spec: TensorSpec, dtype: str) -> st.SearchStrategy[np.ndarray]:
 def inputs(case: Case, dtype: str) -> st.SearchStrategy[dict[str, np.ndarray]]:
     """Every variable and data tensor of the case, as numpy arrays of `dtype`."""
     return st.fixed_dictionaries({spec.name: tensor(spec, dtype) for spec in case.tensors})
+
+
+def hyperparameter(spec: HyperParameter) -> st.SearchStrategy[float | bool]:
+    if spec.range is None:
+        return st.just(spec.value)
+    low, high = spec.range
+    if spec.log:  # lr, eps, weight decay span decades: draw the exponent
+        return st.floats(math.log(low), math.log(high)).map(lambda e: min(max(math.exp(e), low), high))
+    return st.floats(low, high)
+
+
+def hyperparameters(case: Case) -> st.SearchStrategy[dict[str, float | bool]]:
+    """The case's canonical hyperparameters; those it leaves out stay each framework's default."""
+    return st.fixed_dictionaries({name: hyperparameter(spec) for name, spec in case.update.hyperparameters.items()})

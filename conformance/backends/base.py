@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,34 @@ class GradientRun:
     gradients_repeat: dict[str, np.ndarray | None]
 
 
+@dataclass(frozen=True)
+class UpdateRun:
+    """A k-step trajectory of the framework's own optimizer, and the state it holds afterwards."""
+
+    values: list[Arrays]  # before the first step, then after each step
+    gradients: list[dict[str, np.ndarray | None]]  # the gradient each step applied (None: the framework gave none)
+    state: dict[str, dict[str, np.ndarray]]  # slot -> variable -> array, as `native_optimizers` reads it
+
+
+@dataclass(frozen=True)
+class AccumulationRun:
+    """The framework's own gradient accumulation over micro-batches, and what its documentation promises."""
+
+    mechanism: str  # e.g. "torch .grad accumulation over k backward() calls"
+    promise: str  # "sum" or "mean" of the micro-batch gradients
+    micro_gradients: list[dict[str, np.ndarray | None]]  # each micro-batch's own gradient
+    accumulated: dict[str, np.ndarray]  # what the mechanism produced (a gradient, or the step it took with lr = 1)
+    citation: str
+    resolution: dict[str, np.ndarray] = field(default_factory=dict)  # a step read back as p0 - p1 is only this exact
+
+
+def step_resolution(start: Arrays, end: dict, dtype: str) -> dict[str, np.ndarray]:
+    """How exactly p0 - p1 gives the step taken in `dtype`: one rounding of p1."""
+    u = float(np.finfo(dtype).eps) / 2
+    return {name: u * (np.abs(np.asarray(start[name], np.float64)) + np.abs(np.asarray(end[name], np.float64)))
+            for name in end}  # fmt: skip
+
+
 class Backend:
     """The interface of an adapter; subclasses override everything that raises NotImplementedError."""
 
@@ -50,9 +78,25 @@ class Backend:
     def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
         raise NotImplementedError
 
+    def updates(self, case: Case, inputs: Arrays, hyper: dict, dtype: str, variant: str, device: str) -> UpdateRun:
+        """`case.update.steps` steps of the native optimizer for `case.update.rule` with canonical `hyper`."""
+        raise NotImplementedError
+
+    def accumulation(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> AccumulationRun:
+        """The native accumulation mechanism over `case.micro_batches` micro-batches (see `micro_batches`)."""
+        raise NotImplementedError
+
     def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
         """A standalone script that computes the case's gradients with this framework alone."""
         raise NotImplementedError
+
+
+def micro_batches(case: Case, inputs: Arrays) -> list[Arrays]:
+    """Every data tensor's leading axis split in `case.micro_batches` equal parts; with no data the loss repeats."""
+    count = case.micro_batches or 1
+    data_names = {spec.name for spec in case.data}
+    return [{name: (np.split(value, count)[index] if name in data_names else value) for name, value in inputs.items()}
+            for index in range(count)]  # fmt: skip
 
 
 def copied(values: dict[str, Any], to_numpy) -> Arrays:

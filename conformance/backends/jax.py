@@ -10,7 +10,9 @@ import importlib.util
 
 import numpy as np
 
-from conformance.backends.base import Arrays, Backend, GradientRun, copied, literal, source_of
+from conformance.backends import native_optimizers
+from conformance.backends.base import (AccumulationRun, Arrays, Backend, GradientRun, UpdateRun, copied, literal,
+                                     micro_batches, source_of, step_resolution)
 from conformance.cases import Case
 from conformance.expressions import OperatorTarget, lower
 from conformance.reference.conventions import Citation, KinkConventions
@@ -152,6 +154,56 @@ class JaxBackend(Backend):
             _, grads = value_and_grad(params, data)
             return GradientRun(float(loss), values_before, values_after, copied(params, np.asarray), gradients,
                                copied(grads, np.asarray))  # fmt: skip
+
+    def updates(self, case: Case, inputs: Arrays, hyper: dict, dtype: str, variant: str, device: str) -> UpdateRun:
+        """jax.grad per micro-batch, summed, then `optimizer.update` and `optax.apply_updates`."""
+        import optax
+
+        jax = self.jax
+        placement = jax.devices(device)[0]
+        with self.precision(dtype):
+            jnp_dtype = getattr(jax.numpy, dtype)
+            place = lambda value: jax.device_put(jax.numpy.asarray(value, jnp_dtype), placement)  # noqa: E731
+            params = {spec.name: place(inputs[spec.name]) for spec in case.variables}
+            batches = [{spec.name: place(batch[spec.name]) for spec in case.data} for batch in micro_batches(case, inputs)]
+            value_and_grad = self._value_and_grad(case, dtype, variant)
+            optimizer = native_optimizers.optax_optimizer(case.update.rule, hyper)
+            state = optimizer.init(params)
+            values, gradients = [copied(params, np.asarray)], []
+            for _ in range(case.update.steps):
+                grads = None
+                for batch in batches:
+                    _, batch_grads = value_and_grad(params, batch)
+                    grads = batch_grads if grads is None else jax.tree_util.tree_map(lambda a, b: a + b, grads, batch_grads)
+                gradients.append(copied(grads, np.asarray))
+                updates, state = optimizer.update(grads, state, params)
+                params = optax.apply_updates(params, updates)
+                values.append(copied(params, np.asarray))
+            return UpdateRun(values, gradients, native_optimizers.optax_state(state, list(params)))
+
+    def accumulation(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> AccumulationRun:
+        """optax.MultiSteps(optax.sgd(1.0), every_k_schedule=k): the k-th call applies the mean."""
+        import optax
+
+        jax = self.jax
+        batches = micro_batches(case, inputs)
+        micro_gradients = [self.gradients(case, batch, dtype, variant, device).gradients for batch in batches]
+        with self.precision(dtype):
+            jnp_dtype = getattr(jax.numpy, dtype)
+            params = {spec.name: jax.numpy.asarray(inputs[spec.name], jnp_dtype) for spec in case.variables}
+            optimizer = optax.MultiSteps(optax.sgd(1.0), every_k_schedule=len(batches))
+            state = optimizer.init(params)
+            for gradients in micro_gradients:
+                grads = {name: jax.numpy.asarray(gradients[name], jnp_dtype) for name in params}
+                updates, state = optimizer.update(grads, state, params)
+                params = optax.apply_updates(params, updates)
+            accumulated = {name: np.asarray(inputs[name], np.float64) - np.asarray(params[name], np.float64)
+                           for name in params}  # fmt: skip
+        return AccumulationRun("optax: MultiSteps(sgd(1.0), every_k_schedule=k), the step taken", "mean",
+                               micro_gradients, accumulated,
+                               "https://optax.readthedocs.io/en/latest/api/optimizer_wrappers.html#optax.MultiSteps "
+                               "(gradients are averaged over k steps)",
+                               resolution=step_resolution(inputs, {name: np.asarray(v) for name, v in params.items()}, dtype))  # fmt: skip
 
     def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
         lines = ["import jax", "import jax.numpy as jnp", ""]

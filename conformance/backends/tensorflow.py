@@ -7,7 +7,9 @@ import os
 
 import numpy as np
 
-from conformance.backends.base import Arrays, Backend, GradientRun, copied, literal, source_of
+from conformance.backends import native_optimizers
+from conformance.backends.base import (AccumulationRun, Arrays, Backend, GradientRun, UpdateRun, copied, literal,
+                                     micro_batches, source_of, step_resolution)
 from conformance.cases import Case
 from conformance.expressions import OperatorTarget, lower
 from conformance.reference.conventions import Citation, KinkConventions
@@ -150,6 +152,49 @@ class TensorFlowBackend(Backend):
         gradients_repeat = {name: None if grad is None else np.array(grad.numpy()) for name, grad in grads.items()}
         return GradientRun(float(loss.numpy()), values_before, values_after, copied(variables, to_numpy), gradients,
                            gradients_repeat)  # fmt: skip
+
+    def updates(self, case: Case, inputs: Arrays, hyper: dict, dtype: str, variant: str, device: str) -> UpdateRun:
+        """The article's loop: GradientTape, the micro-batches' gradients summed, then `apply_gradients`."""
+        tf = self.tf
+        tf_dtype = getattr(tf, dtype)
+        variables = {spec.name: tf.Variable(inputs[spec.name], dtype=tf_dtype, name=spec.name) for spec in case.variables}
+        batches = [{spec.name: tf.constant(batch[spec.name], dtype=tf_dtype) for spec in case.data}
+                   for batch in micro_batches(case, inputs)]  # fmt: skip
+        target = TensorFlowTarget(tf, tf_dtype)
+        optimizer = native_optimizers.keras_optimizer(case.update.rule, hyper)
+        to_numpy = lambda tensor: tensor.numpy()  # noqa: E731
+        values, gradients = [copied(variables, to_numpy)], []
+        for _ in range(case.update.steps):
+            summed = {name: None for name in variables}
+            for batch in batches:
+                with tf.GradientTape() as tape:
+                    loss = lower(case.loss, target, {**variables, **batch})
+                for name, grad in tape.gradient(loss, variables).items():
+                    if grad is not None:
+                        summed[name] = grad if summed[name] is None else summed[name] + grad
+            gradients.append({name: None if grad is None else np.array(grad.numpy()) for name, grad in summed.items()})
+            optimizer.apply_gradients([(summed[name], variables[name]) for name in variables if summed[name] is not None])
+            values.append(copied(variables, to_numpy))
+        return UpdateRun(values, gradients, native_optimizers.keras_state(optimizer, case.update.rule, variables))
+
+    def accumulation(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> AccumulationRun:
+        """Keras' `gradient_accumulation_steps=k` on SGD(learning_rate=1): after k calls the step is the mean."""
+        tf = self.tf
+        tf_dtype = getattr(tf, dtype)
+        batches = micro_batches(case, inputs)
+        micro_gradients = [self.gradients(case, batch, dtype, variant, device).gradients for batch in batches]
+        variables = {spec.name: tf.Variable(inputs[spec.name], dtype=tf_dtype, name=spec.name) for spec in case.variables}
+        optimizer = tf.keras.optimizers.SGD(learning_rate=1.0, gradient_accumulation_steps=len(batches))
+        for gradients in micro_gradients:
+            optimizer.apply_gradients([(tf.constant(gradients[name], dtype=tf_dtype), variable)
+                                       for name, variable in variables.items() if gradients[name] is not None])  # fmt: skip
+        accumulated = {name: np.asarray(inputs[name], np.float64) - np.asarray(variable.numpy(), np.float64)
+                       for name, variable in variables.items()}  # fmt: skip
+        return AccumulationRun("keras: SGD(learning_rate=1, gradient_accumulation_steps=k), the step taken", "mean",
+                               micro_gradients, accumulated,
+                               "https://keras.io/api/optimizers/#base-optimizer-class (gradient_accumulation_steps: "
+                               "updated every k steps using the average value of the gradients)",
+                               resolution=step_resolution(inputs, {name: v.numpy() for name, v in variables.items()}, dtype))  # fmt: skip
 
     def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
         lines = ["import tensorflow as tf", ""]

@@ -6,7 +6,9 @@ import importlib.util
 
 import numpy as np
 
-from conformance.backends.base import Arrays, Backend, GradientRun, copied, literal, source_of
+from conformance.backends import native_optimizers
+from conformance.backends.base import (AccumulationRun, Arrays, Backend, GradientRun, UpdateRun, copied, literal,
+                                     micro_batches, source_of)
 from conformance.cases import Case
 from conformance.expressions import OperatorTarget, lower
 from conformance.reference.conventions import Citation, KinkConventions
@@ -110,12 +112,7 @@ class TorchBackend(Backend):
         return ["cpu"] + (["cuda"] if self.torch.cuda.is_available() else [])
 
     def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
-        torch = self.torch
-        torch_dtype = getattr(torch, dtype)
-        leaves = {spec.name: torch.tensor(inputs[spec.name], dtype=torch_dtype, device=device, requires_grad=True)
-                  for spec in case.variables}  # fmt: skip
-        data = {spec.name: torch.tensor(inputs[spec.name], dtype=torch_dtype, device=device) for spec in case.data}
-        target = TorchTarget(torch, torch_dtype, device)
+        leaves, data, target = self._tensors(case, inputs, dtype, device)
         to_numpy = lambda tensor: tensor.detach().cpu().numpy()  # noqa: E731
 
         def differentiate():
@@ -131,6 +128,43 @@ class TorchBackend(Backend):
         values_after = copied(leaves, to_numpy)
         _, gradients_repeat = differentiate()
         return GradientRun(loss, values_before, values_after, copied(leaves, to_numpy), gradients, gradients_repeat)
+
+    def _tensors(self, case: Case, inputs: Arrays, dtype: str, device: str):
+        torch = self.torch
+        torch_dtype = getattr(torch, dtype)
+        leaves = {spec.name: torch.tensor(inputs[spec.name], dtype=torch_dtype, device=device, requires_grad=True)
+                  for spec in case.variables}  # fmt: skip
+        data = {spec.name: torch.tensor(inputs[spec.name], dtype=torch_dtype, device=device) for spec in case.data}
+        return leaves, data, TorchTarget(torch, torch_dtype, device)
+
+    def updates(self, case: Case, inputs: Arrays, hyper: dict, dtype: str, variant: str, device: str) -> UpdateRun:
+        leaves, data, target = self._tensors(case, inputs, dtype, device)
+        optimizer = native_optimizers.torch_optimizer(case.update.rule, hyper, list(leaves.values()))
+        to_numpy = lambda tensor: tensor.detach().cpu().numpy()  # noqa: E731
+        values, gradients = [copied(leaves, to_numpy)], []
+        batches = [self._tensors(case, batch, dtype, device)[1] for batch in micro_batches(case, inputs)]
+        for _ in range(case.update.steps):
+            optimizer.zero_grad()
+            for batch in batches:  # one batch, or the micro-batches summed in .grad before one step
+                lower(case.loss, target, {**leaves, **batch}).backward()
+            gradients.append({name: None if leaf.grad is None else np.array(to_numpy(leaf.grad)) for name, leaf in leaves.items()})
+            optimizer.step()
+            values.append(copied(leaves, to_numpy))
+        return UpdateRun(values, gradients, native_optimizers.torch_state(optimizer, leaves))
+
+    def accumulation(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> AccumulationRun:
+        """k backward() calls without zero_grad() in between: .grad holds the sum."""
+        batches = micro_batches(case, inputs)
+        micro_gradients = [self.gradients(case, batch, dtype, variant, device).gradients for batch in batches]
+        leaves, _, target = self._tensors(case, inputs, dtype, device)
+        to_numpy = lambda tensor: tensor.detach().cpu().numpy()  # noqa: E731
+        for batch in batches:
+            _, data, _ = self._tensors(case, batch, dtype, device)
+            lower(case.loss, target, {**leaves, **data}).backward()
+        accumulated = {name: np.zeros(leaf.shape) if leaf.grad is None else np.array(to_numpy(leaf.grad))
+                       for name, leaf in leaves.items()}  # fmt: skip
+        return AccumulationRun("torch: .grad accumulated over k backward() calls", "sum", micro_gradients, accumulated,
+                               "https://pytorch.org/docs/stable/generated/torch.Tensor.backward.html")  # fmt: skip
 
     def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
         lines = ["import torch", ""]

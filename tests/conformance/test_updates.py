@@ -1,0 +1,130 @@
+"""Optimizer updates and gradient accumulation, parametrized by the plugin over update and accumulate cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conformance import backends, strategies, update_properties
+from conformance.backends.base import micro_batches
+from conformance.reference import optimizers
+from conformance.tolerance import compare, worst
+
+
+def _complete(item, hyper: dict, framework: str) -> dict:
+    try:
+        return optimizers.hyperparameters(item.case.update.rule, framework, hyper)
+    except ValueError as problem:
+        pytest.skip(f"not applicable: {problem}")
+
+
+def _summed_reference_gradient(item, inputs: dict, framework_conventions):
+    """The exact gradient at `params`, summed over the case's micro-batches (the explicit accumulator)."""
+
+    def gradient_at(params: dict) -> dict:
+        total = None
+        for batch in micro_batches(item.case, {**inputs, **params}):
+            gradients = item.reference(batch, framework_conventions).gradients
+            total = gradients if total is None else {n: total[n] + gradients[n] for n in total}
+        return total
+
+    return gradient_at
+
+
+@pytest.mark.conformance("update.matches_reference", requires="update")
+@given(data=st.data())
+def test_update_matches_reference(conformance_item, data):
+    item = conformance_item
+    inputs = item.draw_inputs(data)
+    hyper = data.draw(strategies.hyperparameters(item.case), label="hyperparameters")
+    complete = _complete(item, hyper, item.backend.name)
+    run = item.call("updates", inputs, hyper)
+    comparison, steps = update_properties.matches_reference(item.case.update.rule, complete,
+                                                            optimizers.SWITCHES[item.backend.name], run, item.spec.dtype)  # fmt: skip
+    item.trajectory = update_properties.trajectory(run, steps["expected"])
+    item.check(comparison, expected=steps["expected"][-1])
+
+
+@pytest.mark.conformance("update.agrees_across_backends", requires="update")
+@given(data=st.data())
+def test_update_agrees_across_backends(conformance_item, data):
+    item, rule = conformance_item, conformance_item.case.update.rule
+    others = [b for b in map(backends.load, item.other_backends) if b.unavailable_reason() is None]
+    if not others:
+        pytest.skip("needs a second installed backend in the run")
+    inputs = item.draw_inputs(data)
+    hyper = data.draw(strategies.hyperparameters(item.case), label="hyperparameters")
+    mine = item.backend.name
+    complete = _complete(item, hyper, mine)
+    run = item.call("updates", inputs, hyper)
+    _, own = update_properties.matches_reference(rule, complete, optimizers.SWITCHES[mine], run, item.spec.dtype)
+    start = {spec.name: inputs[spec.name] for spec in item.case.variables}
+    for other in others:
+        other_complete = _complete(item, hyper, other.name)
+        other_run = item.call("updates", inputs, hyper, backend=other)
+        _, theirs = update_properties.matches_reference(rule, other_complete, optimizers.SWITCHES[other.name], other_run,
+                                                        item.spec.dtype)  # fmt: skip
+        bound = update_properties.agreement_bound(own["bounds"], theirs["bounds"])
+        final, other_final = run.values[-1], other_run.values[-1]
+        agreement = worst([compare(f"{name} after {len(run.gradients)} steps against {other.name}", final[name],
+                                   other_final[name], bound[name]) for name in final])  # fmt: skip
+        if agreement.ok:
+            item.check(agreement)
+            continue
+        # Explained only when the reference, with each framework's own switches and defaults, reproduces the gap.
+        steps = item.case.update.steps
+        reference = update_properties.reference_trajectory(
+            rule, complete, optimizers.SWITCHES[mine], start, _summed_reference_gradient(item, inputs, item.backend.conventions), steps)
+        other_reference = update_properties.reference_trajectory(
+            rule, other_complete, optimizers.SWITCHES[other.name], start, _summed_reference_gradient(item, inputs, other.conventions), steps)
+        reproduced = worst([compare(f"gap to {other.name} in {name}", np.float64(final[name]) - other_final[name],
+                                    reference[name] - other_reference[name], bound[name]) for name in final])  # fmt: skip
+        differences = (optimizers.explain(rule, optimizers.SWITCHES[mine], optimizers.SWITCHES[other.name], complete)
+                       + optimizers.explain_defaults(rule, mine, other.name, hyper))  # fmt: skip
+        if reproduced.ok and differences:
+            item.explain(f"{mine} and {other.name} differ by {agreement.max_error:.3g} in {agreement.where}, as the "
+                         f"reference with each one's formulas predicts: " + "; ".join(d.text for d in differences),
+                         "; ".join(c.url for d in differences for c in d.citations), agreement)  # fmt: skip
+            continue
+        item.check(agreement)
+
+
+@pytest.mark.conformance("accumulation.linear", requires="accumulate")
+@given(data=st.data())
+def test_accumulation_linear(conformance_item, data):
+    """The full-batch gradient is the sum of the micro-batch gradients (their mean for a mean-reduced loss)."""
+    item = conformance_item
+    inputs = item.draw_inputs(data)
+    batches = micro_batches(item.case, inputs)
+    full, parts = item.gradients(inputs), [item.gradients(batch) for batch in batches]
+    reference = item.reference(inputs)
+    reference_parts = [item.reference(batch) for batch in batches]
+    comparisons = []
+    for name, expected in reference.gradients.items():
+        summed = np.sum([p.gradients[name] for p in reference_parts], axis=0)
+        if np.allclose(expected, summed, rtol=1e-9, atol=0):
+            scale = 1.0
+        elif np.allclose(expected, summed / len(batches), rtol=1e-9, atol=0):
+            scale = 1.0 / len(batches)
+        else:
+            pytest.skip("not applicable: the loss is neither a sum nor a mean over the batch")
+        actual = scale * np.sum([np.asarray(p.gradients[name], np.float64) for p in parts], axis=0)
+        bound = reference.bounds[name] + scale * np.sum([p.bounds[name] for p in reference_parts], axis=0)
+        comparisons.append(compare(f"micro-batch {'sum' if scale == 1 else 'mean'} of grad {name}", actual,
+                                   np.asarray(full.gradients[name], np.float64), bound))  # fmt: skip
+    item.check(worst(comparisons))
+
+
+@pytest.mark.conformance("accumulation.native", requires="accumulate")
+@given(data=st.data())
+def test_accumulation_native(conformance_item, data):
+    """torch's .grad accumulation, Keras' gradient_accumulation_steps, optax.MultiSteps: what each documents."""
+    item = conformance_item
+    inputs = item.draw_inputs(data)
+    run = item.call("accumulation", inputs)
+    item.check(update_properties.accumulation_matches(run, item.spec.dtype))
+    if run.promise == "mean":
+        item.explain(f"{run.mechanism} averages the micro-batch gradients; torch's .grad accumulation sums them",
+                     run.citation)
