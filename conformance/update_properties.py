@@ -15,6 +15,8 @@ times the number of steps.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from conformance.backends.base import AccumulationRun, UpdateRun
@@ -92,6 +94,21 @@ def reference_trajectory(rule: str, hyper: dict, switches, start: dict, gradient
     for _ in range(steps):
         params, state = optimizers.step(rule, hyper, switches, params, gradient_at(params), state)
     return params
+
+
+def relevant_differences(differences: list, rule: str, hyper: dict, other_hyper: dict, switches, other_switches,
+                         trajectory_of, bound: dict) -> list:  # fmt: skip
+    """The switches and defaults that, flipped alone to the other framework's value, move the reference's result."""
+    baseline = trajectory_of(hyper, switches)
+    relevant = []
+    for difference in differences:
+        if hasattr(switches, difference.switch):
+            flipped = trajectory_of(hyper, dataclasses.replace(switches, **{difference.switch: getattr(other_switches, difference.switch)}))
+        else:
+            flipped = trajectory_of({**hyper, difference.switch: other_hyper[difference.switch]}, switches)
+        if any(np.any(np.abs(flipped[name] - baseline[name]) > bound[name]) for name in baseline):
+            relevant.append(difference)
+    return relevant
 
 
 def accumulation_matches(run: AccumulationRun, dtype: str) -> Comparison:

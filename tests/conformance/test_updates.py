@@ -75,14 +75,19 @@ def test_update_agrees_across_backends(conformance_item, data):
             continue
         # Explained only when the reference, with each framework's own switches and defaults, reproduces the gap.
         steps = item.case.update.steps
-        reference = update_properties.reference_trajectory(
-            rule, complete, optimizers.SWITCHES[mine], start, _summed_reference_gradient(item, inputs, item.backend.conventions), steps)
-        other_reference = update_properties.reference_trajectory(
-            rule, other_complete, optimizers.SWITCHES[other.name], start, _summed_reference_gradient(item, inputs, other.conventions), steps)
+
+        def trajectory_of(hyperparameters, switches, conventions=item.backend.conventions):
+            gradient_at = _summed_reference_gradient(item, inputs, conventions)
+            return update_properties.reference_trajectory(rule, hyperparameters, switches, start, gradient_at, steps)
+
+        reference = trajectory_of(complete, optimizers.SWITCHES[mine])
+        other_reference = trajectory_of(other_complete, optimizers.SWITCHES[other.name], other.conventions)
         reproduced = worst([compare(f"gap to {other.name} in {name}", np.float64(final[name]) - other_final[name],
                                     reference[name] - other_reference[name], bound[name]) for name in final])  # fmt: skip
-        differences = (optimizers.explain(rule, optimizers.SWITCHES[mine], optimizers.SWITCHES[other.name], complete)
-                       + optimizers.explain_defaults(rule, mine, other.name, hyper))  # fmt: skip
+        differences = update_properties.relevant_differences(
+            optimizers.explain(rule, optimizers.SWITCHES[mine], optimizers.SWITCHES[other.name], complete)
+            + optimizers.explain_defaults(rule, mine, other.name, hyper),
+            rule, complete, other_complete, optimizers.SWITCHES[mine], optimizers.SWITCHES[other.name], trajectory_of, bound)
         if reproduced.ok and differences:
             item.explain(f"{mine} and {other.name} differ by {agreement.max_error:.3g} in {agreement.where}, as the "
                          f"reference with each one's formulas predicts: " + "; ".join(d.text for d in differences),
