@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from conformance import expressions
-from conformance.numpy_target import result_shape
+from conformance.numpy_target import TooLarge, result_shape
 
 RULES = ("sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop", "adagrad")
 HYPERPARAMETERS = (
@@ -30,7 +30,12 @@ class CaseError(ValueError):
 
     def __init__(self, path: Path | str, field_name: str, problem: str):
         self.path, self.field, self.problem = str(path), field_name, problem
-        super().__init__(f"{path}: {field_name}: {problem}" if field_name else f"{path}: {problem}")
+        super().__init__(_one_line(f"{path}: {field_name}: {problem}" if field_name else f"{path}: {problem}"))
+
+
+def _one_line(text: str) -> str:
+    """Control characters (a newline in a quoted TOML key, in a file name) escaped, so the message stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,8 @@ def load_case(path: Path, root: Path | None = None) -> Case:
         raise CaseError(path, "", "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise CaseError(path, "", f"is not valid TOML ({error})") from None
+    except RecursionError:
+        raise CaseError(path, "", "nests arrays or tables too deeply to be read") from None
     default_id = path.with_suffix("").relative_to(root).as_posix() if root else path.stem
     return _CaseReader(path, document).read(default_id)
 
@@ -198,7 +205,7 @@ class _CaseReader:
             if "range" in entry:
                 raise self.fail(where, "has both `value` and `range`; give one")
             value = self._array(f"{where}.value", entry["value"])
-            if "shape" in entry and tuple(entry["shape"]) != value.shape:
+            if "shape" in entry and self._shape(f"{where}.shape", entry["shape"]) != value.shape:
                 raise self.fail(f"{where}.shape", f"is {entry['shape']} but the value has shape {list(value.shape)}")
             return TensorSpec(name, trainable, value.shape, value=value)
         if "shape" not in entry or "range" not in entry:
@@ -213,6 +220,8 @@ class _CaseReader:
             raise self.fail(where, "must be a number or a rectangular nested list of numbers") from None
         if array.size > MAX_ELEMENTS or array.ndim > 4:
             raise self.fail(where, f"must have at most {MAX_ELEMENTS} elements and 4 axes")
+        if any(isinstance(item, bool) for item in np.array(value, dtype=object).ravel()):
+            raise self.fail(where, "must be numbers; true and false are not")
         if not np.all(np.isfinite(array)):
             raise self.fail(where, "must be finite")
         return array
@@ -248,6 +257,8 @@ class _CaseReader:
             raise self.fail("loss.expr", "uses no trainable variable, so there is nothing to differentiate")
         try:
             shape = result_shape(tree, {name: spec.shape for name, spec in tensors.items()})
+        except TooLarge as error:
+            raise self.fail("loss.expr", str(error)) from None
         except (ValueError, IndexError, TypeError) as error:
             raise self.fail("loss.expr", f"shapes do not fit ({str(error).splitlines()[0][:200]})") from None
         if shape != ():

@@ -10,6 +10,12 @@ import numpy as np
 
 from conformance.expressions import Node, OperatorTarget, lower
 
+MAX_INTERMEDIATE_ELEMENTS = 4096  # the reference builds one SymPy expression per element of every intermediate
+
+
+class TooLarge(ValueError):
+    """Broadcasting makes the loss' intermediates too large for the reference to differentiate."""
+
 
 class NumpyTarget(OperatorTarget):
     def sum(self, a, axis=None):
@@ -44,8 +50,29 @@ class NumpyTarget(OperatorTarget):
         return np.maximum(a, 0.0)
 
 
+class _CountingTarget(NumpyTarget):
+    """Counts the elements of every intermediate result, and stops once there are too many."""
+
+    def __init__(self):
+        self.elements = 0
+
+    def _counted(self, result):
+        self.elements += np.size(result)
+        if self.elements > MAX_INTERMEDIATE_ELEMENTS:
+            raise TooLarge(f"its intermediate results hold more than {MAX_INTERMEDIATE_ELEMENTS} elements "
+                           "(broadcasting); the reference cannot differentiate that in reasonable time")
+        return result
+
+    def binary(self, op, left, right):
+        return self._counted(super().binary(op, left, right))
+
+    def call(self, function, args, axis):
+        return self._counted(super().call(function, args, axis))
+
+
 def result_shape(expression: Node, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
-    """The shape of the expression's value; numpy's ValueError/IndexError when shapes do not fit."""
+    """The shape of the expression's value; numpy's ValueError/IndexError when shapes do not fit, TooLarge when
+    its intermediates hold more than MAX_INTERMEDIATE_ELEMENTS elements in all."""
     env = {name: np.ones(shape) for name, shape in shapes.items()}
     with np.errstate(all="ignore"):
-        return np.shape(lower(expression, NumpyTarget(), env))
+        return np.shape(lower(expression, _CountingTarget(), env))

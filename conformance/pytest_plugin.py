@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, Phase, settings
 from conformance import backends as backend_registry
 from conformance.cases import Case, CaseError, load_cases
 from conformance.item import ConformanceItem, ItemSpec
+from conformance.known_failures import known_failure
 from conformance.results import ResultRecord, ResultsWriter, clean, new_run_id, run_header
 
 SHIPPED_CASES = Path(__file__).resolve().parent.parent / "cases"
@@ -125,7 +126,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 for variant in variants:
                     for device in backend.devices():
                         spec = ItemSpec(marker.args[0], case, name, variant, device, dtype)
-                        params.append(pytest.param(spec, id=spec.id))
+                        known = known_failure(spec.property, name, dtype)
+                        marks = [pytest.mark.xfail(reason=f"known: {known}")] if known else []
+                        params.append(pytest.param(spec, id=spec.id, marks=marks))
     metafunc.parametrize("conformance_item", params, indirect=True)
 
 

@@ -44,7 +44,7 @@ def hyperparameter(spec: HyperParameter) -> st.SearchStrategy[float | bool]:
     low, high = spec.range
     if spec.log:  # lr, eps, weight decay span decades: draw the exponent
         return st.floats(math.log(low), math.log(high)).map(lambda e: min(max(math.exp(e), low), high))
-    return st.floats(low, high)
+    return st.floats(low, high, allow_subnormal=False)
 
 
 def hyperparameters(case: Case) -> st.SearchStrategy[dict[str, float | bool]]:

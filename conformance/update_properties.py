@@ -4,8 +4,9 @@ Bounds. One step of every rule here is at most `STEP_ROUNDINGS` roundings along 
 amsgrad and weight decay: about 12), so a step computed in the dtype differs from the float64 reference step
 from the same parameters, gradient and state by at most
     u (|p_k| + |p_k+1|) + (STEP_ROUNDINGS + sum b / (1 - b)) (k + 1) u |update_k|abs,
-where |update|abs is the step the reference takes on absolute values (|g|, |p|, |state|: "the same expression
-on absolute values", which bounds every intermediate magnitude) and the factor (k + 1) covers the state's own
+where |update|abs is the larger of the step itself and the step the reference takes on absolute values (|g|,
+|p|, |state|: "the same expression on absolute values", which bounds the intermediate magnitudes of rules that
+only add; Keras' m = mu m - lr g subtracts by design, hence the larger of the two) and the factor (k + 1) covers the state's own
 rounding carried from the k earlier steps. The sum runs over the decay rates b (beta1, beta2, rho) that enter
 as 1 - b or 1 - b^t: a framework that holds b in float32 has 1 - b to a relative u b / (1 - b) only (999 u for
 beta2 = 0.999), and the step inherits it. A trajectory compared with another backend's carries each step's
@@ -55,7 +56,8 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str):
                                                              {slot: _absolute(v) for slot, v in absolute_state.items()})  # fmt: skip
         expected.append(following)
         bounds.append({name: u * (magnitudes[name] + np.abs(following[name]))
-                       + roundings * (k + 1) * u * np.abs(magnitudes[name] - absolute_following[name])
+                       + roundings * (k + 1) * u * np.maximum(np.abs(magnitudes[name] - absolute_following[name]),
+                                                               np.abs(values[name] - following[name]))
                        + float(np.finfo(dtype).smallest_normal) for name in values})  # fmt: skip
     return expected, bounds, state, absolute_state
 
@@ -69,7 +71,8 @@ def matches_reference(rule: str, hyper: dict, switches, run: UpdateRun, dtype: s
     for slot, values in run.state.items():
         for name, value in values.items():
             if slot in state and name in state[slot]:
-                bound = 0.0 if slot == "step" else step_roundings(hyper) * steps * u * np.abs(absolute_state[slot][name])
+                magnitude = np.maximum(np.abs(absolute_state[slot][name]), np.abs(state[slot][name]))
+                bound = 0.0 if slot == "step" else step_roundings(hyper) * steps * u * magnitude
                 comparisons.append(compare(f"state {slot} of {name}", value, state[slot][name], bound))
     return worst(comparisons), {"expected": expected, "bounds": bounds}
 

@@ -93,7 +93,9 @@ class Backend:
 
 def micro_batches(case: Case, inputs: Arrays) -> list[Arrays]:
     """Every data tensor's leading axis split in `case.micro_batches` equal parts; with no data the loss repeats."""
-    count = case.micro_batches or 1
+    if not case.micro_batches:
+        return [inputs]
+    count = case.micro_batches
     data_names = {spec.name for spec in case.data}
     return [{name: (np.split(value, count)[index] if name in data_names else value) for name, value in inputs.items()}
             for index in range(count)]  # fmt: skip

@@ -9,6 +9,7 @@ error one wants to catch, which `conformance.tolerance` checks.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -78,3 +79,17 @@ class CompiledGradient:
 def compiled_gradient(case: Case) -> CompiledGradient:
     """SymPy differentiation costs tenths of a second per case: do it once per case and process."""
     return CompiledGradient(case)
+
+
+_reshaped: dict[tuple[int, tuple], Case] = {}
+
+
+def shaped_like(case: Case, shapes: dict[str, tuple[int, ...]]) -> Case:
+    """The case with its data tensors at `shapes` (one micro-batch), made once so that its compilation is cached."""
+    if all(shapes[spec.name] == spec.shape for spec in case.data):
+        return case
+    key = (id(case), tuple(shapes[spec.name] for spec in case.data))
+    if key not in _reshaped:
+        data = tuple(dataclasses.replace(spec, shape=tuple(shapes[spec.name])) for spec in case.data)
+        _reshaped[key] = dataclasses.replace(case, data=data)
+    return _reshaped[key]

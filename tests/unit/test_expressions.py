@@ -200,7 +200,8 @@ def _calls(children):
 
 
 near_valid = st.recursive(
-    st.sampled_from([*sorted(NAMES), "0", "1", "2.5", "1e-3", "1e30", "16", "17", "y", "True", "'s'", "x.real", "w[0]"]),
+    st.sampled_from([*sorted(NAMES), "0", "1", "2.5", "1e-3", "1e30", "16", "17", "y", "True", "'s'", "x.real",
+                     "w[0]"]),
     _calls,
     max_leaves=40,
 )
