@@ -23,7 +23,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return main_report(argv[1:])
     if argv[:1] == ["run"]:
         return main_run(argv[1:])
-    print("usage: conformance run [options] | conformance report FILE... [-o FILE]   (-h for each)", file=sys.stderr)
+    if argv[:1] == ["known-differences"]:
+        from conformance.known_differences import main_known_differences
+
+        return main_known_differences(argv[1:])
+    print("usage: conformance run [options] | conformance report FILE... [-o FILE] | "
+          "conformance known-differences [RESULTS...] [-o FILE]   (-h for each)", file=sys.stderr)
     return 0 if argv[:1] in (["-h"], ["--help"]) else 2
 
 

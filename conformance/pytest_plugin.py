@@ -100,7 +100,8 @@ def _selected(case: Case, requires: str | None) -> bool:
         "update": case.update is not None,
         "no_update": case.update is None,
         "accumulate": case.micro_batches is not None,
-        "expect": bool(case.expect),
+        "expect": bool(case.expect) and case.update is None,
+        "expect_update": bool(case.expect) and case.update is not None,
     }[requires]
 
 

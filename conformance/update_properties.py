@@ -11,7 +11,9 @@ rounding carried from the k earlier steps. The sum runs over the decay rates b (
 as 1 - b or 1 - b^t: a framework that holds b in float32 has 1 - b to a relative u b / (1 - b) only (999 u for
 beta2 = 0.999), and the step inherits it. A trajectory compared with another backend's carries each step's
 error through at most `steps` later steps: the agreement tolerance is the sum of both backends' step bounds,
-times the number of steps.
+times the number of steps. Where the dynamics amplify the gradients' own rounding further (Adam near a zero
+gradient divides by sqrt(v)), two backends still agree when each matches its reference step by step and the
+references with both backends' formulas agree.
 """
 
 from __future__ import annotations
@@ -84,6 +86,13 @@ def trajectory(run: UpdateRun, expected: list[dict]) -> dict[str, list[float]]:
     reference = [actual[0]] + [float(np.ravel(values[name])[0]) for values in expected]
     return {"steps": list(range(len(actual))), "actual": actual, "reference": reference,
             "error": [abs(a - r) for a, r in zip(actual, reference)]}  # fmt: skip
+
+
+def squares_underflow(run: UpdateRun, dtype: str) -> bool:
+    """Whether some nonzero gradient element has a square below the dtype's smallest normal number."""
+    limit = np.sqrt(float(np.finfo(dtype).smallest_normal))
+    return any(np.any((gradient != 0) & (np.abs(gradient) < limit))
+               for gradients in run.gradients for gradient in gradients.values() if gradient is not None)  # fmt: skip
 
 
 def agreement_bound(bounds: list[dict], other_bounds: list[dict]) -> dict[str, np.ndarray]:

@@ -62,7 +62,8 @@ def test_agrees_across_backends(conformance_item, data):
         switches = item.backend.conventions.differences(other.conventions)
         if own.ok and theirs.ok and switches:
             citations = {**other.conventions.citations, **item.backend.conventions.citations}
-            item.explain(f"{item.backend.name} and {other.name} differ at a kink or tie ({', '.join(switches)}): "
+            item.explain(f"{item.backend.name} and {other.name} differ at a kink or tie ("
+                         f"{', '.join(f'{s}: {getattr(item.backend.conventions, s)} vs {getattr(other.conventions, s)}' for s in switches)}): "
                          f"{agreement.where} is {agreement.detail}",
                          "; ".join(citations[s].url for s in switches if s in citations), agreement)  # fmt: skip
             continue
