@@ -19,6 +19,7 @@ HYPERPARAMETERS = (
     "centered", "initial_accumulator",
 )  # fmt: skip
 BOOLEAN_HYPERPARAMETERS = ("amsgrad", "nesterov", "centered")
+GOLDEN_DTYPES = ("float32", "float64")
 MAX_ELEMENTS = 256  # the reference differentiates element by element; beyond this SymPy gets slow
 MAX_STEPS = 50
 MAX_FILE_BYTES = 64_000
@@ -83,6 +84,7 @@ class Case:
     update: UpdateSpec | None = None
     micro_batches: int | None = None
     expect: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
+    expect_dtypes: dict[str, str] = field(default_factory=dict, compare=False)  # a golden stated to one dtype's precision
 
     @property
     def tensors(self) -> tuple[TensorSpec, ...]:
@@ -91,6 +93,10 @@ class Case:
     @property
     def variable_names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.variables)
+
+    def goldens(self, dtype: str) -> dict[str, np.ndarray]:
+        """The [expect] values that hold in `dtype`: all but those stated to another dtype's precision only."""
+        return {key: value for key, value in self.expect.items() if self.expect_dtypes.get(key, dtype) == dtype}
 
 
 def load_case(path: Path, root: Path | None = None) -> Case:
@@ -154,6 +160,7 @@ class _CaseReader:
         tensors = {spec.name: spec for spec in variables + data}
         loss_source, loss = self._loss(tensors)
         micro_batches = self._accumulate(data)
+        expect, expect_dtypes = self._expect(tensors)
         return Case(
             id=case_id,
             path=str(self.path),
@@ -165,7 +172,8 @@ class _CaseReader:
             loss=loss,
             update=self._update(),
             micro_batches=micro_batches,
-            expect=self._expect(tensors),
+            expect=expect,
+            expect_dtypes=expect_dtypes,
         )
 
     def _string(self, key: str, default: str) -> str:
@@ -313,14 +321,20 @@ class _CaseReader:
                 raise self.fail("accumulate.micro_batches", f"{count} does not divide the leading axis of data.{spec.name}")
         return count
 
-    def _expect(self, tensors: dict[str, TensorSpec]) -> dict[str, np.ndarray]:
-        expected = {}
+    def _expect(self, tensors: dict[str, TensorSpec]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Golden values, and the dtype each is stated to where it holds only to that precision (`{ value, dtype }`)."""
+        expected, dtypes = {}, {}
         for key, value in self._table("expect").items():
             name = key.removeprefix("grad.")
             if name not in tensors or not tensors[name].trainable:
                 raise self.fail(f"expect.{key}", "must be `x` or `grad.x` for a trainable variable x of the case")
+            if isinstance(value, dict):
+                if set(value) != {"value", "dtype"} or value["dtype"] not in GOLDEN_DTYPES:
+                    raise self.fail(f"expect.{key}", 'must be a number, a nested list, or { value = ..., dtype = '
+                                                     '"float32" | "float64" }')
+                value, dtypes[key] = value["value"], value["dtype"]
             array = self._array(f"expect.{key}", value)
             if array.shape not in ((), tensors[name].shape):
                 raise self.fail(f"expect.{key}", f"has shape {list(array.shape)}, the variable {list(tensors[name].shape)}")
             expected[key] = array
-        return expected
+        return expected, dtypes

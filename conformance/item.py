@@ -72,6 +72,14 @@ class ConformanceItem:
         self.last_inputs, self.examples = inputs, self.examples + 1
         return inputs
 
+    def goldens(self) -> dict[str, np.ndarray]:
+        """The case's goldens that hold in this item's dtype; none is a 'not applicable' item, with the reason."""
+        goldens = self.case.goldens(self.spec.dtype)
+        if not goldens:
+            stated = ", ".join(sorted(set(self.case.expect_dtypes.values())))
+            pytest.skip(f"{NOT_APPLICABLE}the goldens hold to {stated} precision only")
+        return goldens
+
     def gradients(self, inputs: dict[str, np.ndarray], backend: Backend | None = None) -> GradientRun:
         return self.call("gradients", inputs, backend=backend)
 

@@ -84,6 +84,13 @@ def test_a_valid_case_loads_with_every_field(tmp_path):
     assert {key: float(value) for key, value in case.expect.items()} == {"grad.x": 6.0, "x": 2.0}
 
 
+def test_a_golden_stated_to_one_dtype_holds_in_that_dtype_only(tmp_path):
+    text = scalar_with(extra='[expect]\n"grad.x" = 4.0\n"x" = { value = 2.0, dtype = "float32" }\n')
+    case = load_case(write(tmp_path / "golden.toml", text))
+    assert case.expect_dtypes == {"x": "float32"}
+    assert set(case.goldens("float32")) == {"grad.x", "x"} and set(case.goldens("float64")) == {"grad.x"}
+
+
 def test_ids_are_paths_relative_to_the_root(tmp_path):
     write(tmp_path / "sub" / "name.toml", SCALAR)
     write(tmp_path / "sub" / "deeper" / "other.toml", SCALAR)
@@ -178,6 +185,8 @@ INVALID = {
     "expect on an unknown variable": (scalar_with(extra='[expect]\n"grad.z" = 1.0\n'), "expect.grad.z"),
     "expect on data": (tensors("sum(a @ w)", '[expect]\n"a" = 1.0\n'), "expect.a"),
     "expect of the wrong shape": (tensors("sum(a @ w)", '[expect]\n"grad.w" = [1.0, 2.0]\n'), "expect.grad.w"),
+    "expect to an unknown dtype": (scalar_with(extra='[expect]\n"x" = { value = 2.0, dtype = "float16" }\n'), "expect.x"),
+    "expect table without a value": (scalar_with(extra='[expect]\n"x" = { dtype = "float32" }\n'), "expect.x"),
     "empty title": ('title = ""\n' + scalar_with(), "title"),
     "tags not strings": ("tags = [1]\n" + scalar_with(), "tags"),
 }
