@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import keyword
 import math
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ HYPERPARAMETERS = (
 )  # fmt: skip
 BOOLEAN_HYPERPARAMETERS = ("amsgrad", "nesterov", "centered")
 GOLDEN_DTYPES = ("float32", "float64")
+MAX_AXES = expressions.MAX_AXES
 MAX_ELEMENTS = 256  # the reference differentiates element by element; beyond this SymPy gets slow
 MAX_STEPS = 50
 MAX_FILE_BYTES = 64_000
@@ -32,6 +35,14 @@ class CaseError(ValueError):
     def __init__(self, path: Path | str, field_name: str, problem: str):
         self.path, self.field, self.problem = str(path), field_name, problem
         super().__init__(_one_line(f"{path}: {field_name}: {problem}" if field_name else f"{path}: {problem}"))
+
+
+def _as_float(number: int | float) -> float:
+    """A TOML number as a float; an integer beyond float64's range is an infinity, which finiteness checks catch."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
 
 
 def _one_line(text: str) -> str:
@@ -103,17 +114,22 @@ def load_case(path: Path, root: Path | None = None) -> Case:
     """Read and validate one case file; `root` is the directory ids are relative to."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block, a link to /dev/zero would never end
+            raise CaseError(path, "", "is not a regular file")
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
     except OSError as error:
         raise CaseError(path, "", f"cannot be read ({error.strerror})") from None
     if len(raw) > MAX_FILE_BYTES:
-        raise CaseError(path, "", f"is {len(raw)} bytes; the limit is {MAX_FILE_BYTES}")
+        raise CaseError(path, "", f"is too long: the limit is {MAX_FILE_BYTES} bytes")
     try:
         document = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise CaseError(path, "", "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise CaseError(path, "", f"is not valid TOML ({error})") from None
+    except ValueError:  # int() refuses the literal: Python's limit on the digits of an integer
+        raise CaseError(path, "", "is not valid TOML (an integer literal has too many digits)") from None
     except RecursionError:
         raise CaseError(path, "", "nests arrays or tables too deeply to be read") from None
     default_id = path.with_suffix("").relative_to(root).as_posix() if root else path.stem
@@ -155,6 +171,10 @@ class _CaseReader:
         if not variables:
             raise self.fail("variables", "is missing: a case needs at least one trainable variable")
         data = self._tensors("data", trainable=False)
+        variable_names = {spec.name for spec in variables}
+        for spec in data:
+            if spec.name in variable_names:
+                raise self.fail(f"data.{spec.name}", "has the name of a variable; names must be unique")
         if sum(spec.size for spec in variables + data) > MAX_ELEMENTS:
             raise self.fail("variables", f"variables and data hold more than {MAX_ELEMENTS} elements together")
         tensors = {spec.name: spec for spec in variables + data}
@@ -178,14 +198,16 @@ class _CaseReader:
 
     def _string(self, key: str, default: str) -> str:
         value = self.document.get(key, default)
-        if not isinstance(value, str) or not value.strip() or len(value) > 300:
-            raise self.fail(key, "must be a non-empty string of at most 300 characters")
+        if not isinstance(value, str) or not value.strip() or len(value) > 300 or not value.isprintable():
+            raise self.fail(key, "must be a non-empty line of at most 300 printable characters")
         return value
 
     def _tags(self) -> list[str]:
         tags = self.document.get("tags", [])
-        if not isinstance(tags, list) or not all(isinstance(tag, str) and 0 < len(tag) <= 60 for tag in tags):
-            raise self.fail("tags", "must be a list of short strings")
+        if not isinstance(tags, list) or not all(
+            isinstance(tag, str) and 0 < len(tag) <= 60 and tag.isprintable() for tag in tags
+        ):
+            raise self.fail("tags", "must be a list of short printable strings")
         return tags
 
     def _table(self, key: str) -> dict[str, Any]:
@@ -198,8 +220,9 @@ class _CaseReader:
         specs = []
         for name, entry in self._table(key).items():
             where = f"{key}.{name}"
-            if not name.isidentifier() or not name.isascii() or name in expressions.FUNCTIONS:
-                raise self.fail(where, "the name must be an ASCII identifier that is not a function of the table")
+            if (not name.isidentifier() or not name.isascii() or keyword.iskeyword(name)
+                    or name in expressions.FUNCTIONS):  # fmt: skip
+                raise self.fail(where, "the name must be an ASCII identifier, not a keyword or a function of the table")
             if not isinstance(entry, dict):
                 raise self.fail(where, "must be a table with `value`, or `shape` and `range`")
             specs.append(self._tensor(where, name, entry, trainable))
@@ -224,19 +247,22 @@ class _CaseReader:
     def _array(self, where: str, value: Any) -> np.ndarray:
         try:
             array = np.array(value, dtype=np.float64)
+        except OverflowError:
+            raise self.fail(where, "must be finite (an integer is beyond the range of float64)") from None
         except (ValueError, TypeError):
             raise self.fail(where, "must be a number or a rectangular nested list of numbers") from None
-        if array.size > MAX_ELEMENTS or array.ndim > 4:
-            raise self.fail(where, f"must have at most {MAX_ELEMENTS} elements and 4 axes")
-        if any(isinstance(item, bool) for item in np.array(value, dtype=object).ravel()):
-            raise self.fail(where, "must be numbers; true and false are not")
+        if not 0 < array.size <= MAX_ELEMENTS or array.ndim > MAX_AXES:
+            raise self.fail(where, f"must have from 1 to {MAX_ELEMENTS} elements and at most {MAX_AXES} axes")
+        if not all(type(item) in (int, float) for item in np.array(value, dtype=object).ravel()):
+            raise self.fail(where, "must be numbers; strings, true and false are not")
         if not np.all(np.isfinite(array)):
             raise self.fail(where, "must be finite")
         return array
 
     def _shape(self, where: str, shape: Any) -> tuple[int, ...]:
-        if not isinstance(shape, list) or len(shape) > 4 or not all(type(n) is int and 1 <= n <= MAX_ELEMENTS for n in shape):
-            raise self.fail(where, "must be a list of at most 4 positive integers")
+        if (not isinstance(shape, list) or len(shape) > MAX_AXES
+                or not all(type(n) is int and 1 <= n <= MAX_ELEMENTS for n in shape)):  # fmt: skip
+            raise self.fail(where, f"must be a list of at most {MAX_AXES} positive integers")
         if math.prod(shape) > MAX_ELEMENTS:
             raise self.fail(where, f"has {math.prod(shape)} elements; the limit is {MAX_ELEMENTS}")
         return tuple(shape)
@@ -245,7 +271,7 @@ class _CaseReader:
         if (not isinstance(bounds, list) or len(bounds) != 2
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):  # fmt: skip
             raise self.fail(where, "must be a list of two numbers [low, high]")
-        low, high = float(bounds[0]), float(bounds[1])
+        low, high = _as_float(bounds[0]), _as_float(bounds[1])
         if not (math.isfinite(low) and math.isfinite(high)):
             raise self.fail(where, "must be finite")
         if low > high:
@@ -303,9 +329,10 @@ class _CaseReader:
             if low < 0 or (log and low <= 0):
                 raise self.fail(f"{where}.range", "must be non-negative, and positive on a log scale")
             return HyperParameter(name, range=(low, high), log=log)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        number = math.nan if isinstance(value, bool) or not isinstance(value, (int, float)) else _as_float(value)
+        if not (math.isfinite(number) and number >= 0):
             raise self.fail(where, "must be a finite non-negative number")
-        return HyperParameter(name, value=float(value))
+        return HyperParameter(name, value=number)
 
     def _accumulate(self, data: tuple[TensorSpec, ...]) -> int | None:
         if "accumulate" not in self.document:

@@ -23,12 +23,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return main_report(argv[1:])
     if argv[:1] == ["run"]:
         return main_run(argv[1:])
+    if argv[:1] == ["mutate"]:
+        from conformance.mutation import main_mutate
+
+        return main_mutate(argv[1:])
     if argv[:1] == ["known-differences"]:
         from conformance.known_differences import main_known_differences
 
         return main_known_differences(argv[1:])
     print("usage: conformance run [options] | conformance report FILE... [-o FILE] | "
-          "conformance known-differences [RESULTS...] [-o FILE]   (-h for each)", file=sys.stderr)
+          "conformance mutate [options] | conformance known-differences [RESULTS...] [-o FILE]   (-h for each)",
+          file=sys.stderr)
     return 0 if argv[:1] in (["-h"], ["--help"]) else 2
 
 
@@ -40,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="default", help="Hypothesis profile: default, ci, thorough")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, metavar="FILE")
     parser.add_argument("--report", type=Path, metavar="FILE", help="also write the HTML report to FILE")
-    parser.add_argument("-n", dest="workers", metavar="N", help="pytest-xdist workers (a number or 'auto')")
+    parser.add_argument("-n", dest="workers", default="1", metavar="N",
+                        help="pytest-xdist workers, a number or 'auto' (default 1; at least 1: a crash ends one worker)")
+    parser.add_argument("--item-timeout", type=float, metavar="SECONDS",
+                        help="an item running longer is an error and its worker is replaced (default 300; 0: none)")
     parser.add_argument("-k", dest="keyword", metavar="EXPR", help="pytest's -k: select items by name")
     parser.add_argument("--seed", metavar="SEED", help="Hypothesis seed")  # fmt: skip
     return parser
@@ -51,7 +59,14 @@ def main_run(argv: Sequence[str]) -> int:
         arguments = _parser().parse_args(argv)
     except SystemExit as exit_:
         return 0 if exit_.code == 0 else 2
-    problem = _usage_problem(arguments)
+    from conformance.backends import UnknownBackend
+
+    try:
+        problem = _usage_problem(arguments)
+    except UnknownBackend as error:  # CONFORMANCE_BACKENDS is malformed
+        problem = str(error)
+    if arguments.workers != "auto" and not (arguments.workers.isdigit() and int(arguments.workers) >= 1):
+        problem = problem or f"-n: {arguments.workers!r} is neither a number of workers (at least 1) nor 'auto'"
     if problem:
         print(f"conformance run: {problem}", file=sys.stderr)
         return 2
@@ -61,8 +76,11 @@ def main_run(argv: Sequence[str]) -> int:
                    f"--results={arguments.results}", "-o", "console_output_style=count"]  # fmt: skip
     pytest_args += [f"--backend={name}" for name in arguments.backend]
     pytest_args += [f"--cases={path}" for path in arguments.cases]
-    if arguments.workers:
-        pytest_args += ["-n", arguments.workers]
+    # always worker processes, so that a crashing framework ends one worker, not the run; xdist's default of 4
+    # replacements per worker would stop a run in which one case crashes under each property and dtype
+    pytest_args += ["-n", arguments.workers, "--max-worker-restart=100"]
+    if arguments.item_timeout is not None:
+        pytest_args += [f"--item-timeout={arguments.item_timeout:g}"]
     if arguments.keyword:
         pytest_args += ["-k", arguments.keyword]
     if arguments.seed:

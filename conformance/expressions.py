@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ MAX_NODES = 400
 MAX_DEPTH = 40
 MAX_ABS_EXPONENT = 16
 MAX_ABS_LITERAL = 1e30
+MAX_AXES = 4  # of any value: a case's tensors have at most 4, and no operation adds one
 
 
 class ExpressionError(ValueError):
@@ -95,8 +97,13 @@ def parse(source: str, names: set[str] | frozenset[str]) -> Node:
         raise ExpressionError(f"is {len(source)} characters long; the limit is {MAX_SOURCE_CHARS}")
     if not source.strip():
         raise ExpressionError("is empty")
+    foreign = next((character for character in source if not character.isascii()), None)
+    if foreign is not None:  # Python folds names to NFKC: `ｘ` would silently be `x`
+        raise ExpressionError(f"uses the character {foreign!r} (U+{ord(foreign):04X}); the language is ASCII")
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        with warnings.catch_warnings():  # a SyntaxWarning ("invalid decimal literal") would reach stderr
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as error:
         detail = getattr(error, "msg", None) or type(error).__name__
         raise ExpressionError(f"is not a valid expression ({detail})") from None
@@ -171,6 +178,8 @@ class _Builder:
             value = self.build(keyword.value, depth + 1)
             if not isinstance(value, Number) or value.value != int(value.value):
                 raise ExpressionError(f"calls {name} with an axis that is not an integer literal")
+            if not -MAX_AXES <= value.value < MAX_AXES:
+                raise ExpressionError(f"calls {name} with axis={value.value:g}; a value has at most {MAX_AXES} axes")
             axis = int(value.value)
         return Call(name, tuple(self.build(arg, depth + 1) for arg in args), axis)
 

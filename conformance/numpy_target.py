@@ -67,6 +67,8 @@ class _CountingTarget(NumpyTarget):
         return self._counted(super().binary(op, left, right))
 
     def call(self, function, args, axis):
+        if axis is not None and np.ndim(args[0]) == 0:  # numpy reduces a 0-d value over axis 0 or -1; JAX and TF raise
+            raise np.exceptions.AxisError(f"{function}: axis={axis} of a scalar, which has no axes")
         return self._counted(super().call(function, args, axis))
 
 

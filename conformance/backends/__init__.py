@@ -1,4 +1,5 @@
-"""The backend registry: the three built-in adapters, and third-party ones from the `conformance.backends` entry points.
+"""The backend registry: the three built-in adapters, third-party ones from the `conformance.backends` entry points,
+and, for one run, those named by CONFORMANCE_BACKENDS ("name=module:Class,..."; xdist workers inherit it).
 
 Nothing here imports a framework: a backend's module is imported only when the backend is asked for.
 """
@@ -6,6 +7,7 @@ Nothing here imports a framework: a backend's module is imported only when the b
 from __future__ import annotations
 
 import importlib
+import os
 from importlib.metadata import entry_points
 
 from conformance.backends.base import Backend, GradientRun, NotApplicable
@@ -16,18 +18,32 @@ BUILTIN = {
     "jax": "conformance.backends.jax:JaxBackend",
 }
 ENTRY_POINT_GROUP = "conformance.backends"
+ENVIRONMENT_VARIABLE = "CONFORMANCE_BACKENDS"
 
 __all__ = ["Backend", "GradientRun", "NotApplicable", "UnknownBackend", "known_names", "load"]
 
 
 class UnknownBackend(LookupError):
-    pass
+    """A backend name, or a CONFORMANCE_BACKENDS entry, that does not resolve; the message is one line."""
 
 
 def _locations() -> dict[str, str]:
     found = dict(BUILTIN)
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         found[entry_point.name] = entry_point.value
+    found.update(_from_environment())
+    return found
+
+
+def _from_environment() -> dict[str, str]:
+    """Backends registered for one run without installing a package: a test adapter, a local experiment."""
+    found = {}
+    for entry in filter(None, (part.strip() for part in os.environ.get(ENVIRONMENT_VARIABLE, "").split(","))):
+        name, _, location = (part.strip() for part in entry.partition("="))
+        module_name, _, class_name = location.partition(":")
+        if not (name and module_name and class_name):
+            raise UnknownBackend(f"{ENVIRONMENT_VARIABLE}: {entry!r} is not name=module:Class")
+        found[name] = location
     return found
 
 

@@ -1,7 +1,7 @@
 """The properties must catch deliberately broken frameworks, or the suite's green cells mean nothing.
 
-Each fault is put into the framework itself (torch's `Tensor.backward` and `Tensor.grad`, `jax.value_and_grad`),
-below the unmodified adapter, so the adapter is exercised as it is in the suite. For each fault the property
+Each fault (from `conformance.faults`, which `conformance mutate` plants too) is put into the framework itself
+(torch's `Tensor.backward` and `Tensor.grad`, `tf.GradientTape.gradient`, `jax.value_and_grad`), below the unmodified adapter, so the adapter is exercised as it is in the suite. For each fault the property
 meant to catch it must fail on at least one of a handful of Hypothesis draws (`hypothesis.find`), in float32 and
 float64; without the fault the same checks pass on the same cases.
 """
@@ -9,7 +9,6 @@ float64; without the fault the same checks pass on the same cases.
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,13 @@ from hypothesis import Phase, find, given, settings
 from hypothesis.errors import NoSuchExample
 from hypothesis import strategies as st
 
-from conformance import properties, strategies
+from conformance import faults, properties, strategies
 from conformance.cases import load_case
 from conformance.reference.gradients import compiled_gradient
 
 SHIPPED = Path(__file__).resolve().parents[2] / "cases"
-CASES = ["seed/linear-square", "losses/linear-regression", "losses/matrix-variable"]
+CASES = list(faults.GRADIENT_CASES)
 DTYPES = ["float32", "float64"]
-SCALE = 1 + 1e-3  # a 0.1% error in every gradient: the size of error the design says must always be caught
 HANDFUL = settings(max_examples=10, deadline=None, database=None)
 SEARCH = settings(HANDFUL, phases=[Phase.generate])  # a failing draw is enough; no need to shrink it
 
@@ -69,68 +67,18 @@ def torch_backend(torch):
     return TorchBackend()
 
 
-def scale_gradients(torch, monkeypatch):
-    """backward() seeds the loss' gradient with 1 + 1e-3 instead of 1: every gradient is 0.1% too large."""
-    original = torch.Tensor.backward
-
-    def backward(self, gradient=None, *args, **kwargs):
-        return original(self, torch.full_like(self, SCALE), *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "backward", backward)
-
-
-def nudge_leaves(torch, monkeypatch):
-    """backward() moves every leaf it reaches up by one ulp, as a framework that touched variables in place would."""
-    original = torch.Tensor.backward
-
-    def backward(self, *args, **kwargs):
-        leaves = leaves_of(self)
-        result = original(self, *args, **kwargs)
-        with torch.no_grad():
-            for leaf in leaves:
-                leaf.copy_(torch.nextafter(leaf, torch.full_like(leaf, math.inf)))
-        return result
-
-    monkeypatch.setattr(torch.Tensor, "backward", backward)
-
-
-def leak_gradients(torch, monkeypatch):
-    """`leaf.grad = None` (what zero_grad() does) is ignored, so a second backward() adds to the first gradient."""
-    native = torch._C.TensorBase.grad
-
-    def set_grad(self, value):
-        if value is not None:
-            native.__set__(self, value)
-
-    monkeypatch.setattr(torch.Tensor, "grad", property(native.__get__, set_grad))
-
-
-def leaves_of(loss) -> list:
-    """The leaf tensors behind `loss`: its autograd graph's AccumulateGrad nodes hold them as `.variable`."""
-    leaves, pending, seen = [], [loss.grad_fn], set()
-    while pending:
-        node = pending.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if hasattr(node, "variable"):
-            leaves.append(node.variable)
-        pending.extend(child for child, _ in node.next_functions)
-    return leaves
-
-
 TORCH_FAULTS = {
-    "scaled gradients": (scale_gradients, "matches_reference"),
-    "nudged variables": (nudge_leaves, "values_unchanged"),
-    "leaked gradients": (leak_gradients, "repeatable"),
+    "scaled gradients": (faults.torch_scaled_gradients, "matches_reference"),
+    "nudged variables": (faults.torch_nudged_variables, "values_unchanged"),
+    "leaked gradients": (faults.torch_leaked_gradients, "repeatable"),
 }
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case_id", CASES)
 @pytest.mark.parametrize(("fault", "property_name"), TORCH_FAULTS.values(), ids=TORCH_FAULTS.keys())
-def test_a_broken_torch_is_caught(torch, torch_backend, monkeypatch, fault, property_name, case_id, dtype):
-    fault(torch, monkeypatch)
+def test_a_broken_torch_is_caught(torch, torch_backend, planted, fault, property_name, case_id, dtype):
+    fault(planted)
     assert_caught(property_name, torch_backend, shipped(case_id), dtype, "eager")
 
 
@@ -168,27 +116,11 @@ def jax_backend(jax):
     return JaxBackend()
 
 
-def scale_jax_gradients(jax, monkeypatch):
-    """jax.value_and_grad returns every gradient 0.1% too large (under jax.jit as well as eagerly)."""
-    original = jax.value_and_grad
-
-    def value_and_grad(function, *args, **kwargs):
-        differentiate = original(function, *args, **kwargs)
-
-        def scaled(*call_args, **call_kwargs):
-            value, grads = differentiate(*call_args, **call_kwargs)
-            return value, jax.tree_util.tree_map(lambda gradient: gradient * SCALE, grads)
-
-        return scaled
-
-    monkeypatch.setattr(jax, "value_and_grad", value_and_grad)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("variant", ["jit", "eager"])
 @pytest.mark.parametrize("case_id", CASES[:2])
-def test_a_broken_jax_is_caught(jax, broken_jax_backend, monkeypatch, case_id, variant, dtype):
-    scale_jax_gradients(jax, monkeypatch)
+def test_a_broken_jax_is_caught(jax, broken_jax_backend, planted, case_id, variant, dtype):
+    faults.jax_scaled_gradients(planted)
     assert_caught("matches_reference", broken_jax_backend, shipped(case_id), dtype, variant)
 
 
@@ -203,3 +135,29 @@ def test_the_real_jax_passes_the_same_checks(jax, jax_backend, case_id, variant,
     for property_name in ("matches_reference", "values_unchanged", "repeatable"):
         result = check(property_name, jax_backend, case, inputs, dtype, variant)
         assert result.ok, (property_name, result)
+
+
+# ---------------------------------------------------------------------------------------------- tensorflow
+
+@pytest.fixture
+def broken_tensorflow_backend():
+    """A fresh instance per test: under tf.function the backend caches traced functions, which hold the fault."""
+    pytest.importorskip("tensorflow")
+    from conformance.backends.tensorflow import TensorFlowBackend
+
+    return TensorFlowBackend()
+
+
+TENSORFLOW_FAULTS = {
+    "scaled gradients": (faults.keras_scaled_gradients, "matches_reference"),
+    "nudged variables": (faults.keras_nudged_variables, "values_unchanged"),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", ["eager", "function"])
+@pytest.mark.parametrize("case_id", CASES[:2])
+@pytest.mark.parametrize(("fault", "property_name"), TENSORFLOW_FAULTS.values(), ids=TENSORFLOW_FAULTS.keys())
+def test_a_broken_tensorflow_is_caught(broken_tensorflow_backend, planted, fault, property_name, case_id, variant, dtype):
+    fault(planted)
+    assert_caught(property_name, broken_tensorflow_backend, shipped(case_id), dtype, variant)

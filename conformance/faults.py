@@ -1,0 +1,421 @@
+"""Faults planted in the frameworks themselves, the way a regression would look, to show the suite catches them.
+
+Each fault patches a framework's public API (or, where a mechanism has none, the attribute its documentation
+describes) below the unmodified adapters, so that the adapters run exactly as in the suite. `conformance mutate`
+runs the suite once per fault (`plant_from_environment` plants it in every pytest process, xdist workers
+included); the unit self-tests plant the same faults one at a time and undo them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+FAULT_ENVIRONMENT = "CONFORMANCE_FAULT"  # "<fault>:<backend>", read by the pytest plugin
+SCALE = 1 + 1e-3  # 0.1%: the size of error the design says must always be caught
+GRADIENT_CASES = ("seed/linear-square", "losses/linear-regression", "losses/matrix-variable")
+UPDATE_CASES = ("seed/adam-step", "optimizers/adam-hyperparameters", "optimizers/sgd-momentum")
+ADAM_CASES = UPDATE_CASES[:2]
+ACCUMULATION_CASES = ("seed/accumulate-sgd", "accumulation/mse-four-micro-batches")
+TORCH_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad")
+
+
+class Patches:
+    """Changes to a framework that `undo` reverts: monkeypatched attributes and removable hooks."""
+
+    def __init__(self) -> None:
+        self._monkeypatch = pytest.MonkeyPatch()
+        self._handles: list = []
+
+    def setattr(self, target: object, name: str, value: object) -> None:
+        self._monkeypatch.setattr(target, name, value)
+
+    def keep(self, handle) -> None:
+        """A hook's removable handle, removed on `undo`."""
+        self._handles.append(handle)
+
+    def undo(self) -> None:
+        for handle in reversed(self._handles):
+            handle.remove()
+        self._handles.clear()
+        self._monkeypatch.undo()
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    backend: str
+    description: str
+    cases: tuple[str, ...]  # the shipped cases a mutation run checks it on
+    expected: tuple[str, ...]  # the properties meant to catch it (others may catch it too)
+    plant: Callable[[Patches], None]
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.backend}"
+
+
+# ---------------------------------------------------------------------------------------------------- torch
+
+def _leaves_of(loss) -> list:
+    """The leaf tensors behind `loss`: its autograd graph's AccumulateGrad nodes hold them as `.variable`."""
+    leaves, pending, seen = [], [loss.grad_fn], set()
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        pending.extend(child for child, _ in node.next_functions)
+    return leaves
+
+
+def _wrap_torch_backward(patches: Patches, before=None, seed=None, after=None) -> None:
+    """`Tensor.backward` with `before(leaves)`, a replaced seed gradient, and `after(leaves)` around the original."""
+    import torch
+
+    original = torch.Tensor.backward
+
+    def backward(self, gradient=None, *args, **kwargs):
+        leaves = _leaves_of(self)
+        if before:
+            before(leaves)
+        result = original(self, seed(self) if seed else gradient, *args, **kwargs)
+        if after:
+            with torch.no_grad():
+                after(leaves)
+        return result
+
+    patches.setattr(torch.Tensor, "backward", backward)
+
+
+def _after_torch_steps(patches: Patches, after) -> None:
+    """Every torch.optim step runs as released, then `after(optimizer, parameters, values_before)` (global hooks)."""
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    before: dict[int, list] = {}
+
+    def remember(optimizer, args, kwargs):
+        before[id(optimizer)] = [p.detach().clone() for group in optimizer.param_groups for p in group["params"]]
+
+    def change(optimizer, args, kwargs):
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        with torch.no_grad():
+            after(optimizer, parameters, before.pop(id(optimizer)))
+
+    patches.keep(register_optimizer_step_pre_hook(remember))
+    patches.keep(register_optimizer_step_post_hook(change))
+
+
+def torch_scaled_gradients(patches: Patches) -> None:
+    """backward() seeds the loss' gradient with 1 + 1e-3 instead of 1: every gradient is 0.1% too large."""
+    import torch
+
+    _wrap_torch_backward(patches, seed=lambda loss: torch.full_like(loss, SCALE))
+
+
+def torch_nudged_variables(patches: Patches) -> None:
+    """backward() moves every leaf it reaches up by one ulp, as a framework that touched variables in place would."""
+    import torch
+
+    _wrap_torch_backward(patches, after=lambda leaves: [leaf.copy_(torch.nextafter(leaf, torch.full_like(leaf, math.inf)))
+                                                        for leaf in leaves])  # fmt: skip
+
+
+def torch_leaked_gradients(patches: Patches) -> None:
+    """`leaf.grad = None` (what zero_grad() does) is ignored, so a second backward() adds to the first gradient."""
+    import torch
+
+    native = torch._C.TensorBase.grad
+
+    def set_grad(self, value):
+        if value is not None:
+            native.__set__(self, value)
+
+    patches.setattr(torch.Tensor, "grad", property(native.__get__, set_grad))
+
+
+def torch_overwritten_accumulation(patches: Patches) -> None:
+    """backward() replaces `.grad` instead of adding to it: accumulation keeps only the last micro-batch."""
+
+    def forget(leaves):
+        for leaf in leaves:
+            leaf.grad = None
+
+    _wrap_torch_backward(patches, before=forget)
+
+
+def torch_longer_steps(patches: Patches) -> None:
+    """Every parameter change a torch.optim optimizer makes is 1.001 times what it computed."""
+
+    def lengthen(optimizer, parameters, before):
+        for parameter, old in zip(parameters, before):
+            parameter.copy_(old + (parameter - old) * SCALE)
+
+    _after_torch_steps(patches, lengthen)
+
+
+def torch_uncorrected_adam(patches: Patches) -> None:
+    """torch.optim.Adam without bias correction: p = p_old - lr * exp_avg / (sqrt(exp_avg_sq) + eps)."""
+    import torch
+
+    def uncorrect(optimizer, parameters, before):
+        if type(optimizer) is not torch.optim.Adam:
+            return
+        group = optimizer.param_groups[0]
+        for parameter, old in zip(parameters, before):
+            state = optimizer.state[parameter]
+            if state:
+                parameter.copy_(old - group["lr"] * state["exp_avg"] / (state["exp_avg_sq"].sqrt() + group["eps"]))
+
+    _after_torch_steps(patches, uncorrect)
+
+
+def torch_bfloat16_parameters(patches: Patches) -> None:
+    """Parameters are rounded through bfloat16 after every step, as a lossy master copy would."""
+    import torch
+
+    _after_torch_steps(patches, lambda optimizer, parameters, before: [p.copy_(p.to(torch.bfloat16).to(p.dtype))
+                                                                       for p in parameters])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- keras
+
+def _wrap_tape_gradient(patches: Patches, change) -> None:
+    """`tf.GradientTape.gradient` returns `change(gradients, sources)`; eagerly and under tf.function alike."""
+    import tensorflow as tf
+
+    original = tf.GradientTape.gradient
+
+    def gradient(self, target, sources, *args, **kwargs):
+        return change(original(self, target, sources, *args, **kwargs), sources)
+
+    patches.setattr(tf.GradientTape, "gradient", gradient)
+
+
+def _each(structure, function):
+    """`function` on every tensor of a dict or list of gradients; None (no gradient) stays None."""
+    if isinstance(structure, dict):
+        return {name: None if value is None else function(value) for name, value in structure.items()}
+    return [None if value is None else function(value) for value in structure]
+
+
+def keras_scaled_gradients(patches: Patches) -> None:
+    """GradientTape.gradient returns every gradient 0.1% too large."""
+    _wrap_tape_gradient(patches, lambda gradients, sources: _each(gradients, lambda g: g * SCALE))
+
+
+def keras_nudged_variables(patches: Patches) -> None:
+    """GradientTape.gradient moves every variable it differentiated for up by one ulp."""
+    import tensorflow as tf
+
+    def nudge(gradients, sources):
+        for variable in sources.values() if isinstance(sources, dict) else sources:
+            if isinstance(variable, tf.Variable):
+                variable.assign(tf.math.nextafter(variable, tf.fill(tf.shape(variable), tf.constant(math.inf, variable.dtype))))
+        return gradients
+
+    _wrap_tape_gradient(patches, nudge)
+
+
+def _after_keras_applies(patches: Patches, before_apply=None, after=None) -> None:
+    """Every Keras optimizer's `apply_gradients` runs as released, between `before_apply(optimizer)` and
+    `after(optimizer, variable, value_before)` for each variable it was given."""
+    import tensorflow as tf
+
+    base = tf.keras.optimizers.Optimizer
+    original = base.apply_gradients
+
+    def apply_gradients(self, grads_and_vars, *args, **kwargs):
+        pairs = list(grads_and_vars)
+        if before_apply:
+            before_apply(self)
+        before = [np.array(variable.numpy(), copy=True) for _, variable in pairs]
+        result = original(self, pairs, *args, **kwargs)
+        if after:
+            for (_, variable), old in zip(pairs, before):
+                after(self, variable, old)
+        return result
+
+    patches.setattr(base, "apply_gradients", apply_gradients)
+
+
+def keras_longer_steps(patches: Patches) -> None:
+    """Every variable change a Keras optimizer makes is 1.001 times what it computed."""
+    _after_keras_applies(patches, after=lambda optimizer, variable, old: variable.assign(old + (variable.numpy() - old) * SCALE))
+
+
+def keras_uncorrected_adam(patches: Patches) -> None:
+    """keras Adam without bias correction: p = p_old - lr * m / (sqrt(v) + eps), from the optimizer's own slots."""
+    import tensorflow as tf
+
+    def uncorrect(optimizer, variable, old):
+        if type(optimizer) is not tf.keras.optimizers.Adam:
+            return
+        index = optimizer._get_variable_index(variable)
+        m, v = optimizer._momentums[index].numpy(), optimizer._velocities[index].numpy()
+        lr, eps = np.asarray(optimizer.learning_rate, old.dtype), old.dtype.type(optimizer.epsilon)
+        variable.assign(old - lr * m / (np.sqrt(v) + eps))
+
+    _after_keras_applies(patches, after=uncorrect)
+
+
+def keras_bfloat16_variables(patches: Patches) -> None:
+    """Variables are rounded through bfloat16 after every step."""
+    import tensorflow as tf
+
+    _after_keras_applies(patches, after=lambda optimizer, variable, old:
+                         variable.assign(tf.cast(tf.cast(variable, tf.bfloat16), variable.dtype)))  # fmt: skip
+
+
+def keras_overwritten_accumulation(patches: Patches) -> None:
+    """gradient_accumulation_steps keeps only the last micro-batch: the accumulators (the optimizer's
+    `_accumulated_gradients`, which Keras documents no public name for) are zeroed before every call."""
+    import tensorflow as tf
+
+    def forget(optimizer):
+        for accumulator in getattr(optimizer, "_accumulated_gradients", None) or []:
+            accumulator.assign(tf.zeros_like(accumulator))
+
+    _after_keras_applies(patches, before_apply=forget)
+
+
+# ---------------------------------------------------------------------------------------------------- jax
+
+def jax_scaled_gradients(patches: Patches) -> None:
+    """jax.value_and_grad returns every gradient 0.1% too large (under jax.jit as well as eagerly)."""
+    import jax
+
+    original = jax.value_and_grad
+
+    def value_and_grad(function, *args, **kwargs):
+        differentiate = original(function, *args, **kwargs)
+
+        def scaled(*call_args, **call_kwargs):
+            value, grads = differentiate(*call_args, **call_kwargs)
+            return value, jax.tree_util.tree_map(lambda gradient: gradient * SCALE, grads)
+
+        return scaled
+
+    patches.setattr(jax, "value_and_grad", value_and_grad)
+
+
+def optax_longer_steps(patches: Patches) -> None:
+    """optax.apply_updates applies every update 1.001 times over."""
+    import jax
+    import optax
+
+    original = optax.apply_updates
+    patches.setattr(optax, "apply_updates", lambda params, updates: original(params, jax.tree.map(lambda u: u * SCALE, updates)))
+
+
+def optax_uncorrected_adam(patches: Patches) -> None:
+    """optax.tree.bias_correction returns the moment as it is, so scale_by_adam divides by nothing."""
+    import optax
+
+    patches.setattr(optax.tree, "bias_correction", lambda moment, decay, count: moment)
+
+
+def optax_bfloat16_parameters(patches: Patches) -> None:
+    """optax.apply_updates rounds the new parameters through bfloat16."""
+    import jax
+    import optax
+
+    original = optax.apply_updates
+
+    def apply_updates(params, updates):
+        return jax.tree.map(lambda p: p.astype(jax.numpy.bfloat16).astype(p.dtype), original(params, updates))
+
+    patches.setattr(optax, "apply_updates", apply_updates)
+
+
+def optax_overwritten_accumulation(patches: Patches) -> None:
+    """optax.MultiSteps keeps only the last micro-batch: its public state's acc_grads are zeroed before each update."""
+    import jax
+    import optax
+
+    original = optax.MultiSteps.update
+
+    def update(self, updates, state, params=None, **extra_args):
+        state = state._replace(acc_grads=jax.tree.map(jax.numpy.zeros_like, state.acc_grads))
+        return original(self, updates, state, params, **extra_args)
+
+    patches.setattr(optax.MultiSteps, "update", update)
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+
+GRADIENT_PROPERTY = ("gradient.matches_reference",)
+UPDATE_PROPERTY = ("update.matches_reference",)
+FAULTS = (
+    Fault("scaled-gradients", "torch", "every gradient 1 + 1e-3 times too large", GRADIENT_CASES, GRADIENT_PROPERTY,
+          torch_scaled_gradients),
+    Fault("scaled-gradients", "tensorflow", "every gradient 1 + 1e-3 times too large", GRADIENT_CASES,
+          GRADIENT_PROPERTY, keras_scaled_gradients),
+    Fault("scaled-gradients", "jax", "every gradient 1 + 1e-3 times too large", GRADIENT_CASES, GRADIENT_PROPERTY,
+          jax_scaled_gradients),
+    Fault("nudged-variable", "torch", "differentiation moves each variable by one ulp", GRADIENT_CASES,
+          ("differentiation.values_unchanged",), torch_nudged_variables),
+    Fault("nudged-variable", "tensorflow", "differentiation moves each variable by one ulp", GRADIENT_CASES,
+          ("differentiation.values_unchanged",), keras_nudged_variables),
+    Fault("leaked-gradients", "torch", "a second differentiation adds to the first gradient", GRADIENT_CASES,
+          ("differentiation.repeatable",), torch_leaked_gradients),
+    Fault("longer-step", "torch", "every optimizer step 0.1% too long", UPDATE_CASES, UPDATE_PROPERTY,
+          torch_longer_steps),
+    Fault("longer-step", "tensorflow", "every optimizer step 0.1% too long", UPDATE_CASES, UPDATE_PROPERTY,
+          keras_longer_steps),
+    Fault("longer-step", "jax", "every optimizer step 0.1% too long", UPDATE_CASES, UPDATE_PROPERTY,
+          optax_longer_steps),
+    Fault("no-bias-correction", "torch", "Adam without its bias correction", ADAM_CASES, UPDATE_PROPERTY,
+          torch_uncorrected_adam),
+    Fault("no-bias-correction", "tensorflow", "Adam without its bias correction", ADAM_CASES, UPDATE_PROPERTY,
+          keras_uncorrected_adam),
+    Fault("no-bias-correction", "jax", "Adam without its bias correction", ADAM_CASES, UPDATE_PROPERTY,
+          optax_uncorrected_adam),
+    Fault("overwritten-accumulation", "torch", ".grad overwritten instead of accumulated", ACCUMULATION_CASES,
+          ("accumulation.native",), torch_overwritten_accumulation),
+    Fault("overwritten-accumulation", "tensorflow", "gradient_accumulation_steps keeps only the last micro-batch",
+          ACCUMULATION_CASES, ("accumulation.native",), keras_overwritten_accumulation),
+    Fault("overwritten-accumulation", "jax", "MultiSteps keeps only the last micro-batch", ACCUMULATION_CASES,
+          ("accumulation.native",), optax_overwritten_accumulation),
+    Fault("bfloat16-parameters", "torch", "parameters rounded to bfloat16 after each step", UPDATE_CASES,
+          UPDATE_PROPERTY, torch_bfloat16_parameters),
+    Fault("bfloat16-parameters", "tensorflow", "parameters rounded to bfloat16 after each step", UPDATE_CASES,
+          UPDATE_PROPERTY, keras_bfloat16_variables),
+    Fault("bfloat16-parameters", "jax", "parameters rounded to bfloat16 after each step", UPDATE_CASES,
+          UPDATE_PROPERTY, optax_bfloat16_parameters),
+)  # fmt: skip
+NOT_PLANTED = {
+    ("nudged-variable", "jax"): "JAX arrays are immutable: jax.grad cannot change the values it differentiates at",
+    ("leaked-gradients", "tensorflow"): "tf.GradientTape returns new tensors and keeps no gradient between calls",
+    ("leaked-gradients", "jax"): "jax.grad is a pure function and keeps no gradient between calls",
+}
+
+
+def find(key: str) -> Fault:
+    """The fault `<name>:<backend>`; a ValueError that lists the known ones otherwise."""
+    for fault in FAULTS:
+        if fault.key == key:
+            return fault
+    raise ValueError(f"unknown fault {key!r} (known: {', '.join(fault.key for fault in FAULTS)})")
+
+
+_planted: Patches | None = None
+
+
+def plant_from_environment() -> str | None:
+    """Plants the fault that CONFORMANCE_FAULT names, for the life of this process; returns its key."""
+    global _planted
+    key = os.environ.get(FAULT_ENVIRONMENT)
+    if not key or _planted is not None:
+        return key
+    _planted = Patches()
+    find(key).plant(_planted)
+    return key
