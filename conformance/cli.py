@@ -23,6 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return main_report(argv[1:])
     if argv[:1] == ["run"]:
         return main_run(argv[1:])
+    if argv[:1] == ["soak"]:
+        from conformance.soak import main_soak
+
+        return main_soak(argv[1:])
     if argv[:1] == ["mutate"]:
         from conformance.mutation import main_mutate
 
@@ -31,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from conformance.known_differences import main_known_differences
 
         return main_known_differences(argv[1:])
-    print("usage: conformance run [options] | conformance report FILE... [-o FILE] | "
+    print("usage: conformance run [options] | conformance report FILE... [-o FILE] | conformance soak [options] | "
           "conformance mutate [options] | conformance known-differences [RESULTS...] [-o FILE]   (-h for each)",
           file=sys.stderr)
     return 0 if argv[:1] in (["-h"], ["--help"]) else 2
