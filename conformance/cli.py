@@ -1,4 +1,5 @@
-"""`conformance run` and `conformance report`: the suite behind one command, exit codes as DESIGN.md fixes them.
+"""The `conformance` command: `run` (the suite, exit codes as DESIGN.md fixes them), and the dispatch to `report`,
+`soak`, `mutate` and `known-differences`.
 
 run: 0 when nothing unexplained failed, 1 when something did, 2 on a usage or case-file error (one line).
 """
@@ -6,6 +7,7 @@ run: 0 when nothing unexplained failed, 1 when something did, 2 on a usage or ca
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -17,24 +19,23 @@ PROPERTY_TESTS = Path(__file__).resolve().parent.parent / "tests" / "conformance
 DEFAULT_RESULTS = Path("reports/results.jsonl")
 
 
+COMMANDS = {  # imported only when called: `report` and `soak` need no framework
+    "run": "conformance.cli:main_run",
+    "report": "conformance.report.cli:main_report",
+    "soak": "conformance.soak:main_soak",
+    "mutate": "conformance.mutation:main_mutate",
+    "known-differences": "conformance.known_differences:main_known_differences",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["report"]:
-        return main_report(argv[1:])
-    if argv[:1] == ["run"]:
-        return main_run(argv[1:])
-    if argv[:1] == ["soak"]:
-        from conformance.soak import main_soak
-
-        return main_soak(argv[1:])
-    if argv[:1] == ["mutate"]:
-        from conformance.mutation import main_mutate
-
-        return main_mutate(argv[1:])
-    if argv[:1] == ["known-differences"]:
-        from conformance.known_differences import main_known_differences
-
-        return main_known_differences(argv[1:])
+    if argv[:1] and argv[0] in COMMANDS:
+        module_name, _, function_name = COMMANDS[argv[0]].partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), function_name)(argv[1:])
+        except SystemExit as exit_:  # argparse: after --help (0), or a usage error, already printed (2)
+            return 0 if exit_.code == 0 else 2
     print("usage: conformance run [options] | conformance report FILE... [-o FILE] | conformance soak [options] | "
           "conformance mutate [options] | conformance known-differences [RESULTS...] [-o FILE]   (-h for each)",
           file=sys.stderr)

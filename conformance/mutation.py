@@ -90,10 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main_mutate(argv: Sequence[str]) -> int:
-    try:
-        arguments = _parser().parse_args(argv)
-    except SystemExit as exit_:
-        return 0 if exit_.code == 0 else 2
+    arguments = _parser().parse_args(argv)  # a usage error exits 2 through `conformance.cli.main`
     from conformance import backends
 
     selected = [f for f in faults.FAULTS if (not arguments.backend or f.backend in arguments.backend)

@@ -1,0 +1,46 @@
+"""`conformance mutate` and `conformance soak` judge from result records: a fault counts as caught only where the
+run without it was healthy, and a failure the suite already lists as a framework's own is not a false alarm."""
+
+from __future__ import annotations
+
+import json
+
+from conformance import faults
+from conformance.mutation import table, verdict
+from conformance.soak import outcome_counts
+
+FAULT = faults.find("longer-step:torch")
+
+
+def test_a_fault_is_caught_only_where_the_baseline_was_healthy():
+    baseline = {("a", "update.matches_reference", "eager", "float32"): "pass",
+                ("a", "accumulation.native", "eager", "float32"): "divergent",  # explained: still healthy
+                ("a", "accumulation.native", "eager", "float64"): "fail"}  # broken without the fault
+    planted = {key: "fail" for key in baseline}
+    assert verdict(FAULT, planted, baseline).caught_by == ("accumulation.native", "update.matches_reference")
+    only_broken = {("a", "accumulation.native", "eager", "float64"): "fail"}
+    assert not verdict(FAULT, only_broken, baseline).caught
+
+
+def test_an_uncaught_fault_stands_out_in_the_table():
+    caught = verdict(FAULT, {("a", "p", "v", "d"): "fail"}, {("a", "p", "v", "d"): "pass"})
+    missed = verdict(FAULT, {("a", "p", "v", "d"): "pass"}, {("a", "p", "v", "d"): "pass"})
+    rows = table([caught, missed]).splitlines()
+    assert "| longer-step | torch |" in rows[2] and "| p |" in rows[2]
+    assert "**NOT CAUGHT**" in rows[3]
+
+
+def test_every_fault_has_a_distinct_key_and_cases():
+    keys = [fault.key for fault in faults.FAULTS]
+    assert len(keys) == len(set(keys)) and all(fault.cases and fault.expected for fault in faults.FAULTS)
+    assert not {(f.name, f.backend) for f in faults.FAULTS} & set(faults.NOT_PLANTED)
+
+
+def test_soak_counts_known_failures_apart_and_skips_a_cut_off_line(tmp_path):
+    records = [{"kind": "run"},
+               {"kind": "result", "outcome": "pass"},
+               {"kind": "result", "outcome": "fail", "message": "known: optax.MultiSteps keeps float32"},
+               {"kind": "result", "outcome": "fail", "message": "gradient.matches_reference: x"}]
+    path = tmp_path / "seed-1.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "res', encoding="utf-8")
+    assert outcome_counts(path) == {"pass": 1, "known": 1, "fail": 1}
