@@ -11,9 +11,11 @@ rounding carried from the k earlier steps. The sum runs over the decay rates b (
 as 1 - b or 1 - b^t: a framework that holds b in float32 has 1 - b to a relative u b / (1 - b) only (999 u for
 beta2 = 0.999), and the step inherits it. A trajectory compared with another backend's carries each step's
 error through at most `steps` later steps: the agreement tolerance is the sum of both backends' step bounds,
-times the number of steps. Where the dynamics amplify the gradients' own rounding further (Adam near a zero
-gradient divides by sqrt(v)), two backends still agree when each matches its reference step by step and the
-references with both backends' formulas agree.
+times the number of steps. The two backends' gradients also differ by their own rounding: where the steps alone
+do not cover a gap, the bound adds, for each backend, how far the reference trajectory moves when every gradient
+is off by its rounding bound (`gradient_rounding_drift`). Where the dynamics amplify the gradients' own rounding
+further (Adam near a zero gradient divides by sqrt(v)), two backends still agree when each matches its reference
+step by step and the references with both backends' formulas agree.
 """
 
 from __future__ import annotations
@@ -108,19 +110,43 @@ def reference_trajectory(rule: str, hyper: dict, switches, start: dict, gradient
     return params
 
 
+def gradient_rounding_drift(rule: str, hyper: dict, switches, start: dict, gradient_at, bound_at, steps: int) -> dict:
+    """How far the float64 trajectory moves when every gradient is off by its rounding bound in the dtype under
+    test (`bound_at(params)`), one way or the other: what two frameworks that follow their formulas exactly may
+    still differ by through their gradients' rounding alone, to first order (for SGD, lr times the bound)."""
+    exact = reference_trajectory(rule, hyper, switches, start, gradient_at, steps)
+    drift = {name: np.zeros_like(value) for name, value in exact.items()}
+    for sign in (1.0, -1.0):
+        def rounded(params, sign=sign):
+            gradients, bounds = gradient_at(params), bound_at(params)
+            return {name: None if g is None else g + sign * bounds[name] for name, g in gradients.items()}
+
+        moved = reference_trajectory(rule, hyper, switches, start, rounded, steps)
+        drift = {name: np.maximum(drift[name], np.abs(moved[name] - exact[name])) for name in exact}
+    return drift
+
+
 def relevant_differences(differences: list, rule: str, hyper: dict, other_hyper: dict, switches, other_switches,
                          trajectory_of, bound: dict) -> list:  # fmt: skip
-    """The switches and defaults that, flipped alone to the other framework's value, move the reference's result."""
-    baseline = trajectory_of(hyper, switches)
-    relevant = []
-    for difference in differences:
-        if hasattr(switches, difference.switch):
-            flipped = trajectory_of(hyper, dataclasses.replace(switches, **{difference.switch: getattr(other_switches, difference.switch)}))
-        else:
-            flipped = trajectory_of({**hyper, difference.switch: other_hyper[difference.switch]}, switches)
-        if any(np.any(np.abs(flipped[name] - baseline[name]) > bound[name]) for name in baseline):
-            relevant.append(difference)
-    return relevant
+    """The switches and defaults that matter: flipped alone to the other framework's value, or flipped back alone
+    from the other framework's whole set, each moves the reference's result by more than bound / n, for n
+    differences. Flipping back catches those that matter only together: Keras' eps placement and its larger
+    default eps each move Adam's step a little, and both at once ten times more."""
+
+    def flipped(chosen: list) -> dict:
+        names = {d.switch for d in chosen}
+        changed = {n: getattr(other_switches, n) for n in names if hasattr(switches, n)}
+        return trajectory_of({**hyper, **{n: other_hyper[n] for n in names if not hasattr(switches, n)}},
+                             dataclasses.replace(switches, **changed))  # fmt: skip
+
+    share = max(1, len(differences))
+    mine, theirs = trajectory_of(hyper, switches), flipped(differences)
+
+    def moves(trajectory: dict, reference: dict) -> bool:
+        return any(np.any(np.abs(trajectory[name] - reference[name]) > bound[name] / share) for name in reference)
+
+    return [d for d in differences
+            if moves(flipped([d]), mine) or moves(flipped([o for o in differences if o is not d]), theirs)]
 
 
 def accumulation_matches(run: AccumulationRun, dtype: str) -> Comparison:

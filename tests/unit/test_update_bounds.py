@@ -1,0 +1,56 @@
+"""The update properties' derived allowances, against hand-derived values: the gradients' rounding carried by the
+trajectory, and which documented differences account for a gap between two frameworks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conformance import update_properties
+from conformance.reference import optimizers
+
+SGD = optimizers.hyperparameters("sgd", "torch", {"lr": 0.1})
+
+
+def quadratic(params: dict) -> dict:
+    return {"w": 2 * params["w"]}  # the gradient of sum(w ** 2)
+
+
+def test_sgd_carries_lr_times_the_gradient_bound_through_each_step():
+    start, bound = {"w": np.array([1.0, -3.0])}, 1e-6
+    bound_at = lambda params: {"w": np.full(2, bound)}  # noqa: E731
+    switches = optimizers.SWITCHES["torch"]
+    one = update_properties.gradient_rounding_drift("sgd", SGD, switches, start, quadratic, bound_at, steps=1)
+    two = update_properties.gradient_rounding_drift("sgd", SGD, switches, start, quadratic, bound_at, steps=2)
+    # p1 = 0.8 p0 - lr b; p2 = 0.8 p1 - lr b: the error of step 1 shrinks by 1 - 2 lr, then step 2 adds its own
+    # (a difference of two float64 trajectories near |w| = 3: exact to a few ulps of 3, 1e-9 of the drift)
+    np.testing.assert_allclose(one["w"], 0.1 * bound, rtol=1e-8)
+    np.testing.assert_allclose(two["w"], 1.8 * 0.1 * bound, rtol=1e-8)
+
+
+def test_differences_that_matter_only_together_are_both_relevant():
+    """Adam from x near its minimum, torch against Keras: eps placement and Keras' default eps of 1e-7 move the
+    result a little each, and ten times more together."""
+    hyper, start = {"lr": 0.1}, {"x": np.array([0.998046875])}
+    torch_hyper, keras_hyper = (optimizers.hyperparameters("adam", f, hyper) for f in ("torch", "tensorflow"))
+    torch_switches, keras_switches = optimizers.SWITCHES["torch"], optimizers.SWITCHES["tensorflow"]
+
+    def trajectory_of(hyperparameters, switches):
+        gradient_at = lambda params: {"x": 2 * (params["x"] - 1)}  # noqa: E731
+        return update_properties.reference_trajectory("adam", hyperparameters, switches, start, gradient_at, 2)
+
+    differences = (optimizers.explain("adam", torch_switches, keras_switches, torch_hyper)
+                   + optimizers.explain_defaults("adam", "torch", "tensorflow", hyper))  # fmt: skip
+    gap = trajectory_of(torch_hyper, torch_switches)["x"] - trajectory_of(keras_hyper, keras_switches)["x"]
+    bound = {"x": np.abs(gap) * 0.8}  # the gap exceeds the bound, no single flip does
+    relevant = update_properties.relevant_differences(differences, "adam", torch_hyper, keras_hyper, torch_switches,
+                                                      keras_switches, trajectory_of, bound)  # fmt: skip
+    assert {d.switch for d in relevant} == {"adam_eps", "eps"}
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_no_drift_without_rounding(steps):
+    zero = lambda params: {"w": np.zeros(2)}  # noqa: E731
+    drift = update_properties.gradient_rounding_drift("sgd", SGD, optimizers.SWITCHES["torch"], {"w": np.ones(2)},
+                                                      quadratic, zero, steps)  # fmt: skip
+    assert np.all(drift["w"] == 0)
