@@ -125,8 +125,11 @@ def torch_nudged_variables(patches: Patches) -> None:
     """backward() moves every leaf it reaches up by one ulp, as a framework that touched variables in place would."""
     import torch
 
-    _wrap_torch_backward(patches, after=lambda leaves: [leaf.copy_(torch.nextafter(leaf, torch.full_like(leaf, math.inf)))
-                                                        for leaf in leaves])  # fmt: skip
+    def nudge(leaves):
+        for leaf in leaves:
+            leaf.copy_(torch.nextafter(leaf, torch.full_like(leaf, math.inf)))
+
+    _wrap_torch_backward(patches, after=nudge)
 
 
 def torch_leaked_gradients(patches: Patches) -> None:
@@ -182,8 +185,11 @@ def torch_bfloat16_parameters(patches: Patches) -> None:
     """Parameters are rounded through bfloat16 after every step, as a lossy master copy would."""
     import torch
 
-    _after_torch_steps(patches, lambda optimizer, parameters, before: [p.copy_(p.to(torch.bfloat16).to(p.dtype))
-                                                                       for p in parameters])  # fmt: skip
+    def round_parameters(optimizer, parameters, before):
+        for parameter in parameters:
+            parameter.copy_(parameter.to(torch.bfloat16).to(parameter.dtype))
+
+    _after_torch_steps(patches, round_parameters)
 
 
 # ---------------------------------------------------------------------------------------------------- keras
@@ -219,7 +225,8 @@ def keras_nudged_variables(patches: Patches) -> None:
     def nudge(gradients, sources):
         for variable in sources.values() if isinstance(sources, dict) else sources:
             if isinstance(variable, tf.Variable):
-                variable.assign(tf.math.nextafter(variable, tf.fill(tf.shape(variable), tf.constant(math.inf, variable.dtype))))
+                upwards = tf.fill(tf.shape(variable), tf.constant(math.inf, variable.dtype))
+                variable.assign(tf.math.nextafter(variable, upwards))
         return gradients
 
     _wrap_tape_gradient(patches, nudge)
@@ -249,7 +256,10 @@ def _after_keras_applies(patches: Patches, before_apply=None, after=None) -> Non
 
 def keras_longer_steps(patches: Patches) -> None:
     """Every variable change a Keras optimizer makes is 1.001 times what it computed."""
-    _after_keras_applies(patches, after=lambda optimizer, variable, old: variable.assign(old + (variable.numpy() - old) * SCALE))
+    def lengthen(optimizer, variable, old):
+        variable.assign(old + (variable.numpy() - old) * SCALE)
+
+    _after_keras_applies(patches, after=lengthen)
 
 
 def keras_uncorrected_adam(patches: Patches) -> None:
@@ -313,7 +323,11 @@ def optax_longer_steps(patches: Patches) -> None:
     import optax
 
     original = optax.apply_updates
-    patches.setattr(optax, "apply_updates", lambda params, updates: original(params, jax.tree.map(lambda u: u * SCALE, updates)))
+
+    def apply_updates(params, updates):
+        return original(params, jax.tree.map(lambda update: update * SCALE, updates))
+
+    patches.setattr(optax, "apply_updates", apply_updates)
 
 
 def optax_uncorrected_adam(patches: Patches) -> None:

@@ -103,7 +103,6 @@ def test_update_agrees_across_backends(conformance_item, data):
             item.check(agreement)
             continue
         # Explained only when the reference, with each framework's own switches and defaults, reproduces the gap.
-
         reference = trajectory_of(complete, optimizers.SWITCHES[mine])
         other_reference = trajectory_of(other_complete, optimizers.SWITCHES[other.name], other.conventions)
         reproduced = worst([compare(f"gap to {other.name} in {name}", np.float64(final[name]) - other_final[name],
