@@ -43,6 +43,10 @@ def test_update_matches_reference(conformance_item, data):
     hyper = data.draw(strategies.hyperparameters(item.case), label="hyperparameters")
     complete = _complete(item, hyper, item.backend.name)
     run = item.call("updates", inputs, hyper)
+    # Only where every nonzero gradient's square is a normal number: below that, a step's intermediates (Keras'
+    # m * alpha, a squared gradient) are subnormal, which TensorFlow with oneDNN and XLA on CPU flush to zero, and
+    # a flushed intermediate divided by eps moves the step by far more than a rounding: the platform, not the rule.
+    assume(not update_properties.squares_underflow(run, item.spec.dtype))
     comparison, steps = update_properties.matches_reference(item.case.update.rule, complete,
                                                             optimizers.SWITCHES[item.backend.name], run, item.spec.dtype)  # fmt: skip
     item.trajectory = update_properties.trajectory(run, steps["expected"])
