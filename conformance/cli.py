@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", action="append", default=[], metavar="NAME", help="repeatable; default: all")
     parser.add_argument("--cases", action="append", default=[], metavar="PATH",
                         help="case file or directory, repeatable; 'shipped' names the shipped cases (the default)")
-    parser.add_argument("--profile", default="default", help="Hypothesis profile: default, ci, thorough")
+    parser.add_argument("--profile", default=os.environ.get("CONFORMANCE_PROFILE", "default"),
+                        help="Hypothesis profile: default, ci, thorough (default: $CONFORMANCE_PROFILE, else default)")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, metavar="FILE")
     parser.add_argument("--report", type=Path, metavar="FILE", help="also write the HTML report to FILE")
     parser.add_argument("-n", dest="workers", default="1", metavar="N",
