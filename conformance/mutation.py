@@ -3,8 +3,7 @@
 For every fault of `conformance.faults` (and every backend it applies to), the property tests run in a fresh
 pytest process on the fault's cases with the fault planted; the same run without the fault is the baseline. A
 fault is caught when some (case, property, variant, dtype) fails that passed (or was an explained difference) in
-the baseline. Exit 0 when every
-fault is caught, 1 when one is not, 2 on a usage error.
+the baseline. Exit 0 when every fault is caught, 1 when one is not, 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -21,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conformance import faults
+from conformance.cli import PROPERTY_TESTS
 from conformance.pytest_plugin import SHIPPED_CASES
-
-PROPERTY_TESTS = Path(__file__).resolve().parent.parent / "tests" / "conformance"
 
 
 @dataclass(frozen=True)
