@@ -91,10 +91,14 @@ def trajectory(run: UpdateRun, expected: list[dict]) -> dict[str, list[float]]:
 
 
 def squares_underflow(run: UpdateRun, dtype: str) -> bool:
-    """Whether some nonzero gradient element has a square below the dtype's smallest normal number."""
+    """Whether some nonzero gradient or parameter element has a square below the dtype's smallest normal number:
+    then a step's intermediates (g * g, weight_decay * p, Keras' m * alpha) may be subnormal, which XLA on CPU and
+    TensorFlow with oneDNN flush to zero, and a flushed intermediate divided by eps moves a step far more than a
+    rounding would."""
     limit = np.sqrt(float(np.finfo(dtype).smallest_normal))
-    return any(np.any((gradient != 0) & (np.abs(gradient) < limit))
-               for gradients in run.gradients for gradient in gradients.values() if gradient is not None)  # fmt: skip
+    arrays = [g for gradients in run.gradients for g in gradients.values() if g is not None]
+    arrays += [value for values in run.values for value in values.values()]
+    return any(np.any((array != 0) & (np.abs(array) < limit)) for array in arrays)
 
 
 def agreement_bound(bounds: list[dict], other_bounds: list[dict]) -> dict[str, np.ndarray]:

@@ -43,9 +43,7 @@ def test_update_matches_reference(conformance_item, data):
     hyper = data.draw(strategies.hyperparameters(item.case), label="hyperparameters")
     complete = _complete(item, hyper, item.backend.name)
     run = item.call("updates", inputs, hyper)
-    # Only where every nonzero gradient's square is a normal number: below that, a step's intermediates (Keras'
-    # m * alpha, a squared gradient) are subnormal, which TensorFlow with oneDNN and XLA on CPU flush to zero, and
-    # a flushed intermediate divided by eps moves the step by far more than a rounding: the platform, not the rule.
+    # Only where no step has subnormal intermediates, which some platforms flush to zero: see squares_underflow.
     assume(not update_properties.squares_underflow(run, item.spec.dtype))
     comparison, steps = update_properties.matches_reference(item.case.update.rule, complete,
                                                             optimizers.SWITCHES[item.backend.name], run, item.spec.dtype)  # fmt: skip
@@ -73,8 +71,8 @@ def test_update_agrees_across_backends(conformance_item, data):
         other_run = item.call("updates", inputs, hyper, backend=other)
         _, theirs = update_properties.matches_reference(rule, other_complete, optimizers.SWITCHES[other.name], other_run,
                                                         item.spec.dtype)  # fmt: skip
-        # Rules that square the gradient are compared only where every nonzero gradient's square is a normal
-        # number: below that, platforms differ in flushing subnormals to zero (XLA, oneDNN), not in formulas.
+        # Only where no step has subnormal intermediates: platforms differ in flushing them to zero (XLA, oneDNN),
+        # not in formulas (see squares_underflow).
         assume(not update_properties.squares_underflow(run, item.spec.dtype)
                and not update_properties.squares_underflow(other_run, item.spec.dtype))
         bound = update_properties.agreement_bound(own["bounds"], theirs["bounds"])

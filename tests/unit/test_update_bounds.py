@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conformance import update_properties
+from conformance.backends.base import UpdateRun
 from conformance.reference import optimizers
 
 SGD = optimizers.hyperparameters("sgd", "torch", {"lr": 0.1})
@@ -54,3 +55,14 @@ def test_no_drift_without_rounding(steps):
     drift = update_properties.gradient_rounding_drift("sgd", SGD, optimizers.SWITCHES["torch"], {"w": np.ones(2)},
                                                       quadratic, zero, steps)  # fmt: skip
     assert np.all(drift["w"] == 0)
+
+
+@pytest.mark.parametrize(("value", "dtype", "underflows"), [
+    (1e-200, "float64", True), (1e-150, "float64", False), (1e-20, "float32", True), (1e-18, "float32", False),
+    (0.0, "float32", False),  # exact zeros square to zero exactly: nothing is flushed
+])  # fmt: skip
+def test_steps_with_subnormal_intermediates_are_recognised(value, dtype, underflows):
+    """A parameter (or gradient) whose square is subnormal: weight_decay * p, g * g may be flushed to zero."""
+    values = [{"w": np.array([value, 1.0], dtype)}, {"w": np.array([value, 0.9], dtype)}]
+    run = UpdateRun(values, [{"w": np.array([1.0, 1.0], dtype)}], state={})
+    assert update_properties.squares_underflow(run, dtype) is underflows
