@@ -114,15 +114,16 @@ def reference_trajectory(rule: str, hyper: dict, switches, start: dict, gradient
     return params
 
 
-def gradient_rounding_drift(rule: str, hyper: dict, switches, start: dict, gradient_at, bound_at, steps: int) -> dict:
+def gradient_rounding_drift(rule: str, hyper: dict, switches, start: dict, reference_at, steps: int) -> dict:
     """How far the float64 trajectory moves when every gradient is off by its rounding bound in the dtype under
-    test (`bound_at(params)`), one way or the other: what two frameworks that follow their formulas exactly may
-    still differ by through their gradients' rounding alone, to first order (for SGD, lr times the bound)."""
-    exact = reference_trajectory(rule, hyper, switches, start, gradient_at, steps)
+    test (`reference_at(params)` gives both: gradients, bounds), one way or the other: what two frameworks that
+    follow their formulas exactly may still differ by through their gradients' rounding alone, to first order
+    (for SGD, lr times the bound)."""
+    exact = reference_trajectory(rule, hyper, switches, start, lambda params: reference_at(params)[0], steps)
     drift = {name: np.zeros_like(value) for name, value in exact.items()}
     for sign in (1.0, -1.0):
         def rounded(params, sign=sign):
-            gradients, bounds = gradient_at(params), bound_at(params)
+            gradients, bounds = reference_at(params)
             return {name: None if g is None else g + sign * bounds[name] for name, g in gradients.items()}
 
         moved = reference_trajectory(rule, hyper, switches, start, rounded, steps)

@@ -81,12 +81,12 @@ def test_update_agrees_across_backends(conformance_item, data):
 
         def reference_at(switches, conventions):
             # torch and Keras see no gradient (None) for a variable the loss does not use; jax.grad gives zeros
-            at = _summed_reference(item, inputs, conventions, set() if switches.no_gradient == "zero" else unused)
-            return (lambda params: at(params)[0]), (lambda params: at(params)[1])
+            return _summed_reference(item, inputs, conventions, set() if switches.no_gradient == "zero" else unused)
 
         def trajectory_of(hyperparameters, switches, conventions=item.backend.conventions):
-            gradient_at, _ = reference_at(switches, conventions)
-            return update_properties.reference_trajectory(rule, hyperparameters, switches, start, gradient_at, steps)
+            at = reference_at(switches, conventions)
+            return update_properties.reference_trajectory(rule, hyperparameters, switches, start,
+                                                          lambda params: at(params)[0], steps)  # fmt: skip
 
         def agreement_within(bound):
             return worst([compare(f"{name} after {steps} steps against {other.name}", final[name], other_final[name],
@@ -95,7 +95,7 @@ def test_update_agrees_across_backends(conformance_item, data):
         agreement = agreement_within(bound)
         if not agreement.ok:  # the steps' rounding does not cover the gap: add the gradients' rounding, carried
             drifts = [update_properties.gradient_rounding_drift(rule, hyperparameters, switches, start,
-                                                                *reference_at(switches, conventions), steps)
+                                                                reference_at(switches, conventions), steps)
                       for hyperparameters, switches, conventions in
                       ((complete, optimizers.SWITCHES[mine], item.backend.conventions),
                        (other_complete, optimizers.SWITCHES[other.name], other.conventions))]  # fmt: skip

@@ -19,10 +19,10 @@ def quadratic(params: dict) -> dict:
 
 def test_sgd_carries_lr_times_the_gradient_bound_through_each_step():
     start, bound = {"w": np.array([1.0, -3.0])}, 1e-6
-    bound_at = lambda params: {"w": np.full(2, bound)}  # noqa: E731
+    reference_at = lambda params: (quadratic(params), {"w": np.full(2, bound)})  # noqa: E731
     switches = optimizers.SWITCHES["torch"]
-    one = update_properties.gradient_rounding_drift("sgd", SGD, switches, start, quadratic, bound_at, steps=1)
-    two = update_properties.gradient_rounding_drift("sgd", SGD, switches, start, quadratic, bound_at, steps=2)
+    one = update_properties.gradient_rounding_drift("sgd", SGD, switches, start, reference_at, steps=1)
+    two = update_properties.gradient_rounding_drift("sgd", SGD, switches, start, reference_at, steps=2)
     # p1 = 0.8 p0 - lr b; p2 = 0.8 p1 - lr b: the error of step 1 shrinks by 1 - 2 lr, then step 2 adds its own
     # (a difference of two float64 trajectories near |w| = 3: exact to a few ulps of 3, 1e-9 of the drift)
     np.testing.assert_allclose(one["w"], 0.1 * bound, rtol=1e-8)
@@ -51,9 +51,9 @@ def test_differences_that_matter_only_together_are_both_relevant():
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_no_drift_without_rounding(steps):
-    zero = lambda params: {"w": np.zeros(2)}  # noqa: E731
+    exact = lambda params: (quadratic(params), {"w": np.zeros(2)})  # noqa: E731
     drift = update_properties.gradient_rounding_drift("sgd", SGD, optimizers.SWITCHES["torch"], {"w": np.ones(2)},
-                                                      quadratic, zero, steps)  # fmt: skip
+                                                      exact, steps)  # fmt: skip
     assert np.all(drift["w"] == 0)
 
 
