@@ -8,6 +8,7 @@ included); the unit self-tests plant the same faults one at a time and undo them
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable
@@ -22,6 +23,7 @@ GRADIENT_CASES = ("seed/linear-square", "losses/linear-regression", "losses/matr
 UPDATE_CASES = ("seed/adam-step", "optimizers/adam-hyperparameters", "optimizers/sgd-momentum")
 ADAM_CASES = UPDATE_CASES[:2]
 ACCUMULATION_CASES = ("seed/accumulate-sgd", "accumulation/mse-four-micro-batches")
+TRAINING_CASES = ("optimizers/sgd-plain", "optimizers/sgd-momentum", "optimizers/adam-hyperparameters")
 TORCH_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad")
 
 
@@ -54,6 +56,7 @@ class Fault:
     cases: tuple[str, ...]  # the shipped cases a mutation run checks it on
     expected: tuple[str, ...]  # the properties meant to catch it (others may catch it too)
     plant: Callable[[Patches], None]
+    keyword: str | None = None  # pytest -k: the properties a mutation run selects (default: all)
 
     @property
     def key(self) -> str:
@@ -192,6 +195,38 @@ def torch_bfloat16_parameters(patches: Patches) -> None:
     _after_torch_steps(patches, round_parameters)
 
 
+def torch_dropped_micro_batch(patches: Patches) -> None:
+    """backward() adds nothing where the leaves already hold a gradient: a step sums only its first micro-batch."""
+    import torch
+
+    original = torch.Tensor.backward
+
+    def backward(self, gradient=None, *args, **kwargs):
+        leaves = _leaves_of(self)
+        if leaves and all(leaf.grad is not None for leaf in leaves):
+            return None
+        return original(self, gradient, *args, **kwargs)
+
+    patches.setattr(torch.Tensor, "backward", backward)
+
+
+def torch_stale_gradients(patches: Patches) -> None:
+    """Every torch.optim step after the first applies the gradient of the step before (a stale parameter's)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    previous: dict[int, list] = {}
+
+    def stale(optimizer, args, kwargs):
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        current = [None if p.grad is None else p.grad.detach().clone() for p in parameters]
+        for parameter, old in zip(parameters, previous.get(id(optimizer), [])):
+            if old is not None and parameter.grad is not None:
+                parameter.grad.copy_(old)
+        previous[id(optimizer)] = current
+
+    patches.keep(register_optimizer_step_pre_hook(stale))
+
+
 # ---------------------------------------------------------------------------------------------------- keras
 
 def _wrap_tape_gradient(patches: Patches, change) -> None:
@@ -297,6 +332,35 @@ def keras_overwritten_accumulation(patches: Patches) -> None:
     _after_keras_applies(patches, before_apply=forget)
 
 
+def keras_dropped_micro_batch(patches: Patches) -> None:
+    """Every second call of GradientTape.gradient returns zeros: a step's micro-batch sum drops every other one."""
+    import tensorflow as tf
+
+    calls = itertools.count()
+
+    def drop(gradients, sources):
+        return _each(gradients, tf.zeros_like) if next(calls) % 2 else gradients
+
+    _wrap_tape_gradient(patches, drop)
+
+
+def keras_stale_gradients(patches: Patches) -> None:
+    """GradientTape.gradient returns the gradients of its previous call, as if taken at a stale parameter."""
+    previous: list = []
+
+    def stale(gradients, sources):
+        result = previous[0] if previous and _shapes(previous[0]) == _shapes(gradients) else gradients
+        previous[:] = [gradients]
+        return result
+
+    _wrap_tape_gradient(patches, stale)
+
+
+def _shapes(structure) -> list:
+    values = structure.values() if isinstance(structure, dict) else structure
+    return [None if value is None else tuple(value.shape) for value in values]
+
+
 # ---------------------------------------------------------------------------------------------------- jax
 
 def jax_scaled_gradients(patches: Patches) -> None:
@@ -315,6 +379,51 @@ def jax_scaled_gradients(patches: Patches) -> None:
         return scaled
 
     patches.setattr(jax, "value_and_grad", value_and_grad)
+
+
+def _wrap_compiled_gradients(patches: Patches, change) -> None:
+    """What a function compiled by `jax.jit` returns as (value, gradients) passes through `change(gradients)` on
+    every call, outside the compiled code, so that each call counts (a wrapper inside jit runs once, at tracing)."""
+    import jax
+
+    original = jax.jit
+
+    def jit(function, *args, **kwargs):
+        compiled = original(function, *args, **kwargs)
+
+        def call(*call_args, **call_kwargs):
+            result = compiled(*call_args, **call_kwargs)
+            if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict):
+                return result[0], change(result[1])
+            return result
+
+        return call
+
+    patches.setattr(jax, "jit", jit)
+
+
+def jax_dropped_micro_batch(patches: Patches) -> None:
+    """Every second call of a compiled jax.value_and_grad returns zero gradients: a step's micro-batch sum drops
+    every other one."""
+    import jax
+
+    calls = itertools.count()
+    _wrap_compiled_gradients(patches, lambda grads: jax.tree.map(jax.numpy.zeros_like, grads) if next(calls) % 2 else grads)
+
+
+def jax_stale_gradients(patches: Patches) -> None:
+    """A compiled jax.value_and_grad returns the gradients of its previous call, as if taken at a stale parameter."""
+    import jax
+
+    previous: list = []
+
+    def stale(grads):
+        shapes = jax.tree.map(lambda g: g.shape, grads)
+        result = previous[0] if previous and jax.tree.map(lambda g: g.shape, previous[0]) == shapes else grads
+        previous[:] = [grads]
+        return result
+
+    _wrap_compiled_gradients(patches, stale)
 
 
 def optax_longer_steps(patches: Patches) -> None:
@@ -405,6 +514,25 @@ FAULTS = (
           UPDATE_PROPERTY, keras_bfloat16_variables),
     Fault("bfloat16-parameters", "jax", "parameters rounded to bfloat16 after each step", UPDATE_CASES,
           UPDATE_PROPERTY, optax_bfloat16_parameters),
+    # the training path alone, judged by the update properties only
+    Fault("training-gradients", "torch", "the gradients a training step feeds its optimizer 0.1% too large",
+          TRAINING_CASES, UPDATE_PROPERTY, torch_scaled_gradients, "update"),
+    Fault("training-gradients", "tensorflow", "the gradients a training step feeds its optimizer 0.1% too large",
+          TRAINING_CASES, UPDATE_PROPERTY, keras_scaled_gradients, "update"),
+    Fault("training-gradients", "jax", "the gradients a training step feeds its optimizer 0.1% too large",
+          TRAINING_CASES, UPDATE_PROPERTY, jax_scaled_gradients, "update"),
+    Fault("dropped-micro-batch", "torch", "a training step's micro-batch sum keeps only the first", ACCUMULATION_CASES,
+          UPDATE_PROPERTY, torch_dropped_micro_batch, "update"),
+    Fault("dropped-micro-batch", "tensorflow", "a training step's micro-batch sum drops every other one",
+          ACCUMULATION_CASES, UPDATE_PROPERTY, keras_dropped_micro_batch, "update"),
+    Fault("dropped-micro-batch", "jax", "a training step's micro-batch sum drops every other one", ACCUMULATION_CASES,
+          UPDATE_PROPERTY, jax_dropped_micro_batch, "update"),
+    Fault("stale-gradients", "torch", "each step applies the previous step's gradient", TRAINING_CASES,
+          UPDATE_PROPERTY, torch_stale_gradients, "update"),
+    Fault("stale-gradients", "tensorflow", "each step is fed the gradient at the previous parameters", TRAINING_CASES,
+          UPDATE_PROPERTY, keras_stale_gradients, "update"),
+    Fault("stale-gradients", "jax", "each step is fed the gradient at the previous parameters", TRAINING_CASES,
+          UPDATE_PROPERTY, jax_stale_gradients, "update"),
 )  # fmt: skip
 NOT_PLANTED = {
     ("nudged-variable", "jax"): "JAX arrays are immutable: jax.grad cannot change the values it differentiates at",

@@ -6,7 +6,7 @@ over all Hypothesis examples, the shrunk counterexample and a reproducer, and tu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import hypothesis
 import numpy as np
@@ -16,6 +16,7 @@ from conformance import backends as backend_registry
 from conformance import strategies
 from conformance.backends.base import Backend, GradientRun, NotApplicable
 from conformance.cases import Case
+from conformance.known_failures import KnownFailure
 from conformance.reference.conventions import KinkConventions
 from conformance.reference.gradients import ReferenceGradient, compiled_gradient, shaped_like
 from conformance.results import ResultRecord
@@ -50,7 +51,11 @@ class ItemSpec:
 class ConformanceItem:
     spec: ItemSpec
     other_backends: list[str]
+    known: list[KnownFailure] = field(default_factory=list)  # the known failures that apply to this item
+    known_matched: KnownFailure | None = None
     examples: int = 0
+    discarded: dict[str, int] = field(default_factory=dict)  # examples filtered out, by reason
+    sensitivity: float = float("inf")
     worst: Comparison | None = None
     failure: Comparison | None = None
     last_inputs: dict[str, np.ndarray] | None = None
@@ -100,13 +105,24 @@ class ConformanceItem:
         case = shaped_like(self.case, {name: np.shape(value) for name, value in inputs.items()})
         return compiled_gradient(case)(inputs, conventions or self.backend.conventions, self.spec.dtype)
 
+    def discard(self, reason: str) -> None:
+        """Filter this example out (on the drawn inputs and the reference only), counting why."""
+        self.discarded[reason] = self.discarded.get(reason, 0) + 1
+        hypothesis.assume(False)
+
     def check(self, comparison: Comparison, expected: dict[str, np.ndarray] | None = None) -> None:
-        """Keep the worst comparison; fail the example, with a reproducer attached, when it does not hold."""
+        """Keep the worst comparison; fail the example, with a reproducer attached, when it does not hold, unless
+        it fails with the signature of a known failure of this item (then it is that failure, not shrunk)."""
+        self.sensitivity = min(self.sensitivity, comparison.sensitivity)
         if self.worst is None or comparison.ratio >= self.worst.ratio:
             self.worst = comparison
         if np.isfinite(comparison.ratio):
             hypothesis.target(float(comparison.ratio), label=f"error / tolerance of {comparison.where}")
         if comparison.ok:
+            return
+        known = next((entry for entry in self.known if entry.matches(comparison)), None)
+        if known is not None:
+            self.known_matched, self.failure = known, comparison
             return
         self.failure = comparison
         message = f"{self.spec.property}: {comparison.where}: {comparison.detail}"
@@ -145,7 +161,8 @@ class ConformanceItem:
             case=spec.case.id, property=spec.property, backend=spec.backend, variant=spec.variant, device=spec.device,
             dtype=spec.dtype, framework_version=next(iter(versions.values()), "not installed"), outcome=outcome,
             title=spec.case.title, tags=list(spec.case.tags), explanation=self.explanation, citation=self.citation,
-            examples=self.examples, elapsed_s=round(report.duration, 4),
+            examples=self.examples, discarded=dict(self.discarded), elapsed_s=round(report.duration, 4),
+            sensitivity=None if not np.isfinite(self.sensitivity) else self.sensitivity,
             max_error=None if shown is None else shown.max_error, tolerance=None if shown is None else shown.tolerance,
             counterexample=self.last_inputs if outcome == "fail" else None, repro=self.repro if outcome == "fail" else None,
             message=message, trajectory=self.trajectory,
@@ -161,7 +178,9 @@ class ConformanceItem:
                 return "not_applicable", reason.removeprefix(NOT_APPLICABLE)
             return "skip", reason
         if report.passed:
-            return ("divergent" if self.explanation else "pass"), None
+            stale = [entry.reason for entry in self.known]
+            return ("divergent" if self.explanation else "pass"), (f"stale known failure (no example failed so): {stale[0]}"
+                                                                   if stale else None)  # fmt: skip
         error = call.excinfo.value if call.excinfo else None
         first_line = str(error).splitlines()[0] if error is not None and str(error) else report.longreprtext[-300:]
         if isinstance(error, (PropertyFailed, AssertionError)) and not isinstance(error, BackendError):

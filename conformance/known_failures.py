@@ -1,19 +1,103 @@
-"""Failures the suite found in the frameworks themselves, kept visible: each item still runs, is recorded as
-`fail` with the reason, and is an expected failure for pytest (not strict: draws whose values need no rounding
-pass, and are recorded as passes).
+"""Failures the suite found in the frameworks themselves, as data, each with its signature.
 
+An entry names the items it applies to (property, backend, dtype, case) and the failure's signature: where the
+values differ (a glob over the failing comparison's location, such as "accumulated *") and by how much at most
+(relative to the expected value). An example that fails with that signature is the known failure: it is recorded
+as such and not shrunk again; any other failure of the same item is a `fail`. An entry that applied to items of a
+run but matched none of their examples is reported as stale.
+
+Entries come from `known_failures.toml` beside this module, from a backend's `known_failures` (a backend's owner
+supplies their own), and from the files named in CONFORMANCE_KNOWN_FAILURES (separated by the path separator).
 Like the ONNX backend tests' exclusions, every entry says why; remove it when the framework is fixed.
 """
 
 from __future__ import annotations
 
-KNOWN_FAILURES: dict[tuple[str, str, str], str] = {
-    ("accumulation.native", "jax", "float64"): (
-        "optax.MultiSteps keeps acc_grads in float32 under jax.enable_x64 (optax 0.2.8: MultiStepsState.acc_grads "
-        "has dtype float32 for float64 params), so float64 accumulation rounds to float32"
-    ),
-}
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from conformance.tolerance import Comparison
+
+SHIPPED = Path(__file__).with_name("known_failures.toml")
+ENVIRONMENT = "CONFORMANCE_KNOWN_FAILURES"
+_REQUIRED = {"property": str, "backend": str, "where": str, "max_relative_error": (int, float), "reason": str}
+_OPTIONAL = {"dtype": str, "case": str}
 
 
-def known_failure(property_name: str, backend: str, dtype: str) -> str | None:
-    return KNOWN_FAILURES.get((property_name, backend, dtype))
+class KnownFailureError(ValueError):
+    """A known-failures file that cannot be read; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class KnownFailure:
+    property: str
+    backend: str
+    where: str
+    max_relative_error: float
+    reason: str
+    dtype: str = "*"
+    case: str = "*"
+    source: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}: {self.property} on {self.backend} {self.dtype} {self.case} at {self.where}"
+
+    def applies_to(self, property_name: str, backend: str, dtype: str, case_id: str) -> bool:
+        return (self.property == property_name and self.backend == backend and fnmatchcase(dtype, self.dtype)
+                and fnmatchcase(case_id, self.case))  # fmt: skip
+
+    def matches(self, comparison: Comparison) -> bool:
+        """The failure has this entry's signature: at the named values, and no larger than stated."""
+        return fnmatchcase(comparison.where, self.where) and comparison.relative_error <= self.max_relative_error
+
+
+def parse(document: dict, source: str) -> list[KnownFailure]:
+    entries = document.get("known", [])
+    unknown = set(document) - {"known"}
+    if unknown:
+        raise KnownFailureError(f"{source}: {sorted(unknown)[0]}: unknown field (entries are [[known]] tables)")
+    if not isinstance(entries, list):
+        raise KnownFailureError(f"{source}: known: is not an array of tables ([[known]])")
+    return [_entry(entry, f"{source}: known[{index}]", source) for index, entry in enumerate(entries)]
+
+
+def _entry(entry: object, where: str, source: str) -> KnownFailure:
+    if not isinstance(entry, dict):
+        raise KnownFailureError(f"{where}: is not a table")
+    for name in sorted(set(entry) - set(_REQUIRED) - set(_OPTIONAL)):
+        raise KnownFailureError(f"{where}.{name}: unknown field (known: {', '.join([*_REQUIRED, *_OPTIONAL])})")
+    for name, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        if name not in entry:
+            if name in _REQUIRED:
+                raise KnownFailureError(f"{where}.{name}: missing")
+        elif not isinstance(entry[name], kind) or isinstance(entry[name], bool):
+            raise KnownFailureError(f"{where}.{name}: has the wrong type ({type(entry[name]).__name__})")
+    bound = float(entry["max_relative_error"])
+    if not (math.isfinite(bound) and bound > 0):
+        raise KnownFailureError(f"{where}.max_relative_error: must be a positive finite number, not {bound!r}")
+    return KnownFailure(**{**entry, "max_relative_error": bound}, source=source)
+
+
+def load(path: Path) -> list[KnownFailure]:
+    try:
+        with path.open("rb") as file:
+            return parse(tomllib.load(file), str(path))
+    except OSError as error:
+        raise KnownFailureError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise KnownFailureError(f"{path}: not valid TOML ({str(error).splitlines()[0]})") from None
+
+
+def collect(backends: list) -> list[KnownFailure]:
+    """The shipped entries, every backend's own, and those of the files in CONFORMANCE_KNOWN_FAILURES."""
+    entries = load(SHIPPED)
+    for backend in backends:
+        entries += list(getattr(backend, "known_failures", ()))
+    for path in filter(None, os.environ.get(ENVIRONMENT, "").split(os.pathsep)):
+        entries += load(Path(path))
+    return entries

@@ -36,11 +36,13 @@ class Verdict:
         return bool(self.caught_by)
 
 
-def run_suite(backend: str, cases: Sequence[str], results: Path, profile: str, fault_key: str | None) -> dict:
-    """The property tests for `backend` on `cases`, in a fresh process; (case, property, variant, dtype) -> outcome."""
+def run_suite(backend: str, cases: Sequence[str], results: Path, profile: str, fault_key: str | None,
+              keyword: str | None = None) -> dict:  # fmt: skip
+    """The property tests for `backend` on `cases` (those `keyword` selects, as pytest -k), in a fresh process;
+    (case, property, variant, dtype) -> outcome."""
     command = [sys.executable, "-m", "pytest", str(PROPERTY_TESTS), "-q", "-p", "no:cacheprovider",
                f"--hypothesis-profile={profile}", f"--backend={backend}", f"--results={results}",
-               *[f"--cases={SHIPPED_CASES / f'{case}.toml'}" for case in cases]]  # fmt: skip
+               *[f"--cases={SHIPPED_CASES / f'{case}.toml'}" for case in cases], *(["-k", keyword] if keyword else [])]  # fmt: skip
     environment = {**os.environ, "CONFORMANCE_PROFILE": profile, "TF_CPP_MIN_LOG_LEVEL": "2"}
     environment.pop(faults.FAULT_ENVIRONMENT, None)
     if fault_key:
@@ -66,12 +68,15 @@ def verdict(fault: faults.Fault, planted: dict, baseline: dict) -> Verdict:
 
 def table(verdicts: Sequence[Verdict]) -> str:
     """A Markdown table, one row per fault and backend."""
-    rows = ["| fault | backend | what it does | caught by | items |", "|---|---|---|---|---|"]
+    rows = ["| fault | backend | what it does | properties run | caught by | family | items |",
+            "|---|---|---|---|---|---|---|"]
     for v in verdicts:
         caught = ", ".join(v.caught_by) if v.caught else "**NOT CAUGHT**"
         if v.errors:
             caught += f" ({v.errors} items crashed)"
-        rows.append(f"| {v.fault.name} | {v.fault.backend} | {v.fault.description} | {caught} | {v.items} |")
+        families = ", ".join(sorted({name.split(".")[0] for name in v.caught_by})) or "-"
+        rows.append(f"| {v.fault.name} | {v.fault.backend} | {v.fault.description} | {v.fault.keyword or 'all'} | "
+                    f"{caught} | {families} | {v.items} |")
     return "\n".join(rows)
 
 
@@ -110,7 +115,7 @@ def main_mutate(argv: Sequence[str]) -> int:
             baselines = {backend: pool.submit(run_suite, backend, cases[backend], directory / f"baseline-{backend}.jsonl",
                                               arguments.profile, None) for backend in cases}  # fmt: skip
             planted = [pool.submit(run_suite, f.backend, f.cases, directory / f"{f.name}-{f.backend}.jsonl",
-                                   arguments.profile, f.key) for f in selected]  # fmt: skip
+                                   arguments.profile, f.key, f.keyword) for f in selected]  # fmt: skip
             try:
                 verdicts = [verdict(f, run.result(), baselines[f.backend].result()) for f, run in zip(selected, planted)]
             except RuntimeError as error:

@@ -25,7 +25,7 @@ from conformance import backends as backend_registry
 from conformance import faults
 from conformance.cases import Case, CaseError, load_cases
 from conformance.item import ConformanceItem, ItemSpec
-from conformance.known_failures import known_failure
+from conformance import known_failures
 from conformance.results import ResultRecord, ResultsWriter, clean, new_run_id, run_header
 
 SHIPPED_CASES = Path(__file__).resolve().parent.parent / "cases"
@@ -61,6 +61,7 @@ class SuiteConfig:
     cases: list[Case]
     backend_names: list[str]
     dtypes: list[str]
+    known: list[known_failures.KnownFailure]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -75,6 +76,7 @@ def pytest_configure(config: pytest.Config) -> None:
                               for path in config.getoption("cases") or ["shipped"]]),
             backend_names=config.getoption("backend") or backend_registry.known_names(),
             dtypes=config.getoption("dtype") or list(DTYPES),
+            known=[],
         )  # fmt: skip
         known = backend_registry.known_names()
     except (CaseError, backend_registry.UnknownBackend) as error:
@@ -82,6 +84,10 @@ def pytest_configure(config: pytest.Config) -> None:
     unknown = set(config._conformance.backend_names) - set(known)
     if unknown:
         raise pytest.UsageError(f"--backend: unknown backend {sorted(unknown)[0]!r} (known: {', '.join(known)})")
+    try:
+        config._conformance.known = known_failures.collect([backend_registry.load(name) for name in config._conformance.backend_names])
+    except known_failures.KnownFailureError as error:
+        raise pytest.UsageError(str(error)) from None
     _interrupt_on_sigterm(config)
     if hasattr(config, "workerinput"):
         return
@@ -206,16 +212,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 for variant in variants:
                     for device in backend.devices():
                         spec = ItemSpec(marker.args[0], case, name, variant, device, dtype)
-                        known = known_failure(spec.property, name, dtype)
-                        marks = [pytest.mark.xfail(reason=f"known: {known}")] if known else []
-                        params.append(pytest.param(spec, id=spec.id, marks=marks))
+                        params.append(pytest.param(spec, id=spec.id))
     metafunc.parametrize("conformance_item", params, indirect=True)
 
 
 @pytest.fixture
 def conformance_item(request: pytest.FixtureRequest) -> ConformanceItem:
     suite: SuiteConfig = request.config._conformance
-    item = ConformanceItem(request.param, other_backends=[n for n in suite.backend_names if n != request.param.backend])
+    spec: ItemSpec = request.param
+    item = ConformanceItem(spec, other_backends=[n for n in suite.backend_names if n != spec.backend],
+                           known=[k for k in suite.known if k.applies_to(spec.property, spec.backend, spec.dtype, spec.case.id)])
     request.node._conformance_item = item
     return item
 
@@ -264,6 +270,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if spec is None:
         return
     tested = getattr(item, "_conformance_item", None) or ConformanceItem(spec, other_backends=[])
+    if report.when == "call" and report.passed and tested.known_matched is not None:
+        # every failing example had a known failure's signature: an expected failure, not shrunk again
+        report.outcome, report.wasxfail = "skipped", f"known: {tested.known_matched.reason}"
     if report.when == "setup" and report.passed:  # what the controller records if this item's worker dies
         started = replace(tested.record(report, call), outcome="error", message=None)
         report.user_properties.append((STARTED_KEY, json.dumps(clean(started.__dict__))))

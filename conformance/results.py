@@ -32,7 +32,9 @@ class ResultRecord:
     explanation: str | None = None
     citation: str | None = None
     examples: int = 0
+    discarded: dict[str, int] = field(default_factory=dict)  # examples filtered out, by reason
     elapsed_s: float = 0.0
+    sensitivity: float | None = None  # the smallest relative error in every value that this item would catch
     max_error: float | None = None
     tolerance: float | None = None
     counterexample: dict[str, Any] | None = None

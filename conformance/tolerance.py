@@ -6,7 +6,7 @@ that no property carries a constant of its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -20,6 +20,14 @@ class Comparison:
     tolerance: float
     where: str
     detail: str = ""
+    magnitude: float = 0.0  # |expected| at the worst element
+    sensitivity: float = float("inf")  # the smallest relative error in every element that the bounds would catch
+
+    @property
+    def relative_error(self) -> float:
+        if self.magnitude > 0:
+            return self.max_error / self.magnitude
+        return 0.0 if self.max_error == 0 else float("inf")
 
     @property
     def ratio(self) -> float:
@@ -57,7 +65,19 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, bound: np.ndarr
     worst_error, worst_bound = float(errors[index]), float(bound[index])
     ok = worst_error <= worst_bound
     detail = "" if ok else f"{float(actual[index])!r} where {float(expected[index])!r} +- {worst_bound:.3g} is expected"
-    return Comparison(ok, worst_error, worst_bound, _at(name, index), detail)
+    return Comparison(ok, worst_error, worst_bound, _at(name, index), detail, float(np.abs(expected[index])),
+                      sensitivity(expected, bound))
+
+
+def sensitivity(expected: np.ndarray, bound: np.ndarray) -> float:
+    """The smallest relative error r such that a result off by r in every element fails somewhere: min bound / |x|
+    over the finite, nonzero expected elements with a rounding bound (inf where there are none; exact comparisons,
+    such as a step count, say nothing about the size of error caught in floating-point values)."""
+    expected = np.asarray(expected, np.float64)
+    bound = np.broadcast_to(np.asarray(bound, np.float64), expected.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(np.isfinite(expected) & (expected != 0) & (bound > 0), bound / np.abs(expected), np.inf)
+    return float(np.min(relative)) if relative.size else float("inf")
 
 
 def identical(name: str, first: np.ndarray, second: np.ndarray) -> Comparison:
@@ -70,18 +90,18 @@ def identical(name: str, first: np.ndarray, second: np.ndarray) -> Comparison:
     second_bytes = np.ascontiguousarray(second).reshape(-1).view(np.uint8).reshape(second.size, -1)
     differs = np.any(first_bytes != second_bytes, axis=1)
     if not np.any(differs):
-        return Comparison(True, 0.0, 0.0, name)
+        return Comparison(True, 0.0, 0.0, name, sensitivity=0.0)
     index = np.unravel_index(int(np.argmax(differs)), first.shape)
     error = float(np.abs(np.float64(first[index]) - np.float64(second[index])))
-    return Comparison(False, error, 0.0, _at(name, index), f"{float(first[index])!r} became {float(second[index])!r}")
+    return Comparison(False, error, 0.0, _at(name, index), f"{float(first[index])!r} became {float(second[index])!r}",
+                      float(np.abs(np.float64(first[index]))), 0.0)
 
 
 def worst(comparisons: list[Comparison]) -> Comparison:
-    """The failing comparison if any, else the one closest to its bound."""
+    """The failing comparison if any, else the one closest to its bound; sensitive as the most sensitive of them."""
     failing = [c for c in comparisons if not c.ok]
-    if failing:
-        return failing[0]
-    return max(comparisons, key=lambda c: c.ratio, default=Comparison(True, 0.0, 0.0, ""))
+    chosen = failing[0] if failing else max(comparisons, key=lambda c: c.ratio, default=Comparison(True, 0.0, 0.0, ""))
+    return replace(chosen, sensitivity=min((c.sensitivity for c in comparisons), default=float("inf")))
 
 
 def _at(name: str, index: tuple) -> str:

@@ -3,13 +3,15 @@
 Bounds. One step of every rule here is at most `STEP_ROUNDINGS` roundings along its longest path (Adam with
 amsgrad and weight decay: about 12), so a step computed in the dtype differs from the float64 reference step
 from the same parameters, gradient and state by at most
-    u (|p_k| + |p_k+1|) + (STEP_ROUNDINGS + sum b / (1 - b)) (k + 1) u |update_k|abs,
+    u (|p_k| + |p_k+1|) + (STEP_ROUNDINGS (k + 1) + c) u |update_k|abs,
 where |update|abs is the larger of the step itself and the step the reference takes on absolute values (|g|,
 |p|, |state|: "the same expression on absolute values", which bounds the intermediate magnitudes of rules that
-only add; Keras' m = mu m - lr g subtracts by design, hence the larger of the two) and the factor (k + 1) covers the state's own
-rounding carried from the k earlier steps. The sum runs over the decay rates b (beta1, beta2, rho) that enter
-as 1 - b or 1 - b^t: a framework that holds b in float32 has 1 - b to a relative u b / (1 - b) only (999 u for
-beta2 = 0.999), and the step inherits it. A trajectory compared with another backend's carries each step's
+only add; Keras' m = mu m - lr g subtracts by design, hence the larger of the two) and the factor (k + 1) covers the
+state's own rounding carried from the k earlier steps. c is the decay rates' conditioning, for a framework that
+casts each decay rate b (beta1, beta2, rho) to the dtype before it computes 1 - b^t (Keras, optax; torch keeps
+Python floats): then 1 - b^t has a relative error of at most t u b^t / (1 - b^t) <= u b / (1 - b) (999 u for
+beta2 = 0.999), at any step, not accumulated: c = 2 sum b / (1 - b) covers both bias corrections and the
+moments' 1 - b, had they been computed in the dtype too. A trajectory compared with another backend's carries each step's
 error through at most `steps` later steps: the agreement tolerance is the sum of both backends' step bounds,
 times the number of steps. The two backends' gradients also differ by their own rounding: where the steps alone
 do not cover a gap, the bound adds, for each backend, how far the reference trajectory moves when every gradient
@@ -21,11 +23,17 @@ step by step and the references with both backends' formulas agree.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from conformance.backends.base import AccumulationRun, UpdateRun
+from conformance import tolerance
+from conformance.backends.base import AccumulationRun, UpdateRun, micro_batches
+from conformance.cases import Case
+from conformance.expressions import names_used
 from conformance.reference import optimizers
+from conformance.reference.gradients import compiled_gradient, shaped_like
 from conformance.tolerance import Comparison, compare, worst
 
 STEP_ROUNDINGS = 16
@@ -39,17 +47,19 @@ def _absolute(values: dict) -> dict:
     return {name: None if value is None else np.abs(np.asarray(value, np.float64)) for name, value in values.items()}
 
 
-def step_roundings(hyper: dict) -> float:
-    """Roundings of one step, the decay rates' conditioning included (see the module's docstring)."""
+def step_roundings(hyper: dict, steps: int, decay_rates_in_dtype: bool = True) -> float:
+    """Roundings of the (steps)-th step, the state's carried roundings and the decay rates' conditioning included
+    (see the module's docstring)."""
     rates = [float(hyper[name]) for name in ("beta1", "beta2", "rho") if name in hyper and 0 < float(hyper[name]) < 1]
-    return STEP_ROUNDINGS + sum(rate / (1 - rate) for rate in rates)
+    conditioning = 2 * sum(rate / (1 - rate) for rate in rates) if decay_rates_in_dtype else 0.0
+    return STEP_ROUNDINGS * steps + conditioning
 
 
-def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str):
+def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, decay_rates_in_dtype: bool = True):
     """The reference driven by the backend: from each of its parameter values and gradients, one reference step.
 
     Returns the reference's values after each step, their bounds, and the reference's final state."""
-    u, roundings = unit_roundoff(dtype), step_roundings(hyper)
+    u = unit_roundoff(dtype)
     state = optimizers.init(rule, hyper, switches, run.values[0])
     absolute_state = optimizers.init(rule, hyper, switches, run.values[0])
     expected, bounds = [], []
@@ -60,25 +70,33 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str):
                                                              {slot: _absolute(v) for slot, v in absolute_state.items()})  # fmt: skip
         expected.append(following)
         bounds.append({name: u * (magnitudes[name] + np.abs(following[name]))
-                       + roundings * (k + 1) * u * np.maximum(np.abs(magnitudes[name] - absolute_following[name]),
+                       + step_roundings(hyper, k + 1, decay_rates_in_dtype) * u * np.maximum(np.abs(magnitudes[name] - absolute_following[name]),
                                                                np.abs(values[name] - following[name]))
                        + float(np.finfo(dtype).smallest_normal) for name in values})  # fmt: skip
     return expected, bounds, state, absolute_state
 
 
-def matches_reference(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str) -> tuple[Comparison, dict]:
+def matches_reference(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str,
+                      decay_rates_in_dtype: bool = True) -> tuple[Comparison, dict]:  # fmt: skip
     """Each step, and the final optimizer state where the framework exposes it, against the reference."""
-    expected, bounds, state, absolute_state = step_by_step(rule, hyper, switches, run, dtype)
-    comparisons = [compare(f"step {k + 1}: {name}", run.values[k + 1][name], expected[k][name], bounds[k][name])
+    expected, bounds, state, absolute_state = step_by_step(rule, hyper, switches, run, dtype, decay_rates_in_dtype)
+    comparisons = [step_relative(compare(f"step {k + 1}: {name}", run.values[k + 1][name], expected[k][name],
+                                         bounds[k][name]), run.values[k][name], expected[k][name], bounds[k][name])
                    for k in range(len(expected)) for name in expected[k]]  # fmt: skip
     steps, u = len(expected), unit_roundoff(dtype)
     for slot, values in run.state.items():
         for name, value in values.items():
             if slot in state and name in state[slot]:
                 magnitude = np.maximum(np.abs(absolute_state[slot][name]), np.abs(state[slot][name]))
-                bound = 0.0 if slot == "step" else step_roundings(hyper) * steps * u * magnitude
+                bound = 0.0 if slot == "step" else step_roundings(hyper, steps, decay_rates_in_dtype) * u * magnitude
                 comparisons.append(compare(f"state {slot} of {name}", value, state[slot][name], bound))
     return worst(comparisons), {"expected": expected, "bounds": bounds}
+
+
+def step_relative(comparison: Comparison, before, after, bound) -> Comparison:
+    """A comparison of parameters after a step, sensitive as a relative error in the step itself would show."""
+    step = np.asarray(after, np.float64) - np.asarray(before, np.float64)
+    return dataclasses.replace(comparison, sensitivity=tolerance.sensitivity(step, bound))
 
 
 def trajectory(run: UpdateRun, expected: list[dict]) -> dict[str, list[float]]:
@@ -90,15 +108,69 @@ def trajectory(run: UpdateRun, expected: list[dict]) -> dict[str, list[float]]:
             "error": [abs(a - r) for a, r in zip(actual, reference)]}  # fmt: skip
 
 
-def squares_underflow(run: UpdateRun, dtype: str) -> bool:
-    """Whether some nonzero gradient or parameter element has a square below the dtype's smallest normal number:
-    then a step's intermediates (g * g, weight_decay * p, Keras' m * alpha) may be subnormal, which XLA on CPU and
-    TensorFlow with oneDNN flush to zero, and a flushed intermediate divided by eps moves a step far more than a
-    rounding would."""
-    limit = np.sqrt(float(np.finfo(dtype).smallest_normal))
-    arrays = [g for gradients in run.gradients for g in gradients.values() if g is not None]
-    arrays += [value for values in run.values for value in values.values()]
+def squares_underflow(values: list[dict], gradients: list[dict], dtype: str) -> bool:
+    """Whether some nonzero gradient or parameter element of a trajectory has a square below the dtype's smallest
+    normal number (with a factor 2 of margin): then a step's intermediates (g * g, weight_decay * p, Keras'
+    m * alpha) may be subnormal, which XLA on CPU and TensorFlow with oneDNN flush to zero, and a flushed
+    intermediate divided by eps moves a step far more than a rounding would. Asked of the reference's trajectory,
+    never of a backend's output, so that a backend emitting tiny garbage fails instead of being filtered out."""
+    limit = 2 * np.sqrt(float(np.finfo(dtype).smallest_normal))
+    arrays = [g for step in gradients for g in step.values() if g is not None]
+    arrays += [value for step in values for value in step.values()]
     return any(np.any((array != 0) & (np.abs(array) < limit)) for array in arrays)
+
+
+def summed_reference(case: Case, inputs: dict, dtype: str) -> Callable:
+    """`reference_for(switches, conventions)`: a function of the parameters giving the exact gradient summed over the
+    case's micro-batches (the explicit accumulator) and the bound on its rounding in `dtype`, the micro-batch sum's
+    own rounding included; None for a variable the loss does not use where the framework gives no gradient (torch,
+    Keras), zeros where it gives zeros (jax.grad), as the optimizer then sees it."""
+    unused = set(case.variable_names) - names_used(case.loss)
+    u = unit_roundoff(dtype)
+
+    def reference_for(switches, conventions):
+        missing = set() if switches.no_gradient == "zero" else unused
+
+        def at(params: dict) -> tuple[dict, dict]:
+            batches = micro_batches(case, {**inputs, **params})
+            references = [compiled_gradient(shaped_like(case, {n: np.shape(v) for n, v in batch.items()}))(
+                batch, conventions, dtype) for batch in batches]  # fmt: skip
+            gradients = {name: sum(r.gradients[name] for r in references) for name in references[0].gradients}
+            bounds = {name: sum(r.bounds[name] for r in references)
+                      + (len(references) - 1) * u * sum(np.abs(r.gradients[name]) for r in references)
+                      for name in references[0].bounds}  # fmt: skip
+            return {name: None if name in missing else gradient for name, gradient in gradients.items()}, bounds
+
+        return at
+
+    return reference_for
+
+
+def fed_gradients_match(run: UpdateRun, reference_at: Callable, dtype: str) -> Comparison:
+    """The gradients the backend fed its optimizer at each step (summed over the micro-batches, as applied) against
+    the reference gradient at the backend's own parameters of that step, within the reference's bound. A variable
+    without a gradient (None) counts as a zero gradient here; whether the optimizer skips it is the steps' concern."""
+    comparisons = []
+    for k, (values, gradients) in enumerate(zip(run.values, run.gradients)):
+        expected, bounds = reference_at(values)
+        for name, gradient in gradients.items():
+            shape = np.shape(values[name])
+            comparisons.append(compare(f"step {k + 1}: grad {name} fed to the optimizer",
+                                       np.zeros(shape) if gradient is None else gradient,
+                                       np.zeros(shape) if expected[name] is None else expected[name], bounds[name]))  # fmt: skip
+    return worst(comparisons)
+
+
+def reference_path(rule: str, hyper: dict, switches, start: dict, reference_at: Callable, steps: int):
+    """The float64 trajectory with exact gradients: the parameters before each step and after the last, and the
+    gradients each step applies."""
+    params, state = {n: np.asarray(v, np.float64) for n, v in start.items()}, optimizers.init(rule, hyper, switches, start)
+    values, gradients = [params], []
+    for _ in range(steps):
+        gradients.append(reference_at(params)[0])
+        params, state = optimizers.step(rule, hyper, switches, params, gradients[-1], state)
+        values.append(params)
+    return values, gradients
 
 
 def agreement_bound(bounds: list[dict], other_bounds: list[dict]) -> dict[str, np.ndarray]:
@@ -107,11 +179,8 @@ def agreement_bound(bounds: list[dict], other_bounds: list[dict]) -> dict[str, n
 
 
 def reference_trajectory(rule: str, hyper: dict, switches, start: dict, gradient_at, steps: int) -> dict:
-    """The float64 trajectory with exact gradients (`gradient_at(params)`): what the framework's formulas give."""
-    params, state = {n: np.asarray(v, np.float64) for n, v in start.items()}, optimizers.init(rule, hyper, switches, start)
-    for _ in range(steps):
-        params, state = optimizers.step(rule, hyper, switches, params, gradient_at(params), state)
-    return params
+    """The float64 trajectory's end with exact gradients (`gradient_at(params)`): what the framework's formulas give."""
+    return reference_path(rule, hyper, switches, start, lambda params: (gradient_at(params), None), steps)[0][-1]
 
 
 def gradient_rounding_drift(rule: str, hyper: dict, switches, start: dict, reference_at, steps: int) -> dict:
@@ -154,9 +223,96 @@ def relevant_differences(differences: list, rule: str, hyper: dict, other_hyper:
             if moves(flipped([d]), mine) or moves(flipped([o for o in differences if o is not d]), theirs)]
 
 
-def accumulation_matches(run: AccumulationRun, dtype: str) -> Comparison:
-    """The native mechanism gives the sum (or mean, as documented) of the micro-batch gradients."""
-    u = unit_roundoff(dtype)
+@dataclass(frozen=True)
+class Side:
+    """One backend's run of an update case, with what the reference needs to judge it."""
+
+    name: str
+    hyper: dict  # the complete hyperparameters: the case's and this framework's defaults
+    switches: optimizers.UpdateSwitches
+    conventions: object  # the backend's KinkConventions
+    run: UpdateRun
+    decay_rates_in_dtype: bool = True  # see step_roundings
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # "pass", "divergent" or "fail"
+    comparison: Comparison
+    explanation: str | None = None
+    citation: str | None = None
+
+
+def health(rule: str, side: Side, reference_at: Callable, dtype: str) -> tuple[Comparison, dict]:
+    """Each step against the reference from the backend's own parameters and gradients, and those gradients
+    against the exact ones: a backend is healthy on this run only when both hold."""
+    steps, reference = matches_reference(rule, side.hyper, side.switches, side.run, dtype, side.decay_rates_in_dtype)
+    return worst([steps, fed_gradients_match(side.run, reference_at, dtype)]), reference
+
+
+def agreement(rule: str, given: dict, mine: Side, theirs: Side, start: dict, reference_for: Callable,
+              dtype: str) -> Verdict:  # fmt: skip
+    """Whether two backends' trajectories agree: `pass` within the bound (the steps' rounding, then the gradients'
+    rounding carried through the trajectory), or where both follow the same formulas step by step and only the
+    dynamics amplify rounding; `divergent` only when both backends are healthy (steps and fed gradients) and the
+    reference with each one's formulas and defaults reproduces the gap; `fail` otherwise.
+    `reference_for(switches, conventions)` gives the exact summed gradients and bounds at given parameters."""
+    steps = len(mine.run.gradients)
+    own, own_reference = health(rule, mine, reference_for(mine.switches, mine.conventions), dtype)
+    their, their_reference = health(rule, theirs, reference_for(theirs.switches, theirs.conventions), dtype)
+    final, other_final = mine.run.values[-1], theirs.run.values[-1]
+
+    def gap_within(bound: dict) -> Comparison:
+        return worst([step_relative(compare(f"{name} after {steps} steps against {theirs.name}", final[name],
+                                            other_final[name], bound[name]), start[name], other_final[name], bound[name])
+                      for name in final])  # fmt: skip
+
+    bound = agreement_bound(own_reference["bounds"], their_reference["bounds"])
+    gap = gap_within(bound)
+    if not gap.ok:  # the steps' rounding does not cover the gap: add the gradients' rounding, carried
+        drifts = [gradient_rounding_drift(rule, side.hyper, side.switches, start,
+                                          reference_for(side.switches, side.conventions), steps)
+                  for side in (mine, theirs)]  # fmt: skip
+        bound = {name: bound[name] + drifts[0][name] + drifts[1][name] for name in bound}
+        gap = gap_within(bound)
+    if gap.ok:
+        return Verdict("pass", gap)
+    for side, healthy in ((mine, own), (theirs, their)):
+        if not healthy.ok:
+            return Verdict("fail", dataclasses.replace(gap, detail=f"{gap.detail}; {side.name} does not follow the "
+                                                                   f"reference itself: {healthy.where}: {healthy.detail}"))  # fmt: skip
+
+    def trajectory_of(hyperparameters: dict, switches, conventions=mine.conventions) -> dict:
+        at = reference_for(switches, conventions)
+        return reference_trajectory(rule, hyperparameters, switches, start, lambda params: at(params)[0], steps)
+
+    reference = trajectory_of(mine.hyper, mine.switches)
+    other_reference = trajectory_of(theirs.hyper, theirs.switches, theirs.conventions)
+    same_formulas = worst([compare(f"reference gap to {theirs.name} in {name}", reference[name], other_reference[name],
+                                   bound[name]) for name in reference])  # fmt: skip
+    if same_formulas.ok:
+        # Both follow the same formulas step by step; the trajectories part only through their gradients' rounding,
+        # which the dynamics amplify (Adam near a zero gradient): agreement, not a difference.
+        return Verdict("pass", dataclasses.replace(gap, ok=True, detail="rounding amplified by the trajectory; each "
+                                                                        "step matches the reference"))  # fmt: skip
+    reproduced = worst([compare(f"gap to {theirs.name} in {name}", np.float64(final[name]) - other_final[name],
+                                reference[name] - other_reference[name], bound[name]) for name in final])  # fmt: skip
+    differences = relevant_differences(
+        optimizers.explain(rule, mine.switches, theirs.switches, mine.hyper)
+        + optimizers.explain_defaults(rule, mine.name, theirs.name, given),
+        rule, mine.hyper, theirs.hyper, mine.switches, theirs.switches, trajectory_of, bound)
+    if reproduced.ok and differences:
+        return Verdict("divergent", gap,
+                       f"{mine.name} and {theirs.name} differ by {gap.max_error:.3g} in {gap.where}, as the reference "
+                       f"with each one's formulas predicts: " + "; ".join(d.text for d in differences),
+                       "; ".join(c.url for d in differences for c in d.citations))  # fmt: skip
+    return Verdict("fail", gap)
+
+
+def accumulation_matches(run: AccumulationRun, dtype: str, held_in: str | None = None) -> Comparison:
+    """The native mechanism gives the sum (or mean, as documented) of the micro-batch gradients, computed in
+    `dtype`, or in `held_in` where the mechanism holds its accumulator in that narrower dtype."""
+    u = unit_roundoff(held_in or dtype)
     count = len(run.micro_gradients)
     comparisons = []
     for name, accumulated in run.accumulated.items():
@@ -164,9 +320,21 @@ def accumulation_matches(run: AccumulationRun, dtype: str) -> Comparison:
                  for g in run.micro_gradients]  # fmt: skip
         total = np.sum(parts, axis=0)
         expected = total if run.promise == "sum" else total / count
-        magnitude = np.sum(np.abs(parts), axis=0) / (1 if run.promise == "sum" else count)
-        # summing k terms (k - 1 roundings) and a division for the mean; a step read back adds its resolution
-        bound = ((count + 1) * u * magnitude + run.resolution.get(name, 0.0)
-                 + float(np.finfo(dtype).smallest_normal))
+        magnitude = np.sum(np.abs(parts), axis=0)
+        if held_in:
+            # each gradient is rounded into the accumulator, and a running mean (optax's a + (g - a) / (n + 1))
+            # rounds three times a micro-step, its n-th term at most S / n for S = sum |g|: at most (H_k + 5) u S
+            # to first order, H_k the k-th harmonic number
+            roundings = (sum(1.0 / n for n in range(1, count + 1)) + 5) * u * magnitude
+        else:  # summing k terms (k - 1 roundings) and a division for the mean
+            roundings = (count + 1) * u * magnitude / (1 if run.promise == "sum" else count)
+        # a step read back adds its resolution
+        bound = roundings + run.resolution.get(name, 0.0) + float(np.finfo(dtype).smallest_normal)
         comparisons.append(compare(f"accumulated {name} ({run.promise})", accumulated, expected, bound))
     return worst(comparisons)
+
+
+def narrower_accumulator(run: AccumulationRun, dtype: str) -> str | None:
+    """The accumulator's dtype, where the mechanism holds its sum in less precision than the run asked for."""
+    held = run.accumulator_dtype
+    return held if held is not None and np.finfo(held).eps > np.finfo(dtype).eps else None

@@ -49,6 +49,7 @@ class AccumulationRun:
     accumulated: dict[str, np.ndarray]  # what the mechanism produced (a gradient, or the step it took with lr = 1)
     citation: str
     resolution: dict[str, np.ndarray] = field(default_factory=dict)  # a step read back as p0 - p1 is only this exact
+    accumulator_dtype: str | None = None  # the dtype the mechanism holds its sum in, read from its state
 
 
 def step_resolution(start: Arrays, end: dict, dtype: str) -> dict[str, np.ndarray]:
@@ -64,6 +65,9 @@ class Backend:
     name: str = ""
     variants: tuple[str, ...] = ("default",)
     conventions: KinkConventions = KinkConventions()
+    # whether the native optimizers cast decay rates to the variables' dtype before computing 1 - b^t (the
+    # conservative default; see update_properties.step_roundings)
+    decay_rates_in_dtype: bool = True
 
     def unavailable_reason(self) -> str | None:
         """None when the framework is installed and usable; otherwise why not, in one line."""

@@ -78,6 +78,10 @@ class JaxTarget(OperatorTarget):
         return self.jnp.minimum(a, b)
 
 
+def _narrowest(arrays: list) -> str:
+    return str(min((np.dtype(array.dtype) for array in arrays), key=lambda dtype: dtype.itemsize))
+
+
 class JaxBackend(Backend):
     name = "jax"
     variants = ("jit", "eager")
@@ -202,8 +206,9 @@ class JaxBackend(Backend):
         return AccumulationRun("optax: MultiSteps(sgd(1.0), every_k_schedule=k), the step taken", "mean",
                                micro_gradients, accumulated,
                                "https://optax.readthedocs.io/en/latest/api/optimizer_wrappers.html#optax.MultiSteps "
-                               "(gradients are averaged over k steps)",
-                               resolution=step_resolution(inputs, {name: np.asarray(v) for name, v in params.items()}, dtype))  # fmt: skip
+                               "(gradients are averaged over k steps; accumulator_dtype defaults to float32)",
+                               resolution=step_resolution(inputs, {name: np.asarray(v) for name, v in params.items()}, dtype),
+                               accumulator_dtype=_narrowest(jax.tree_util.tree_leaves(state.acc_grads)))  # fmt: skip
 
     def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
         lines = ["import jax", "import jax.numpy as jnp", ""]

@@ -77,6 +77,8 @@ class TorchTarget(OperatorTarget):
 class TorchBackend(Backend):
     name = "torch"
     variants = ("eager",)
+    # torch/optim/adam.py, _single_tensor_adam: bias_correction1 = 1 - beta1 ** step with step a Python float
+    decay_rates_in_dtype = False
     conventions = KinkConventions(
         abs_slope_at_zero=0.0,
         maximum_tie_to_first=0.5,

@@ -123,9 +123,21 @@ def test_worst_prefers_a_failure_then_the_largest_ratio():
     close = Comparison(True, 0.9, 1.0, "close")
     far = Comparison(True, 0.1, 1.0, "far")
     broken, also_broken = Comparison(False, 2.0, 1.0, "broken"), Comparison(False, 9.0, 1.0, "also broken")
-    assert worst([far, close]) is close
-    assert worst([close, broken, also_broken]) is broken
+    assert worst([far, close]) == close
+    assert worst([close, broken, also_broken]) == broken
     assert worst([]).ok and worst([]).where == ""
+
+
+def test_sensitivity_is_the_smallest_relative_error_the_bounds_catch():
+    """bound / |expected|, least over the finite nonzero elements and over every comparison combined."""
+    comparison = compare("g", np.array([1.0, 4.0, 0.0]), np.array([1.0, 4.0, 0.0]), np.array([1e-3, 1e-3, 1e-3]))
+    assert comparison.sensitivity == pytest.approx(2.5e-4)
+    other = compare("h", np.array([10.0]), np.array([10.0]), 1e-5)
+    assert worst([comparison, other]).sensitivity == pytest.approx(1e-6)
+    assert compare("zeros", np.zeros(2), np.zeros(2), 1.0).sensitivity == INF
+    # a result off by slightly more than the sensitivity in every element fails
+    off = 1 + 2.5e-4 * 1.01
+    assert not compare("g", np.array([1.0, 4.0]) * off, np.array([1.0, 4.0]), 1e-3).ok
 
 
 def test_ratio_of_a_zero_tolerance():

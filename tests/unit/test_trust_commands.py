@@ -26,7 +26,7 @@ def test_an_uncaught_fault_stands_out_in_the_table():
     caught = verdict(FAULT, {("a", "p", "v", "d"): "fail"}, {("a", "p", "v", "d"): "pass"})
     missed = verdict(FAULT, {("a", "p", "v", "d"): "pass"}, {("a", "p", "v", "d"): "pass"})
     rows = table([caught, missed]).splitlines()
-    assert "| longer-step | torch |" in rows[2] and "| p |" in rows[2]
+    assert "| longer-step | torch |" in rows[2] and "| p | p |" in rows[2]
     assert "**NOT CAUGHT**" in rows[3]
 
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from conformance import update_properties
-from conformance.backends.base import UpdateRun
 from conformance.reference import optimizers
 
 SGD = optimizers.hyperparameters("sgd", "torch", {"lr": 0.1})
@@ -64,5 +63,5 @@ def test_no_drift_without_rounding(steps):
 def test_steps_with_subnormal_intermediates_are_recognised(value, dtype, underflows):
     """A parameter (or gradient) whose square is subnormal: weight_decay * p, g * g may be flushed to zero."""
     values = [{"w": np.array([value, 1.0], dtype)}, {"w": np.array([value, 0.9], dtype)}]
-    run = UpdateRun(values, [{"w": np.array([1.0, 1.0], dtype)}], state={})
-    assert update_properties.squares_underflow(run, dtype) is underflows
+    assert update_properties.squares_underflow(values, [{"w": np.array([1.0, 1.0], dtype)}], dtype) is underflows
+    assert update_properties.squares_underflow(values[1:], [{"w": np.array([value, 1.0], dtype)}], dtype) is underflows
