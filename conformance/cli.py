@@ -109,9 +109,10 @@ def _usage_problem(arguments: argparse.Namespace) -> str | None:
         return f"the property tests are not at {PROPERTY_TESTS}: run from a clone of the repository"
     if arguments.profile not in ("default", "ci", "thorough", "smoke"):
         return f"--profile: unknown profile {arguments.profile!r} (default, ci, thorough, smoke)"
-    for name in arguments.backend:
+    for name in arguments.backend or backends.known_names():
         if name not in backends.known_names():
             return f"--backend: unknown backend {name!r} (known: {', '.join(backends.known_names())})"
+        backends.load(name)  # an adapter that declares inadmissible conventions is refused here, in one line
     try:
         load_cases([SHIPPED_CASES if path == "shipped" else Path(path) for path in arguments.cases or ["shipped"]])
     except CaseError as error:

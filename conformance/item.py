@@ -161,7 +161,7 @@ class ConformanceItem:
             case=spec.case.id, property=spec.property, backend=spec.backend, variant=spec.variant, device=spec.device,
             dtype=spec.dtype, framework_version=next(iter(versions.values()), "not installed"), outcome=outcome,
             title=spec.case.title, tags=list(spec.case.tags), explanation=self.explanation, citation=self.citation,
-            examples=self.examples, discarded=dict(self.discarded), elapsed_s=round(report.duration, 4),
+            examples=self.examples - sum(self.discarded.values()), discarded=dict(self.discarded), elapsed_s=round(report.duration, 4),
             sensitivity=None if not np.isfinite(self.sensitivity) else self.sensitivity,
             max_error=None if shown is None else shown.max_error, tolerance=None if shown is None else shown.tolerance,
             counterexample=self.last_inputs if outcome == "fail" else None, repro=self.repro if outcome == "fail" else None,

@@ -86,7 +86,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--backend: unknown backend {sorted(unknown)[0]!r} (known: {', '.join(known)})")
     try:
         config._conformance.known = known_failures.collect([backend_registry.load(name) for name in config._conformance.backend_names])
-    except known_failures.KnownFailureError as error:
+    except (known_failures.KnownFailureError, backend_registry.UnknownBackend) as error:
         raise pytest.UsageError(str(error)) from None
     _interrupt_on_sigterm(config)
     if hasattr(config, "workerinput"):

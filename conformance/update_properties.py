@@ -108,16 +108,21 @@ def trajectory(run: UpdateRun, expected: list[dict]) -> dict[str, list[float]]:
             "error": [abs(a - r) for a, r in zip(actual, reference)]}  # fmt: skip
 
 
-def squares_underflow(values: list[dict], gradients: list[dict], dtype: str) -> bool:
-    """Whether some nonzero gradient or parameter element of a trajectory has a square below the dtype's smallest
-    normal number (with a factor 2 of margin): then a step's intermediates (g * g, weight_decay * p, Keras'
-    m * alpha) may be subnormal, which XLA on CPU and TensorFlow with oneDNN flush to zero, and a flushed
-    intermediate divided by eps moves a step far more than a rounding would. Asked of the reference's trajectory,
-    never of a backend's output, so that a backend emitting tiny garbage fails instead of being filtered out."""
-    limit = 2 * np.sqrt(float(np.finfo(dtype).smallest_normal))
+def near_underflow(values: list[dict], gradients: list[dict], states: list[dict], dtype: str) -> bool:
+    """Whether a trajectory comes near underflow: some nonzero gradient or parameter element has a square below the
+    dtype's smallest normal number, or some nonzero element of the optimizer's state (a moment, (1 - beta2) g^2)
+    is below it (each with a factor 2 of margin). Then a step's intermediates (g * g, weight_decay * p, Keras'
+    m * alpha) or its state may be subnormal, which XLA on CPU and TensorFlow with oneDNN flush to zero and
+    which elsewhere keep fewer significant bits, and a flushed intermediate divided by eps moves a step far more
+    than a rounding would. Asked of the reference's trajectory, never of a backend's output, so that a backend
+    emitting tiny garbage fails instead of being filtered out."""
+    smallest = float(np.finfo(dtype).smallest_normal)
     arrays = [g for step in gradients for g in step.values() if g is not None]
     arrays += [value for step in values for value in step.values()]
-    return any(np.any((array != 0) & (np.abs(array) < limit)) for array in arrays)
+    slots = [np.asarray(value) for state in states for slot, by_name in state.items() if slot != "step"
+             for value in by_name.values()]  # fmt: skip
+    return (any(np.any((array != 0) & (np.abs(array) < 2 * np.sqrt(smallest))) for array in arrays)
+            or any(np.any((slot != 0) & (np.abs(slot) < 2 * smallest)) for slot in slots))  # fmt: skip
 
 
 def summed_reference(case: Case, inputs: dict, dtype: str) -> Callable:
@@ -162,15 +167,16 @@ def fed_gradients_match(run: UpdateRun, reference_at: Callable, dtype: str) -> C
 
 
 def reference_path(rule: str, hyper: dict, switches, start: dict, reference_at: Callable, steps: int):
-    """The float64 trajectory with exact gradients: the parameters before each step and after the last, and the
-    gradients each step applies."""
+    """The float64 trajectory with exact gradients: the parameters before each step and after the last, the
+    gradients each step applies, and the optimizer's state after each step."""
     params, state = {n: np.asarray(v, np.float64) for n, v in start.items()}, optimizers.init(rule, hyper, switches, start)
-    values, gradients = [params], []
+    values, gradients, states = [params], [], []
     for _ in range(steps):
         gradients.append(reference_at(params)[0])
         params, state = optimizers.step(rule, hyper, switches, params, gradients[-1], state)
         values.append(params)
-    return values, gradients
+        states.append(state)
+    return values, gradients, states
 
 
 def agreement_bound(bounds: list[dict], other_bounds: list[dict]) -> dict[str, np.ndarray]:

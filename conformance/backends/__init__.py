@@ -61,8 +61,15 @@ def load(name: str) -> Backend:
         if name not in locations:
             raise UnknownBackend(f"unknown backend {name!r} (known: {', '.join(sorted(locations))})")
         module_name, _, class_name = locations[name].partition(":")
-        backend = getattr(importlib.import_module(module_name), class_name)()
+        try:
+            backend = getattr(importlib.import_module(module_name), class_name)()
+        except (ImportError, AttributeError) as error:
+            raise UnknownBackend(f"backend {name!r}: {locations[name]} cannot be loaded "
+                                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
         if backend.name != name:
             raise UnknownBackend(f"the backend registered as {name!r} calls itself {backend.name!r}")
+        problem = backend.conventions.inadmissible()
+        if problem:
+            raise UnknownBackend(f"backend {name!r}: conventions: {problem}")
         _loaded[name] = backend
     return _loaded[name]

@@ -20,7 +20,7 @@ from conformance.cases import Case
 from conformance.expressions import lower
 from conformance.reference import symbolic
 from conformance.reference.conventions import KinkConventions
-from conformance.reference.rounding import TINY, UNIT_ROUNDOFF, RoundingBound
+from conformance.reference.rounding import TINY, UNIT_ROUNDOFF, FlushBound, RoundingBound
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class CompiledGradient:
         loss = sp.sympify(np.asarray(lower(case.loss, target, self.symbols), dtype=object).item())
         variables = [symbol for name in case.variable_names for symbol in self.symbols[name].ravel()]
         gradients = [sp.diff(loss, symbol) for symbol in variables]
-        bound = RoundingBound(target.constants)
-        bounds = [bound(gradient) for gradient in gradients]
+        bound, flushed = RoundingBound(target.constants), FlushBound()
+        bounds = [_sum_of(bound(gradient), flushed(gradient)) for gradient in gradients]
         inputs = [symbol for spec in case.tensors for symbol in self.symbols[spec.name].ravel()]
         arguments = [inputs + list(target.constants), list(symbolic.CONVENTION_SYMBOLS), UNIT_ROUNDOFF, TINY]
         self._literal_values = list(target.constants.values())
@@ -73,6 +73,11 @@ class CompiledGradient:
             result[spec.name] = flat[start : start + spec.size].reshape(spec.shape)
             start += spec.size
         return result
+
+
+def _sum_of(*bounds: sp.Expr) -> sp.Expr:
+    kept = [bound for bound in bounds if bound != 0]
+    return sp.Add(*kept, evaluate=False) if len(kept) > 1 else (kept[0] if kept else sp.S.Zero)
 
 
 @functools.lru_cache(maxsize=256)

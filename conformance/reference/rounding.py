@@ -16,6 +16,14 @@ unit roundoff and `tiny` the absolute error of a result that underflows (flush-t
                                               kink, else 0 (so exact ties are judged by convention, not bound)
 Summing with |t| rather than |sum| covers any order of summation and the reassociation that reverse-mode
 differentiation brings; this is what makes the bound hold for the frameworks' formulas as well as ours.
+
+Flush-to-zero (XLA on CPU, oneDNN) needs one rule more, since reassociation decides which intermediates are
+subnormal: reverse mode computes (v / 6) (1 - tanh(z)^2) where the formula reads (1 / 6) sum(v a (1 - tanh^2)), and
+a partial product below the smallest normal number is lost whole. `FlushBound` adds, for every operation, `tiny`
+times the largest factor that can follow it in any order: for a product of f_1..f_k, a flushed partial product
+loses less than tiny, then multiplied by the other factors, at most prod max(1, |f_j|); an enclosing product carries
+a factor's allowance by max(1, |co-factors|), never shrinking it by a factor below 1 that a framework may have
+applied first. Far from underflow this allowance is negligible beside u |x|; near it, it is what flushing can cost.
 """
 
 from __future__ import annotations
@@ -129,3 +137,42 @@ class RoundingBound:
         if argument_bound == 0:
             return sp.S.Zero
         return sp.Piecewise((jump, sp.StrictLessThan(_abs(distance), argument_bound)), (0, True))
+
+
+def _growth(factors) -> sp.Expr:
+    """prod max(1, |f|): the most that any subset of the factors can multiply an error by."""
+    return _product(*[sp.S.One if f.is_Number and abs(f) <= 1 else sp.Max(sp.S.One, _abs(f), evaluate=False) for f in factors])
+
+
+class FlushBound:
+    """The absolute error that flushing subnormal intermediates to zero can cause, in any association (memoised)."""
+
+    def __init__(self) -> None:
+        self.memo: dict[sp.Expr, sp.Expr] = {}
+
+    def __call__(self, expr: sp.Expr) -> sp.Expr:
+        if expr not in self.memo:
+            self.memo[expr] = self._bound(expr)
+        return self.memo[expr]
+
+    def _bound(self, expr: sp.Expr) -> sp.Expr:
+        if expr.is_Symbol or expr.is_Number:
+            return sp.S.Zero
+        if expr.is_Add:
+            return _sum([self(term) for term in expr.args] + [_product(sp.Integer(len(expr.args) - 1), TINY)])
+        if expr.is_Mul:
+            factors = [f for f in expr.args if f != -1]
+            allowances = _sum([self(f) for f in factors] + [_product(sp.Integer(max(1, len(factors) - 1)), TINY)])
+            return _product(allowances, _growth(factors))
+        if expr.is_Pow:
+            base, exponent = expr.args
+            return _sum([_product(_abs(exponent * base ** (exponent - 1)), self(base)),
+                         _product(sp.Float(max(1, abs(float(exponent)))), TINY)])  # fmt: skip
+        if isinstance(expr, sp.Piecewise):
+            return sp.Piecewise(*[(self(branch), condition) for branch, condition in expr.args])
+        if isinstance(expr, (symbolic.Step, symbolic.SignAtZero)):
+            return sp.S.Zero
+        if isinstance(expr, sp.Function):  # exact functions return an input or zero: they make no new subnormal
+            created = [] if isinstance(expr, symbolic.EXACT_FUNCTIONS) else [TINY]
+            return _sum([_product(_abs(expr.fdiff(index + 1)), self(arg)) for index, arg in enumerate(expr.args)] + created)
+        raise TypeError(f"no flush rule for {type(expr).__name__}")

@@ -37,6 +37,8 @@ class Record:
     explanation: str | None
     citation: str | None
     examples: int | None
+    discarded: dict[str, int]  # examples filtered out, by reason
+    sensitivity: float | None  # the smallest relative error in every value that the item would have caught
     elapsed_s: float | None
     max_error: float | None
     tolerance: float | None
@@ -189,6 +191,9 @@ def _record(raw: dict[str, Any], run_id: str | None, where: str) -> tuple[Record
         explanation=_text(raw.get("explanation")),
         citation=_text(raw.get("citation")),
         examples=raw["examples"] if isinstance(raw.get("examples"), int) else None,
+        discarded={str(reason): count for reason, count in _mapping(raw.get("discarded")).items()
+                   if isinstance(count, int) and not isinstance(count, bool) and count > 0},
+        sensitivity=_number(raw.get("sensitivity")),
         elapsed_s=_number(raw.get("elapsed_s")),
         max_error=_number(raw.get("max_error")),
         tolerance=_number(raw.get("tolerance")),

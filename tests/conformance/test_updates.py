@@ -21,15 +21,15 @@ def _complete(item, hyper: dict, framework: str) -> dict:
 
 
 def _discard_near_underflow(item, inputs: dict, hyper: dict, reference_for, backend) -> None:
-    """Only where no step has subnormal intermediates, which some platforms flush to zero (see squares_underflow):
-    judged on the reference's trajectory from the drawn inputs with `backend`'s formulas, never on its output."""
+    """Only where no step comes near underflow, which some platforms flush to zero (see near_underflow): judged on
+    the reference's trajectory from the drawn inputs with `backend`'s formulas, never on its output."""
     rule, switches = item.case.update.rule, optimizers.SWITCHES[backend.name]
     start = {spec.name: inputs[spec.name] for spec in item.case.variables}
-    values, gradients = update_properties.reference_path(rule, hyper, switches, start,
-                                                         reference_for(switches, backend.conventions),
-                                                         item.case.update.steps)  # fmt: skip
-    if update_properties.squares_underflow([start, *values], gradients, item.spec.dtype):
-        item.discard("a step's intermediates would be subnormal (flushed to zero by XLA and oneDNN)")
+    values, gradients, states = update_properties.reference_path(rule, hyper, switches, start,
+                                                                 reference_for(switches, backend.conventions),
+                                                                 item.case.update.steps)  # fmt: skip
+    if update_properties.near_underflow(values, gradients, states, item.spec.dtype):
+        item.discard("a step's intermediates or state would be subnormal (flushed to zero by XLA and oneDNN)")
 
 
 @pytest.mark.conformance("update.matches_reference", requires="update")

@@ -63,5 +63,16 @@ def test_no_drift_without_rounding(steps):
 def test_steps_with_subnormal_intermediates_are_recognised(value, dtype, underflows):
     """A parameter (or gradient) whose square is subnormal: weight_decay * p, g * g may be flushed to zero."""
     values = [{"w": np.array([value, 1.0], dtype)}, {"w": np.array([value, 0.9], dtype)}]
-    assert update_properties.squares_underflow(values, [{"w": np.array([1.0, 1.0], dtype)}], dtype) is underflows
-    assert update_properties.squares_underflow(values[1:], [{"w": np.array([value, 1.0], dtype)}], dtype) is underflows
+    assert update_properties.near_underflow(values, [{"w": np.array([1.0, 1.0], dtype)}], [], dtype) is underflows
+    assert update_properties.near_underflow(values[1:], [{"w": np.array([value, 1.0], dtype)}], [], dtype) is underflows
+
+
+@pytest.mark.parametrize(("value", "dtype", "underflows"), [
+    (1e-39, "float32", True), (1e-37, "float32", False), (1e-309, "float64", True), (1e-307, "float64", False),
+    (0.0, "float64", False),
+])  # fmt: skip
+def test_a_subnormal_optimizer_state_is_recognised(value, dtype, underflows):
+    """(1 - beta2) g^2 below the smallest normal number, though g^2 is not: a subnormal second moment."""
+    state = {"step": {"w": np.asarray(1)}, "exp_avg_sq": {"w": np.array([value, 1.0])}}
+    values = [{"w": np.array([1.0, 1.0], dtype)}]
+    assert update_properties.near_underflow(values, [{"w": np.array([1.0, 1.0])}], [state], dtype) is underflows
