@@ -2,7 +2,7 @@
 
 Each seed is one `conformance run` in its own process (its own results file); the table gives the outcomes per
 seed, and the exit status is 0 only when every run was: no unexplained failure under any seed. Failures listed
-in `known_failures.py` are counted apart, as the runs count them.
+with a known failure's signature are counted apart, as the runs count them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def outcome_counts(results: Path) -> Counter:
-    """Outcomes of a results file; a failure the run expected (known_failures.py) counts as 'known'."""
+    """Outcomes of a results file; a failure with a known failure's signature counts as 'known'."""
     counts: Counter = Counter()
     if not results.is_file():
         return counts

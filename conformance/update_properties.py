@@ -344,3 +344,17 @@ def narrower_accumulator(run: AccumulationRun, dtype: str) -> str | None:
     """The accumulator's dtype, where the mechanism holds its sum in less precision than the run asked for."""
     held = run.accumulator_dtype
     return held if held is not None and np.finfo(held).eps > np.finfo(dtype).eps else None
+
+
+def native_accumulation(run: AccumulationRun, dtype: str) -> tuple[Comparison, list[str]]:
+    """The mechanism against the sum or mean it documents, and what explains its difference from torch's sum: a
+    mean, and a documented narrower accumulator, which explains a gap only where its own precision accounts for
+    the result (the README's rule for lower precision than asked for)."""
+    comparison = accumulation_matches(run, dtype)
+    explanations = [f"{run.mechanism} averages the micro-batch gradients; torch's .grad accumulation sums them"] if run.promise == "mean" else []
+    held_in = narrower_accumulator(run, dtype)
+    if not comparison.ok and held_in is not None:
+        explanations.append(f"it holds its accumulator in {held_in} in a {dtype} run, so the {run.promise} is exact "
+                            f"to {held_in} precision only")  # fmt: skip
+        comparison = accumulation_matches(run, dtype, held_in)
+    return comparison, explanations

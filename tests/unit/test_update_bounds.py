@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conformance import update_properties
+from conformance.backends.base import AccumulationRun
 from conformance.reference import optimizers
 
 SGD = optimizers.hyperparameters("sgd", "torch", {"lr": 0.1})
@@ -76,3 +77,25 @@ def test_a_subnormal_optimizer_state_is_recognised(value, dtype, underflows):
     state = {"step": {"w": np.asarray(1)}, "exp_avg_sq": {"w": np.array([value, 1.0])}}
     values = [{"w": np.array([1.0, 1.0], dtype)}]
     assert update_properties.near_underflow(values, [{"w": np.array([1.0, 1.0])}], [state], dtype) is underflows
+
+
+def _accumulated(mean: np.ndarray, held_in: str | None) -> AccumulationRun:
+    parts = [{"w": np.array([0.1, -3.0])}, {"w": np.array([0.1 + 1e-12, 2.0])}]
+    return AccumulationRun("a mechanism", "mean", parts, {"w": mean}, "https://example.org", accumulator_dtype=held_in)
+
+
+@pytest.mark.parametrize("held_in", [None, "float64"])
+def test_a_float32_mean_in_a_float64_run_fails_without_a_narrower_accumulator(held_in):
+    exact = (np.array([0.1, -3.0]) + np.array([0.1 + 1e-12, 2.0])) / 2
+    comparison, explanations = update_properties.native_accumulation(_accumulated(exact.astype(np.float32), held_in), "float64")
+    assert not comparison.ok and explanations == ["a mechanism averages the micro-batch gradients; torch's .grad accumulation sums them"]
+
+
+def test_a_documented_narrower_accumulator_explains_only_its_own_precision():
+    """optax.MultiSteps' float32 accumulator in a float64 run: the float32 mean is explained, an error beyond
+    float32's rounding (1e-5 relative) is not."""
+    exact = (np.array([0.1, -3.0]) + np.array([0.1 + 1e-12, 2.0])) / 2
+    rounded, explanations = update_properties.native_accumulation(_accumulated(exact.astype(np.float32), "float32"), "float64")
+    assert rounded.ok and "holds its accumulator in float32 in a float64 run" in explanations[-1]
+    wrong, _ = update_properties.native_accumulation(_accumulated(exact * (1 + 1e-5), "float32"), "float64")
+    assert not wrong.ok
