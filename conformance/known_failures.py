@@ -1,8 +1,9 @@
 """Failures the suite found in the frameworks themselves, as data, each with its signature.
 
 An entry names the items it applies to (property, backend, dtype, case) and the failure's signature: where the
-values differ (a glob over the failing comparison's location, such as "accumulated *") and by how much at most
-(relative to the expected value). An example that fails with that signature is the known failure: it is recorded
+values differ (a glob, `*` and `?` its only wildcards, over the failing comparisons' locations, such as
+"accumulated *") and by how much at most (relative to the expected value). Every failing value of an example must
+have the signature. An example that fails with that signature is the known failure: it is recorded
 as such and not shrunk again; any other failure of the same item is a `fail`. An entry that applied to items of a
 run but matched none of their examples is reported as stale.
 
@@ -15,9 +16,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 from conformance.tolerance import Comparison
@@ -48,12 +49,22 @@ class KnownFailure:
         return f"{self.source}: {self.property} on {self.backend} {self.dtype} {self.case} at {self.where}"
 
     def applies_to(self, property_name: str, backend: str, dtype: str, case_id: str) -> bool:
-        return (self.property == property_name and self.backend == backend and fnmatchcase(dtype, self.dtype)
-                and fnmatchcase(case_id, self.case))  # fmt: skip
+        return (self.property == property_name and self.backend == backend and _glob(self.dtype, dtype)
+                and _glob(self.case, case_id))  # fmt: skip
 
     def matches(self, comparison: Comparison) -> bool:
-        """The failure has this entry's signature: at the named values, and no larger than stated."""
-        return fnmatchcase(comparison.where, self.where) and comparison.relative_error <= self.max_relative_error
+        """Every failing value of the example has this entry's signature: at the named values, and no element
+        further from its expected value (relatively) than stated."""
+        failures = comparison.failures()
+        return bool(failures) and all(_glob(self.where, failure.where)
+                                      and failure.failing_relative_error <= self.max_relative_error
+                                      for failure in failures)  # fmt: skip
+
+
+def _glob(pattern: str, text: str) -> bool:
+    """`*` and `?` as wildcards, everything else literal: locations such as `w (mean)[0]` hold brackets."""
+    expression = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(expression, text, flags=re.DOTALL) is not None
 
 
 def parse(document: dict, source: str) -> list[KnownFailure]:

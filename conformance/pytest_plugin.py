@@ -22,10 +22,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 from conformance import backends as backend_registry
-from conformance import faults
+from conformance import faults, known_failures
 from conformance.cases import Case, CaseError, load_cases
 from conformance.item import ConformanceItem, ItemSpec
-from conformance import known_failures
 from conformance.results import ResultRecord, ResultsWriter, clean, new_run_id, run_header
 
 SHIPPED_CASES = Path(__file__).resolve().parent.parent / "cases"

@@ -22,12 +22,12 @@ class Comparison:
     detail: str = ""
     magnitude: float = 0.0  # |expected| at the worst element
     sensitivity: float = float("inf")  # the smallest relative error in every element that the bounds would catch
+    failing_relative_error: float = 0.0  # the largest |error| / |expected| over the elements out of bound
+    parts: tuple[Comparison, ...] = ()  # for a combined comparison: every failing comparison it combines
 
-    @property
-    def relative_error(self) -> float:
-        if self.magnitude > 0:
-            return self.max_error / self.magnitude
-        return 0.0 if self.max_error == 0 else float("inf")
+    def failures(self) -> tuple[Comparison, ...]:
+        """Every failing comparison this one stands for: its parts, or itself."""
+        return () if self.ok else (self.parts or (self,))
 
     @property
     def ratio(self) -> float:
@@ -54,7 +54,8 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, bound: np.ndarr
     if np.any(mismatched):
         index = tuple(np.argwhere(mismatched)[0])
         return Comparison(False, float("inf"), float(bound[index]), _at(name, index),
-                          f"{float(actual[index])!r} where {float(expected[index])!r} is expected")  # fmt: skip
+                          f"{float(actual[index])!r} where {float(expected[index])!r} is expected",
+                          failing_relative_error=float("inf"))  # fmt: skip
     finite = expected_category == "finite"
     if not np.any(finite):
         return Comparison(True, 0.0, 0.0, name)
@@ -65,8 +66,10 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, bound: np.ndarr
     worst_error, worst_bound = float(errors[index]), float(bound[index])
     ok = worst_error <= worst_bound
     detail = "" if ok else f"{float(actual[index])!r} where {float(expected[index])!r} +- {worst_bound:.3g} is expected"
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(errors > bound, errors / np.abs(expected), 0.0)
     return Comparison(ok, worst_error, worst_bound, _at(name, index), detail, float(np.abs(expected[index])),
-                      sensitivity(expected, bound))
+                      sensitivity(expected, bound), float(np.nan_to_num(np.max(relative), nan=np.inf)))
 
 
 def sensitivity(expected: np.ndarray, bound: np.ndarray) -> float:
@@ -94,14 +97,16 @@ def identical(name: str, first: np.ndarray, second: np.ndarray) -> Comparison:
     index = np.unravel_index(int(np.argmax(differs)), first.shape)
     error = float(np.abs(np.float64(first[index]) - np.float64(second[index])))
     return Comparison(False, error, 0.0, _at(name, index), f"{float(first[index])!r} became {float(second[index])!r}",
-                      float(np.abs(np.float64(first[index]))), 0.0)
+                      float(np.abs(np.float64(first[index]))), 0.0, float("inf"))
 
 
 def worst(comparisons: list[Comparison]) -> Comparison:
-    """The failing comparison if any, else the one closest to its bound; sensitive as the most sensitive of them."""
-    failing = [c for c in comparisons if not c.ok]
+    """The first failing comparison if any, else the one closest to its bound; sensitive as the most sensitive of
+    them, and carrying every failing one (a known failure's signature must account for all of them)."""
+    failing = [part for c in comparisons for part in c.failures()]
     chosen = failing[0] if failing else max(comparisons, key=lambda c: c.ratio, default=Comparison(True, 0.0, 0.0, ""))
-    return replace(chosen, sensitivity=min((c.sensitivity for c in comparisons), default=float("inf")))
+    return replace(chosen, sensitivity=min((c.sensitivity for c in comparisons), default=float("inf")),
+                   parts=tuple(failing))
 
 
 def _at(name: str, index: tuple) -> str:

@@ -7,11 +7,12 @@ from the same parameters, gradient and state by at most
 where |update|abs is the larger of the step itself and the step the reference takes on absolute values (|g|,
 |p|, |state|: "the same expression on absolute values", which bounds the intermediate magnitudes of rules that
 only add; Keras' m = mu m - lr g subtracts by design, hence the larger of the two) and the factor (k + 1) covers the
-state's own rounding carried from the k earlier steps. c is the decay rates' conditioning, for a framework that
-casts each decay rate b (beta1, beta2, rho) to the dtype before it computes 1 - b^t (Keras, optax; torch keeps
-Python floats): then 1 - b^t has a relative error of at most t u b^t / (1 - b^t) <= u b / (1 - b) (999 u for
-beta2 = 0.999), at any step, not accumulated: c = 2 sum b / (1 - b) covers both bias corrections and the
-moments' 1 - b, had they been computed in the dtype too. A trajectory compared with another backend's carries each step's
+state's own rounding carried from the k earlier steps. c is the conditioning of Adam's bias corrections, for a
+framework that casts beta1 and beta2 to the dtype and computes 1 - b^t there (Keras, optax; torch keeps Python
+floats): b's rounding and pow's (within an ulp) give 1 - b^t a relative error of at most 2 u b / (1 - b) at any
+step t (t b^t / (1 - b^t) <= b / (1 - b)), not accumulated; the step divides by 1 - beta1^t and by
+sqrt(1 - beta2^t), so c = 2 beta1 / (1 - beta1) + beta2 / (1 - beta2) (10,018 u for beta2 = 0.9999). The moments'
+own 1 - b is a Python float everywhere (double precision), and RMSprop has no bias correction. A trajectory compared with another backend's carries each step's
 error through at most `steps` later steps: the agreement tolerance is the sum of both backends' step bounds,
 times the number of steps. The two backends' gradients also differ by their own rounding: where the steps alone
 do not cover a gap, the bound adds, for each backend, how far the reference trajectory moves when every gradient
@@ -34,7 +35,7 @@ from conformance.cases import Case
 from conformance.expressions import names_used
 from conformance.reference import optimizers
 from conformance.reference.gradients import compiled_gradient, shaped_like
-from conformance.tolerance import Comparison, compare, worst
+from conformance.tolerance import Comparison, compare, identical, worst
 
 STEP_ROUNDINGS = 16
 
@@ -48,10 +49,12 @@ def _absolute(values: dict) -> dict:
 
 
 def step_roundings(hyper: dict, steps: int, decay_rates_in_dtype: bool = True) -> float:
-    """Roundings of the (steps)-th step, the state's carried roundings and the decay rates' conditioning included
-    (see the module's docstring)."""
-    rates = [float(hyper[name]) for name in ("beta1", "beta2", "rho") if name in hyper and 0 < float(hyper[name]) < 1]
-    conditioning = 2 * sum(rate / (1 - rate) for rate in rates) if decay_rates_in_dtype else 0.0
+    """Roundings of the (steps)-th step, the state's carried roundings and the bias corrections' conditioning
+    included (see the module's docstring)."""
+    conditioning = 0.0
+    if decay_rates_in_dtype and "beta1" in hyper and "beta2" in hyper:
+        beta1, beta2 = float(hyper["beta1"]), float(hyper["beta2"])
+        conditioning = 2 * (beta1 / (1 - beta1) if beta1 < 1 else 0.0) + (beta2 / (1 - beta2) if beta2 < 1 else 0.0)
     return STEP_ROUNDINGS * steps + conditioning
 
 
@@ -154,16 +157,27 @@ def summed_reference(case: Case, inputs: dict, dtype: str) -> Callable:
 def fed_gradients_match(run: UpdateRun, reference_at: Callable, dtype: str) -> Comparison:
     """The gradients the backend fed its optimizer at each step (summed over the micro-batches, as applied) against
     the reference gradient at the backend's own parameters of that step, within the reference's bound. A variable
-    without a gradient (None) counts as a zero gradient here; whether the optimizer skips it is the steps' concern."""
+    the loss does not use has no gradient (None) where the framework documents none (torch, Keras) and zeros where
+    it documents zeros (jax.grad), as `reference_at` says: the other is a failure, since optimizers treat the two
+    differently (torch's AdamW decays a variable with a zero gradient, and skips one without)."""
     comparisons = []
     for k, (values, gradients) in enumerate(zip(run.values, run.gradients)):
         expected, bounds = reference_at(values)
         for name, gradient in gradients.items():
-            shape = np.shape(values[name])
-            comparisons.append(compare(f"step {k + 1}: grad {name} fed to the optimizer",
-                                       np.zeros(shape) if gradient is None else gradient,
-                                       np.zeros(shape) if expected[name] is None else expected[name], bounds[name]))  # fmt: skip
+            where = f"step {k + 1}: grad {name} fed to the optimizer"
+            if (gradient is None) != (expected[name] is None):
+                comparisons.append(Comparison(False, float("inf"), 0.0, where, f"{'no gradient' if gradient is None else 'a gradient'} "
+                                              f"where the framework documents {'none' if expected[name] is None else 'one'}",
+                                              failing_relative_error=float("inf")))  # fmt: skip
+            elif gradient is not None:
+                comparisons.append(compare(where, gradient, expected[name], bounds[name]))
     return worst(comparisons)
+
+
+def starts_at(run: UpdateRun, start: dict) -> Comparison:
+    """The trajectory starts from the drawn inputs, exactly (they are values of the dtype)."""
+    return worst([identical(f"{name} before the first step", np.asarray(start[name], np.asarray(value).dtype), value)
+                  for name, value in run.values[0].items()])  # fmt: skip
 
 
 def reference_path(rule: str, hyper: dict, switches, start: dict, reference_at: Callable, steps: int):
@@ -249,11 +263,12 @@ class Verdict:
     citation: str | None = None
 
 
-def health(rule: str, side: Side, reference_at: Callable, dtype: str) -> tuple[Comparison, dict]:
-    """Each step against the reference from the backend's own parameters and gradients, and those gradients
-    against the exact ones: a backend is healthy on this run only when both hold."""
+def health(rule: str, side: Side, reference_at: Callable, start: dict, dtype: str) -> tuple[Comparison, dict]:
+    """The trajectory's start against the drawn inputs, each step against the reference from the backend's own
+    parameters and gradients, and those gradients against the exact ones: a backend is healthy on this run only
+    when all three hold."""
     steps, reference = matches_reference(rule, side.hyper, side.switches, side.run, dtype, side.decay_rates_in_dtype)
-    return worst([steps, fed_gradients_match(side.run, reference_at, dtype)]), reference
+    return worst([starts_at(side.run, start), steps, fed_gradients_match(side.run, reference_at, dtype)]), reference
 
 
 def agreement(rule: str, given: dict, mine: Side, theirs: Side, start: dict, reference_for: Callable,
@@ -264,8 +279,8 @@ def agreement(rule: str, given: dict, mine: Side, theirs: Side, start: dict, ref
     reference with each one's formulas and defaults reproduces the gap; `fail` otherwise.
     `reference_for(switches, conventions)` gives the exact summed gradients and bounds at given parameters."""
     steps = len(mine.run.gradients)
-    own, own_reference = health(rule, mine, reference_for(mine.switches, mine.conventions), dtype)
-    their, their_reference = health(rule, theirs, reference_for(theirs.switches, theirs.conventions), dtype)
+    own, own_reference = health(rule, mine, reference_for(mine.switches, mine.conventions), start, dtype)
+    their, their_reference = health(rule, theirs, reference_for(theirs.switches, theirs.conventions), start, dtype)
     final, other_final = mine.run.values[-1], theirs.run.values[-1]
 
     def gap_within(bound: dict) -> Comparison:
@@ -330,12 +345,15 @@ def accumulation_matches(run: AccumulationRun, dtype: str, held_in: str | None =
         if held_in:
             # each gradient is rounded into the accumulator, and a running mean (optax's a + (g - a) / (n + 1))
             # rounds three times a micro-step, its n-th term at most S / n for S = sum |g|: at most (H_k + 5) u S
-            # to first order, H_k the k-th harmonic number
+            # to first order, H_k the k-th harmonic number; each of those operations may flush a result below the
+            # accumulator's smallest normal number
             roundings = (sum(1.0 / n for n in range(1, count + 1)) + 5) * u * magnitude
+            flushed = (3 * count + 1) * float(np.finfo(held_in).smallest_normal)
         else:  # summing k terms (k - 1 roundings) and a division for the mean
             roundings = (count + 1) * u * magnitude / (1 if run.promise == "sum" else count)
+            flushed = float(np.finfo(dtype).smallest_normal)
         # a step read back adds its resolution
-        bound = roundings + run.resolution.get(name, 0.0) + float(np.finfo(dtype).smallest_normal)
+        bound = roundings + run.resolution.get(name, 0.0) + flushed
         comparisons.append(compare(f"accumulated {name} ({run.promise})", accumulated, expected, bound))
     return worst(comparisons)
 

@@ -49,7 +49,8 @@ class AccumulationRun:
     accumulated: dict[str, np.ndarray]  # what the mechanism produced (a gradient, or the step it took with lr = 1)
     citation: str
     resolution: dict[str, np.ndarray] = field(default_factory=dict)  # a step read back as p0 - p1 is only this exact
-    accumulator_dtype: str | None = None  # the dtype the mechanism holds its sum in, read from its state
+    # the documented dtype the mechanism holds its sum in, where its state confirms it (None: the run's dtype)
+    accumulator_dtype: str | None = None
 
 
 def step_resolution(start: Arrays, end: dict, dtype: str) -> dict[str, np.ndarray]:

@@ -78,8 +78,17 @@ class JaxTarget(OperatorTarget):
         return self.jnp.minimum(a, b)
 
 
+MULTISTEPS_ACCUMULATOR = "float32"  # optax.MultiSteps' documented default accumulator_dtype
+
+
 def _narrowest(arrays: list) -> str:
     return str(min((np.dtype(array.dtype) for array in arrays), key=lambda dtype: dtype.itemsize))
+
+
+def _documented(held: str) -> str | None:
+    """The accumulator's dtype where it is the documented one; any other is no explanation (then the sum is judged
+    in the run's dtype)."""
+    return held if held == MULTISTEPS_ACCUMULATOR else None
 
 
 class JaxBackend(Backend):
@@ -208,7 +217,7 @@ class JaxBackend(Backend):
                                "https://optax.readthedocs.io/en/latest/api/optimizer_wrappers.html#optax.MultiSteps "
                                "(gradients are averaged over k steps; accumulator_dtype defaults to float32)",
                                resolution=step_resolution(inputs, {name: np.asarray(v) for name, v in params.items()}, dtype),
-                               accumulator_dtype=_narrowest(jax.tree_util.tree_leaves(state.acc_grads)))  # fmt: skip
+                               accumulator_dtype=_documented(_narrowest(jax.tree_util.tree_leaves(state.acc_grads))))  # fmt: skip
 
     def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
         lines = ["import jax", "import jax.numpy as jnp", ""]

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-SCHEMA = 1
-OUTCOMES = ("pass", "fail", "divergent", "not_applicable", "skip", "error")
+from conformance.results import OUTCOMES, SCHEMA
+
 REQUIRED = ("case", "property", "backend", "outcome")
 TRUNCATED = "truncated last line (the run was cut off?); ignored"
 

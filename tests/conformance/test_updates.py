@@ -45,8 +45,9 @@ def test_update_matches_reference(conformance_item, data):
     run = item.call("updates", inputs, hyper)
     side = update_properties.Side(item.backend.name, complete, optimizers.SWITCHES[item.backend.name],
                                   item.backend.conventions, run, item.backend.decay_rates_in_dtype)  # fmt: skip
-    comparison, steps = update_properties.health(item.case.update.rule, side,
-                                                 reference_for(side.switches, side.conventions), item.spec.dtype)  # fmt: skip
+    start = {spec.name: inputs[spec.name] for spec in item.case.variables}
+    comparison, steps = update_properties.health(item.case.update.rule, side, reference_for(side.switches, side.conventions),
+                                                 start, item.spec.dtype)  # fmt: skip
     item.trajectory = update_properties.trajectory(run, steps["expected"])
     item.check(comparison, expected=steps["expected"][-1])
 
@@ -70,7 +71,7 @@ def test_update_agrees_across_backends(conformance_item, data):
     own = update_properties.Side(mine.name, complete, optimizers.SWITCHES[mine.name], mine.conventions,
                                  item.call("updates", inputs, hyper), mine.decay_rates_in_dtype)  # fmt: skip
     # this backend's own steps and fed gradients first: a wrong training step fails here whatever the others do
-    item.check(update_properties.health(rule, own, reference_for(own.switches, own.conventions), item.spec.dtype)[0])
+    item.check(update_properties.health(rule, own, reference_for(own.switches, own.conventions), start, item.spec.dtype)[0])
     for other, other_complete in sides[1:]:
         theirs = update_properties.Side(other.name, other_complete, optimizers.SWITCHES[other.name], other.conventions,
                                         item.call("updates", inputs, hyper, backend=other), other.decay_rates_in_dtype)  # fmt: skip

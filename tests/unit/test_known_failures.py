@@ -9,11 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conformance import faults
 from conformance.known_failures import KnownFailure, KnownFailureError, load, parse
-from conformance.tolerance import compare
+from conformance.tolerance import compare, worst
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = {"property": "accumulation.native", "backend": "jax", "dtype": "float64", "where": "accumulated *",
@@ -82,3 +83,20 @@ def test_a_failure_with_the_signature_is_known_and_any_other_is_a_failure(tmp_pa
     code, [record] = _run_with_known(tmp_path, 1e-4)  # the same fault is larger than the entry allows
     assert code == 1 and record["outcome"] == "fail" and not record["message"].startswith("known")
     assert record["counterexample"] is not None
+
+
+def test_every_failing_value_must_have_the_signature():
+    """A small known failure in one variable must not hide a large one in another, nor in the same array."""
+    entry = KnownFailure(**ENTRY)
+    small = compare("accumulated a (mean)", np.array([1.0 + 5e-7]), np.array([1.0]), 1e-12)
+    large = compare("accumulated b (mean)", np.array([1.5]), np.array([1.0]), 1e-12)
+    assert entry.matches(worst([small])) and not entry.matches(worst([small, large]))
+    # the element furthest out of bound is 5e-7 off, relatively; another is 50% off
+    mixed = compare("accumulated a (mean)", np.array([1e-6 + 5e-13, 1.5]), np.array([1e-6, 1.0]), np.array([1e-18, 1e-5]))
+    assert mixed.where == "accumulated a (mean)[0]" and not entry.matches(mixed)
+
+
+def test_brackets_in_a_location_are_literal():
+    entry = KnownFailure(**{**ENTRY, "where": "accumulated w (mean)[0]"})
+    assert entry.matches(compare("accumulated w (mean)", np.array([1.0 + 1e-7, 1.0]), np.array([1.0, 1.0]), 1e-12))
+    assert not entry.matches(compare("accumulated w (mean)", np.array([1.0, 1.0 + 1e-7]), np.array([1.0, 1.0]), 1e-12))

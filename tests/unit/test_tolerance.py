@@ -124,7 +124,8 @@ def test_worst_prefers_a_failure_then_the_largest_ratio():
     far = Comparison(True, 0.1, 1.0, "far")
     broken, also_broken = Comparison(False, 2.0, 1.0, "broken"), Comparison(False, 9.0, 1.0, "also broken")
     assert worst([far, close]) == close
-    assert worst([close, broken, also_broken]) == broken
+    combined = worst([close, broken, also_broken])
+    assert combined.where == "broken" and combined.failures() == (broken, also_broken)
     assert worst([]).ok and worst([]).where == ""
 
 

@@ -24,9 +24,11 @@ def reference_for(switches, conventions):
     return lambda params: (gradient(params), {"x": 1e-15 * np.abs(gradient(params)["x"]) + 1e-300})
 
 
-def run_of(rule: str, hyper: dict, switches, steps: int = 3, gradient_scale: float = 1.0, step_scale: float = 1.0):
-    """A float64 run that follows `switches` exactly, with optionally wrong gradients or steps."""
-    params, state = dict(START), optimizers.init(rule, hyper, switches, START)
+def run_of(rule: str, hyper: dict, switches, steps: int = 3, gradient_scale: float = 1.0, step_scale: float = 1.0,
+           start_scale: float = 1.0):  # fmt: skip
+    """A float64 run that follows `switches` exactly, with optionally wrong gradients, steps or start."""
+    params = {name: value * start_scale for name, value in START.items()}
+    state = optimizers.init(rule, hyper, switches, params)
     values, gradients = [params], []
     for _ in range(steps):
         fed = {name: g * gradient_scale for name, g in gradient(params).items()}
@@ -86,3 +88,28 @@ def test_fed_gradients_are_compared_at_the_backends_own_parameters():
     at = reference_for(None, None)
     assert update_properties.fed_gradients_match(healthy, at, "float64").ok
     assert not update_properties.fed_gradients_match(stale, at, "float64").ok
+
+
+def test_a_trajectory_that_does_not_start_at_the_drawn_inputs_fails():
+    """An optimizer that changes the parameters it is given (scaled by 1.001 before the first step): every step
+    follows the reference from there, and the two backends share the same formulas, yet it is no agreement."""
+    given = {"lr": 0.1}
+    mine = side("torch", "sgd", given, start_scale=SCALE)
+    assert not update_properties.starts_at(mine.run, START).ok
+    assert verdict("sgd", given, mine, side("jax", "sgd", given)).outcome == "fail"
+
+
+def test_a_zero_gradient_where_the_framework_documents_none_fails():
+    """torch gives an unused variable no gradient (None), and AdamW then skips it; zeros would decay it."""
+    hyper = optimizers.hyperparameters("sgd", "torch", {"lr": 0.1})
+    run = run_of("sgd", hyper, optimizers.SWITCHES["torch"])
+    with_zeros = UpdateRun(run.values, [{"x": g["x"], "u": np.zeros(1)} for g in run.gradients], state={})
+    without = UpdateRun(run.values, [{"x": g["x"], "u": None} for g in run.gradients], state={})
+
+    def at(params):
+        exact, bounds = reference_for(None, None)(params)
+        return {**exact, "u": None}, {**bounds, "u": np.zeros(1)}
+
+    assert update_properties.fed_gradients_match(without, at, "float64").ok
+    failed = update_properties.fed_gradients_match(with_zeros, at, "float64")
+    assert not failed.ok and "a gradient where the framework documents none" in failed.detail

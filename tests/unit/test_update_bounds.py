@@ -99,3 +99,19 @@ def test_a_documented_narrower_accumulator_explains_only_its_own_precision():
     assert rounded.ok and "holds its accumulator in float32 in a float64 run" in explanations[-1]
     wrong, _ = update_properties.native_accumulation(_accumulated(exact * (1 + 1e-5), "float32"), "float64")
     assert not wrong.ok
+
+
+@pytest.mark.parametrize("beta2", [0.999, 0.9999])
+def test_a_tenth_of_a_percent_step_error_is_outside_the_float32_step_bound(beta2):
+    """Adam at the end of adam-hyperparameters' range, 6 steps, decay rates cast to float32 (Keras, optax): the
+    step bound, relative to the step, stays below 1e-3 (the conditioning of 1 - beta2^t is not carried)."""
+    hyper = {"beta1": 0.9, "beta2": beta2}
+    relative = update_properties.step_roundings(hyper, steps=6) * update_properties.unit_roundoff("float32")
+    assert relative < 1e-3 / 1.5
+    assert update_properties.step_roundings(hyper, 6, decay_rates_in_dtype=False) == 16 * 6
+
+
+def test_only_the_documented_multisteps_accumulator_explains():
+    from conformance.backends.jax import _documented
+
+    assert _documented("float32") == "float32" and _documented("float16") is None and _documented("bfloat16") is None

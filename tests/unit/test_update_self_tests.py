@@ -50,7 +50,8 @@ def update_check(backend, case, inputs: dict, hyper: dict, dtype: str):
     side = update_properties.Side(backend.name, complete, optimizers.SWITCHES[backend.name], backend.conventions, run,
                                   backend.decay_rates_in_dtype)  # fmt: skip
     reference_at = update_properties.summed_reference(case, inputs, dtype)(side.switches, side.conventions)
-    return update_properties.health(case.update.rule, side, reference_at, dtype)[0]
+    start = {spec.name: inputs[spec.name] for spec in case.variables}
+    return update_properties.health(case.update.rule, side, reference_at, start, dtype)[0]
 
 
 def accumulation_check(backend, case, inputs: dict, dtype: str):
