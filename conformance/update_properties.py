@@ -3,7 +3,8 @@
 Bounds. One step of every rule here is at most `STEP_ROUNDINGS` roundings along its longest path (Adam with
 amsgrad and weight decay: about 12), so a step computed in the dtype differs from the float64 reference step
 from the same parameters, gradient and state by at most
-    u (|p_k| + |p_k+1|) + (STEP_ROUNDINGS (k + 1) + c) u |update_k|abs,
+    u (|p_k| + |p_k+1|) + (STEP_ROUNDINGS (k + 1) + c) u |update_k|abs
+(u (2 |p_k| + |p_k+1|) with decoupled weight decay, whose factor 1 - lr wd is rounded to the dtype),
 where |update|abs is the larger of the step itself and the step the reference takes on absolute values (|g|,
 |p|, |state|: "the same expression on absolute values", which bounds the intermediate magnitudes of rules that
 only add; Keras' m = mu m - lr g subtracts by design, hence the larger of the two) and the factor (k + 1) covers the
@@ -65,6 +66,9 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
     u = unit_roundoff(dtype)
     state = optimizers.init(rule, hyper, switches, run.values[0])
     absolute_state = optimizers.init(rule, hyper, switches, run.values[0])
+    # decoupled weight decay scales p by 1 - lr * weight_decay first: that factor, rounded to the dtype, and the
+    # product are two roundings at p's magnitude before the step's last one
+    p_roundings = 3 if (optimizers.base_rule(rule) == "adamw" or switches.weight_decay == "decoupled") and hyper.get("weight_decay") else 2
     expected, bounds = [], []
     for k, (values, gradients) in enumerate(zip(run.values, run.gradients)):
         following, state = optimizers.step(rule, hyper, switches, values, gradients, state)
@@ -72,9 +76,9 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
         absolute_following, absolute_state = optimizers.step(rule, hyper, switches, magnitudes, _absolute(gradients),
                                                              {slot: _absolute(v) for slot, v in absolute_state.items()})  # fmt: skip
         expected.append(following)
-        bounds.append({name: u * (magnitudes[name] + np.abs(following[name]))
-                       + step_roundings(hyper, k + 1, decay_rates_in_dtype) * u * np.maximum(np.abs(magnitudes[name] - absolute_following[name]),
-                                                               np.abs(values[name] - following[name]))
+        bounds.append({name: u * ((p_roundings - 1) * magnitudes[name] + np.abs(following[name]))
+                       + step_roundings(hyper, k + 1, decay_rates_in_dtype) * u
+                       * np.maximum(np.abs(magnitudes[name] - absolute_following[name]), np.abs(values[name] - following[name]))
                        + float(np.finfo(dtype).smallest_normal) for name in values})  # fmt: skip
     return expected, bounds, state, absolute_state
 
