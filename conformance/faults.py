@@ -23,6 +23,7 @@ GRADIENT_CASES = ("seed/linear-square", "losses/linear-regression", "losses/matr
 UPDATE_CASES = ("seed/adam-step", "optimizers/adam-hyperparameters", "optimizers/sgd-momentum")
 ADAM_CASES = UPDATE_CASES[:2]
 ACCUMULATION_CASES = ("seed/accumulate-sgd", "accumulation/mse-four-micro-batches")
+UPDATE_ONLY = "update_matches or update_agrees"  # the update properties' test functions, nothing else
 TRAINING_CASES = ("optimizers/sgd-plain", "optimizers/sgd-momentum", "optimizers/adam-hyperparameters")
 TORCH_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad")
 
@@ -57,6 +58,10 @@ class Fault:
     expected: tuple[str, ...]  # the properties meant to catch it (others may catch it too)
     plant: Callable[[Patches], None]
     keyword: str | None = None  # pytest -k: the properties a mutation run selects (default: all)
+
+    @property
+    def selected(self) -> str:
+        return {None: "all", UPDATE_ONLY: "update.*"}.get(self.keyword, self.keyword)
 
     @property
     def key(self) -> str:
@@ -516,23 +521,23 @@ FAULTS = (
           UPDATE_PROPERTY, optax_bfloat16_parameters),
     # the training path alone, judged by the update properties only
     Fault("training-gradients", "torch", "the gradients a training step feeds its optimizer 0.1% too large",
-          TRAINING_CASES, UPDATE_PROPERTY, torch_scaled_gradients, "update"),
+          TRAINING_CASES, UPDATE_PROPERTY, torch_scaled_gradients, UPDATE_ONLY),
     Fault("training-gradients", "tensorflow", "the gradients a training step feeds its optimizer 0.1% too large",
-          TRAINING_CASES, UPDATE_PROPERTY, keras_scaled_gradients, "update"),
+          TRAINING_CASES, UPDATE_PROPERTY, keras_scaled_gradients, UPDATE_ONLY),
     Fault("training-gradients", "jax", "the gradients a training step feeds its optimizer 0.1% too large",
-          TRAINING_CASES, UPDATE_PROPERTY, jax_scaled_gradients, "update"),
+          TRAINING_CASES, UPDATE_PROPERTY, jax_scaled_gradients, UPDATE_ONLY),
     Fault("dropped-micro-batch", "torch", "a training step's micro-batch sum keeps only the first", ACCUMULATION_CASES,
-          UPDATE_PROPERTY, torch_dropped_micro_batch, "update"),
+          UPDATE_PROPERTY, torch_dropped_micro_batch, UPDATE_ONLY),
     Fault("dropped-micro-batch", "tensorflow", "a training step's micro-batch sum drops every other one",
-          ACCUMULATION_CASES, UPDATE_PROPERTY, keras_dropped_micro_batch, "update"),
+          ACCUMULATION_CASES, UPDATE_PROPERTY, keras_dropped_micro_batch, UPDATE_ONLY),
     Fault("dropped-micro-batch", "jax", "a training step's micro-batch sum drops every other one", ACCUMULATION_CASES,
-          UPDATE_PROPERTY, jax_dropped_micro_batch, "update"),
+          UPDATE_PROPERTY, jax_dropped_micro_batch, UPDATE_ONLY),
     Fault("stale-gradients", "torch", "each step applies the previous step's gradient", TRAINING_CASES,
-          UPDATE_PROPERTY, torch_stale_gradients, "update"),
+          UPDATE_PROPERTY, torch_stale_gradients, UPDATE_ONLY),
     Fault("stale-gradients", "tensorflow", "each step is fed the gradient at the previous parameters", TRAINING_CASES,
-          UPDATE_PROPERTY, keras_stale_gradients, "update"),
+          UPDATE_PROPERTY, keras_stale_gradients, UPDATE_ONLY),
     Fault("stale-gradients", "jax", "each step is fed the gradient at the previous parameters", TRAINING_CASES,
-          UPDATE_PROPERTY, jax_stale_gradients, "update"),
+          UPDATE_PROPERTY, jax_stale_gradients, UPDATE_ONLY),
 )  # fmt: skip
 NOT_PLANTED = {
     ("nudged-variable", "jax"): "JAX arrays are immutable: jax.grad cannot change the values it differentiates at",

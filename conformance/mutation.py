@@ -75,7 +75,7 @@ def table(verdicts: Sequence[Verdict]) -> str:
         if v.errors:
             caught += f" ({v.errors} items crashed)"
         families = ", ".join(sorted({name.split(".")[0] for name in v.caught_by})) or "-"
-        rows.append(f"| {v.fault.name} | {v.fault.backend} | {v.fault.description} | {v.fault.keyword or 'all'} | "
+        rows.append(f"| {v.fault.name} | {v.fault.backend} | {v.fault.description} | {v.fault.selected} | "
                     f"{caught} | {families} | {v.items} |")
     return "\n".join(rows)
 
