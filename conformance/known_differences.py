@@ -81,7 +81,9 @@ def render(sizes: dict[str, tuple[float, str]]) -> str:
               "- Keras: `gradient_accumulation_steps=k` applies the **mean** of the k gradients "
               "([docs](https://keras.io/api/optimizers/)).",
               "- optax: `MultiSteps(every_k_schedule=k)` applies the **mean** "
-              "([docs](https://optax.readthedocs.io/en/latest/api/optimizer_wrappers.html#optax.MultiSteps)).", ""]  # fmt: skip
+              "([docs](https://optax.readthedocs.io/en/latest/api/optimizer_wrappers.html#optax.MultiSteps)), held "
+              "in a **float32** accumulator in a float64 run too (its documented `accumulator_dtype` default): the "
+              "mean is then exact to float32 precision only, and explained only within that precision.", ""]  # fmt: skip
     return "\n".join(lines)
 
 
