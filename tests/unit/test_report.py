@@ -296,3 +296,13 @@ def test_cli_missing_file_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "no such file" in error and "Traceback" not in error
     assert not (tmp_path / "x.html").exists()
+
+
+def test_sensitivity_and_discarded_examples_are_shown_and_escaped(tmp_path: Path) -> None:
+    records = [header(),
+               result(sensitivity=2.5e-4, discarded={"a step's state would be <subnormal>": 3}, examples=7),
+               result(case="seed/adam-step", property="differentiation.values_unchanged", sensitivity=0.0)]
+    page = render_report(load_results([write_lines(tmp_path / "r.jsonl", records)]))
+    assert "≥ 0.00025" in page
+    assert "(+3 discarded)" in page and "Discarded: 3 examples where a step&#39;s state would be &lt;subnormal&gt;" in page
+    assert "any change" in page and "<subnormal>" not in page
