@@ -66,9 +66,6 @@ class Backend:
     name: str = ""
     variants: tuple[str, ...] = ("default",)
     conventions: KinkConventions = KinkConventions()
-    # whether the native optimizers cast decay rates to the variables' dtype before computing 1 - b^t (the
-    # conservative default; see update_properties.step_roundings)
-    decay_rates_in_dtype: bool = True
 
     def unavailable_reason(self) -> str | None:
         """None when the framework is installed and usable; otherwise why not, in one line."""
@@ -76,6 +73,11 @@ class Backend:
 
     def versions(self) -> dict[str, str]:
         raise NotImplementedError
+
+    def decay_rates_in_dtype(self, device: str) -> bool:
+        """Whether the native optimizers cast decay rates to the variables' dtype before computing 1 - b^t on
+        `device` (the conservative default; see update_properties.step_roundings)."""
+        return True
 
     def devices(self) -> list[str]:
         return ["cpu"]

@@ -77,8 +77,6 @@ class TorchTarget(OperatorTarget):
 class TorchBackend(Backend):
     name = "torch"
     variants = ("eager",)
-    # torch/optim/adam.py, _single_tensor_adam: bias_correction1 = 1 - beta1 ** step with step a Python float
-    decay_rates_in_dtype = False
     conventions = KinkConventions(
         abs_slope_at_zero=0.0,
         maximum_tie_to_first=0.5,
@@ -106,6 +104,12 @@ class TorchBackend(Backend):
         import torch
 
         return torch
+
+    def decay_rates_in_dtype(self, device: str) -> bool:
+        """On CPU torch.optim takes the for-loop path (torch/optim/adam.py, _single_tensor_adam: bias_correction1 =
+        1 - beta1 ** step with step a Python float); on CUDA the foreach and fused paths raise float32 step tensors
+        to beta's power."""
+        return device != "cpu"
 
     def versions(self):
         return {"torch": self.torch.__version__}

@@ -44,7 +44,7 @@ def test_update_matches_reference(conformance_item, data):
     _discard_near_underflow(item, inputs, complete, reference_for, item.backend)
     run = item.call("updates", inputs, hyper)
     side = update_properties.Side(item.backend.name, complete, optimizers.SWITCHES[item.backend.name],
-                                  item.backend.conventions, run, item.backend.decay_rates_in_dtype)  # fmt: skip
+                                  item.backend.conventions, run, item.backend.decay_rates_in_dtype(item.spec.device))  # fmt: skip
     start = {spec.name: inputs[spec.name] for spec in item.case.variables}
     comparison, steps = update_properties.health(item.case.update.rule, side, reference_for(side.switches, side.conventions),
                                                  start, item.spec.dtype)  # fmt: skip
@@ -69,12 +69,12 @@ def test_update_agrees_across_backends(conformance_item, data):
         _discard_near_underflow(item, inputs, hyperparameters, reference_for, backend)
     start = {spec.name: inputs[spec.name] for spec in item.case.variables}
     own = update_properties.Side(mine.name, complete, optimizers.SWITCHES[mine.name], mine.conventions,
-                                 item.call("updates", inputs, hyper), mine.decay_rates_in_dtype)  # fmt: skip
+                                 item.call("updates", inputs, hyper), mine.decay_rates_in_dtype(item.spec.device))  # fmt: skip
     # this backend's own steps and fed gradients first: a wrong training step fails here whatever the others do
     item.check(update_properties.health(rule, own, reference_for(own.switches, own.conventions), start, item.spec.dtype)[0])
     for other, other_complete in sides[1:]:
         theirs = update_properties.Side(other.name, other_complete, optimizers.SWITCHES[other.name], other.conventions,
-                                        item.call("updates", inputs, hyper, backend=other), other.decay_rates_in_dtype)  # fmt: skip
+                                        item.call("updates", inputs, hyper, backend=other), other.decay_rates_in_dtype("cpu"))  # fmt: skip
         verdict = update_properties.agreement(rule, hyper, own, theirs, start, reference_for, item.spec.dtype)
         if verdict.outcome == "divergent":
             item.explain(verdict.explanation, verdict.citation, verdict.comparison)
@@ -132,7 +132,7 @@ def test_update_goldens(conformance_item, data):
     complete = _complete(item, hyper, item.backend.name)
     run = item.call("updates", inputs, hyper)
     _, steps = update_properties.matches_reference(item.case.update.rule, complete, optimizers.SWITCHES[item.backend.name],
-                                                   run, item.spec.dtype, item.backend.decay_rates_in_dtype)  # fmt: skip
+                                                   run, item.spec.dtype, item.backend.decay_rates_in_dtype(item.spec.device))  # fmt: skip
     unit_roundoff = float(np.finfo(item.spec.dtype).eps) / 2
     comparisons = []
     for key, golden in goldens.items():

@@ -48,7 +48,7 @@ def update_check(backend, case, inputs: dict, hyper: dict, dtype: str):
     complete = optimizers.hyperparameters(case.update.rule, backend.name, hyper)
     run = backend.updates(case, inputs, hyper, dtype, backend.variants[0], "cpu")
     side = update_properties.Side(backend.name, complete, optimizers.SWITCHES[backend.name], backend.conventions, run,
-                                  backend.decay_rates_in_dtype)  # fmt: skip
+                                  backend.decay_rates_in_dtype("cpu"))  # fmt: skip
     reference_at = update_properties.summed_reference(case, inputs, dtype)(side.switches, side.conventions)
     start = {spec.name: inputs[spec.name] for spec in case.variables}
     return update_properties.health(case.update.rule, side, reference_at, start, dtype)[0]
