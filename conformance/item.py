@@ -18,7 +18,7 @@ from conformance.backends.base import Backend, GradientRun, NotApplicable
 from conformance.cases import Case
 from conformance.known_failures import KnownFailure
 from conformance.reference.conventions import KinkConventions
-from conformance.reference.gradients import ReferenceGradient, compiled_gradient, shaped_like
+from conformance.reference.gradients import ReferenceGradient, exact_gradient
 from conformance.results import ResultRecord
 from conformance.tolerance import Comparison
 
@@ -102,8 +102,7 @@ class ConformanceItem:
 
     def reference(self, inputs: dict[str, np.ndarray], conventions: KinkConventions | None = None) -> ReferenceGradient:
         """The exact gradient at `inputs`, whose data may be one micro-batch of the case's."""
-        case = shaped_like(self.case, {name: np.shape(value) for name, value in inputs.items()})
-        return compiled_gradient(case)(inputs, conventions or self.backend.conventions, self.spec.dtype)
+        return exact_gradient(self.case, inputs, conventions or self.backend.conventions, self.spec.dtype)
 
     def discard(self, reason: str) -> None:
         """Filter this example out (on the drawn inputs and the reference only), counting why."""

@@ -35,7 +35,7 @@ from conformance.backends.base import AccumulationRun, UpdateRun, micro_batches
 from conformance.cases import Case
 from conformance.expressions import names_used
 from conformance.reference import optimizers
-from conformance.reference.gradients import compiled_gradient, shaped_like
+from conformance.reference.gradients import exact_gradient
 from conformance.tolerance import Comparison, compare, identical, worst
 
 STEP_ROUNDINGS = 16
@@ -145,8 +145,7 @@ def summed_reference(case: Case, inputs: dict, dtype: str) -> Callable:
 
         def at(params: dict) -> tuple[dict, dict]:
             batches = micro_batches(case, {**inputs, **params})
-            references = [compiled_gradient(shaped_like(case, {n: np.shape(v) for n, v in batch.items()}))(
-                batch, conventions, dtype) for batch in batches]  # fmt: skip
+            references = [exact_gradient(case, batch, conventions, dtype) for batch in batches]
             gradients = {name: sum(r.gradients[name] for r in references) for name in references[0].gradients}
             bounds = {name: sum(r.bounds[name] for r in references)
                       + (len(references) - 1) * u * sum(np.abs(r.gradients[name]) for r in references)

@@ -86,6 +86,13 @@ def compiled_gradient(case: Case) -> CompiledGradient:
     return CompiledGradient(case)
 
 
+def exact_gradient(case: Case, inputs: dict[str, np.ndarray], conventions: KinkConventions,
+                   dtype: str) -> ReferenceGradient:  # fmt: skip
+    """The exact gradient at `inputs`, whose data may be one micro-batch of the case's."""
+    shaped = shaped_like(case, {name: np.shape(value) for name, value in inputs.items()})
+    return compiled_gradient(shaped)(inputs, conventions, dtype)
+
+
 _reshaped: dict[tuple[int, tuple], Case] = {}
 
 
