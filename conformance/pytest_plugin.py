@@ -140,7 +140,10 @@ class _WorkerCrashes:
         report.longrepr = f"{crashitem}: {message}"
         if crashitem in self.running:
             started, since = self.running.pop(crashitem)
-            record = {**json.loads(started), "message": message, "elapsed_s": round(time.monotonic() - since, 4)}
+            elapsed = time.monotonic() - since  # from when this process heard of the item: late by its own delays
+            if message.startswith("timed out"):
+                elapsed = max(elapsed, self.item_timeout)
+            record = {**json.loads(started), "message": message, "elapsed_s": round(elapsed, 4)}
             report.user_properties.append((RECORD_KEY, json.dumps(record)))
 
     def _how_it_ended(self, worker) -> str:
