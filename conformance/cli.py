@@ -15,7 +15,7 @@ from pathlib import Path
 
 from conformance.report.cli import main_report
 
-PROPERTY_TESTS = Path(__file__).resolve().parent.parent / "tests" / "conformance"
+PROPERTY_TESTS = Path(__file__).resolve().parent / "property_tests"
 DEFAULT_RESULTS = Path("reports/results.jsonl")
 
 
@@ -47,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", action="append", default=[], metavar="NAME", help="repeatable; default: all")
     parser.add_argument("--cases", action="append", default=[], metavar="PATH",
                         help="case file or directory, repeatable; 'shipped' names the shipped cases (the default)")
-    parser.add_argument("--profile", default=os.environ.get("CONFORMANCE_PROFILE", "default"),
-                        help="Hypothesis profile: default, ci, thorough (default: $CONFORMANCE_PROFILE, else default)")
+    parser.add_argument("--profile", default=os.environ.get("CONFORMANCE_PROFILE") or "default",
+                        help="the suite's Hypothesis profile: default, ci, thorough (default: $CONFORMANCE_PROFILE, "
+                             "else default)")  # fmt: skip
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, metavar="FILE")
     parser.add_argument("--report", type=Path, metavar="FILE", help="also write the HTML report to FILE")
     parser.add_argument("-n", dest="workers", default="1", metavar="N",
@@ -78,20 +79,25 @@ def main_run(argv: Sequence[str]) -> int:
         return 2
     import pytest
 
-    pytest_args = [str(PROPERTY_TESTS), "-q", "-p", "no:cacheprovider", f"--hypothesis-profile={arguments.profile}",
+    from conformance import profiles
+
+    profile = profiles.short_name(arguments.profile)
+    # the property tests as installed, whatever the directory: its own configuration files do not apply
+    pytest_args = [str(PROPERTY_TESTS), f"--rootdir={PROPERTY_TESTS}", "-q", "-p", "no:cacheprovider",
+                   "-W", "ignore::DeprecationWarning", f"--hypothesis-profile={profiles.PREFIX}{profile}",
                    f"--results={arguments.results}", "-o", "console_output_style=count"]  # fmt: skip
     pytest_args += [f"--backend={name}" for name in arguments.backend]
     pytest_args += [f"--cases={path}" for path in arguments.cases]
     # always worker processes, so that a crashing framework ends one worker, not the run; xdist's default of 4
     # replacements per worker would stop a run in which one case crashes under each property and dtype
-    pytest_args += ["-n", arguments.workers, "--max-worker-restart=100"]
+    pytest_args += ["-n", arguments.workers, "--max-worker-restart=100", "--dist=loadgroup"]
     if arguments.item_timeout is not None:
         pytest_args += [f"--item-timeout={arguments.item_timeout:g}"]
     if arguments.keyword:
         pytest_args += ["-k", arguments.keyword]
     if arguments.seed:
         pytest_args += [f"--hypothesis-seed={arguments.seed}"]
-    os.environ["CONFORMANCE_PROFILE"] = arguments.profile
+    os.environ[profiles.ENVIRONMENT_VARIABLE] = profile
     code = int(pytest.main(pytest_args))
     if arguments.report and arguments.results.is_file():
         report_code = main_report([str(arguments.results), "-o", str(arguments.report)])
@@ -101,14 +107,14 @@ def main_run(argv: Sequence[str]) -> int:
 
 def _usage_problem(arguments: argparse.Namespace) -> str | None:
     """Case files and backend names are checked here first, so that a bad one is one line, not a pytest error."""
-    from conformance import backends
+    from conformance import backends, profiles
     from conformance.cases import CaseError, load_cases
     from conformance.pytest_plugin import SHIPPED_CASES
 
-    if not PROPERTY_TESTS.is_dir():
-        return f"the property tests are not at {PROPERTY_TESTS}: run from a clone of the repository"
-    if arguments.profile not in ("default", "ci", "thorough", "smoke"):
-        return f"--profile: unknown profile {arguments.profile!r} (default, ci, thorough, smoke)"
+    try:
+        profiles.short_name(arguments.profile)
+    except profiles.UnknownProfile as error:
+        return f"--profile: {error}"
     for name in arguments.backend or backends.known_names():
         if name not in backends.known_names():
             return f"--backend: unknown backend {name!r} (known: {', '.join(backends.known_names())})"

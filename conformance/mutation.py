@@ -41,7 +41,7 @@ def run_suite(backend: str, cases: Sequence[str], results: Path, profile: str, f
     """The property tests for `backend` on `cases` (those `keyword` selects, as pytest -k), in a fresh process;
     (case, property, variant, dtype) -> outcome."""
     command = [sys.executable, "-m", "pytest", str(PROPERTY_TESTS), "-q", "-p", "no:cacheprovider",
-               f"--hypothesis-profile={profile}", f"--backend={backend}", f"--results={results}",
+               f"--hypothesis-profile=conformance-{profile}", f"--backend={backend}", f"--results={results}",
                *[f"--cases={SHIPPED_CASES / f'{case}.toml'}" for case in cases], *(["-k", keyword] if keyword else [])]  # fmt: skip
     environment = {**os.environ, "CONFORMANCE_PROFILE": profile, "TF_CPP_MIN_LOG_LEVEL": "2"}
     environment.pop(faults.FAULT_ENVIRONMENT, None)

@@ -1,5 +1,9 @@
-"""The pytest plugin: options, Hypothesis profiles, parametrization over case x backend x variant x device x dtype,
-and one results record per item, written by the controlling process (xdist workers send theirs along).
+"""The pytest plugin: options, parametrization over case x backend x variant x device x dtype, one results record
+per item, written by the controlling process (xdist workers send theirs along), and xdist work units by case.
+
+It is loaded in every pytest session of an environment where the package is installed, so it stays inert unless
+the session collects the suite's property tests or is given one of its options: unrelated projects see no case
+loading, no profile change (the suite's Hypothesis profiles have names of their own, see `profiles`), no handler.
 
 A framework that crashes or hangs ends only its xdist worker: each item's setup report carries the record it
 will have if its worker dies, and the controller writes it as an `error` that says how the worker ended.
@@ -19,27 +23,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
 
 from conformance import backends as backend_registry
-from conformance import faults, known_failures
+from conformance import faults, known_failures, profiles
 from conformance.cases import Case, CaseError, load_cases
 from conformance.item import ConformanceItem, ItemSpec
 from conformance.results import ResultRecord, ResultsWriter, clean, new_run_id, run_header
 
-SHIPPED_CASES = Path(__file__).resolve().parent.parent / "cases"
+SHIPPED_CASES = Path(__file__).resolve().parent / "shipped_cases"
 DTYPES = ("float32", "float64")
 RECORD_KEY = "conformance_record"
 STARTED_KEY = "conformance_record_if_crashed"
 TIMED_OUT = 124  # the exit status of a worker that ended a hung item, as timeout(1) uses it
-
-_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                                      HealthCheck.data_too_large], print_blob=True)  # fmt: skip
-settings.register_profile("default", max_examples=10, **_common)
-settings.register_profile("ci", max_examples=10, derandomize=True, **_common)
-settings.register_profile("thorough", max_examples=200, **_common)
-settings.register_profile("smoke", max_examples=1, phases=[Phase.explicit, Phase.generate], **_common)
-settings.load_profile(os.environ.get("CONFORMANCE_PROFILE", "default"))
+SUITE_OPTIONS = ("backend", "cases", "dtype", "results")  # any of them makes a session the suite's
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,12 +61,23 @@ class SuiteConfig:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "conformance(property, requires=None): a property test of the suite")
+    if not hasattr(config, "workerinput"):  # acts only on items that announce themselves as the suite's
+        config.pluginmanager.register(_WorkerCrashes(config.getoption("item_timeout")), "conformance-worker-crashes")
+    if any(config.getoption(name) for name in SUITE_OPTIONS):  # else on collecting a property test, if ever
+        _start(config)
+
+
+def _start(config: pytest.Config) -> SuiteConfig:
+    """The session is the suite's: read its cases, backends and known failures (a problem is a usage error, in
+    one line), plant a fault if `conformance mutate` asks for one, and open the results file."""
+    if getattr(config, "_conformance", None) is not None:
+        return config._conformance
     try:
         faults.plant_from_environment()  # `conformance mutate` runs the suite against a planted fault
     except ValueError as error:
         raise pytest.UsageError(f"{faults.FAULT_ENVIRONMENT}: {error}") from None
     try:
-        config._conformance = SuiteConfig(
+        suite = SuiteConfig(
             cases=load_cases([SHIPPED_CASES if path == "shipped" else Path(path)
                               for path in config.getoption("cases") or ["shipped"]]),
             backend_names=config.getoption("backend") or backend_registry.known_names(),
@@ -80,20 +87,19 @@ def pytest_configure(config: pytest.Config) -> None:
         known = backend_registry.known_names()
     except (CaseError, backend_registry.UnknownBackend) as error:
         raise pytest.UsageError(str(error)) from None
-    unknown = set(config._conformance.backend_names) - set(known)
+    unknown = set(suite.backend_names) - set(known)
     if unknown:
         raise pytest.UsageError(f"--backend: unknown backend {sorted(unknown)[0]!r} (known: {', '.join(known)})")
     try:
-        config._conformance.known = known_failures.collect([backend_registry.load(name) for name in config._conformance.backend_names])
+        suite.known = known_failures.collect([backend_registry.load(name) for name in suite.backend_names])
     except (known_failures.KnownFailureError, backend_registry.UnknownBackend) as error:
         raise pytest.UsageError(str(error)) from None
+    config._conformance = suite
     _interrupt_on_sigterm(config)
-    if hasattr(config, "workerinput"):
-        return
-    config.pluginmanager.register(_WorkerCrashes(config.getoption("item_timeout")), "conformance-worker-crashes")
     results = config.getoption("results")
-    if results:
-        config.pluginmanager.register(_ResultsFile(ResultsWriter(Path(results), _header(config))), "conformance-results")
+    if results and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_ResultsFile(ResultsWriter(Path(results), _header(suite, config))), "conformance-results")
+    return suite
 
 
 def _interrupt_on_sigterm(config: pytest.Config) -> None:
@@ -136,15 +142,16 @@ class _WorkerCrashes:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport) -> None:
+        if crashitem not in self.running:  # not one of the suite's items: left as xdist reports it
+            return
         message = self._how_it_ended(getattr(report, "node", None))
         report.longrepr = f"{crashitem}: {message}"
-        if crashitem in self.running:
-            started, since = self.running.pop(crashitem)
-            elapsed = time.monotonic() - since  # from when this process heard of the item: late by its own delays
-            if message.startswith("timed out"):
-                elapsed = max(elapsed, self.item_timeout)
-            record = {**json.loads(started), "message": message, "elapsed_s": round(elapsed, 4)}
-            report.user_properties.append((RECORD_KEY, json.dumps(record)))
+        started, since = self.running.pop(crashitem)
+        elapsed = time.monotonic() - since  # from when this process heard of the item: late by its own delays
+        if message.startswith("timed out"):
+            elapsed = max(elapsed, self.item_timeout)
+        record = {**json.loads(started), "message": message, "elapsed_s": round(elapsed, 4)}
+        report.user_properties.append((RECORD_KEY, json.dumps(record)))
 
     def _how_it_ended(self, worker) -> str:
         status = _exit_status(worker)
@@ -169,16 +176,15 @@ def _exit_status(worker) -> int | None:
         return None
 
 
-def _header(config: pytest.Config) -> dict:
+def _header(suite: SuiteConfig, config: pytest.Config) -> dict:
     frameworks, devices = {}, {}
-    for name in config._conformance.backend_names:
+    for name in suite.backend_names:
         backend = backend_registry.load(name)
         if backend.unavailable_reason() is None:
             frameworks.update(backend.versions())
             devices[name] = backend.devices()
     seed = config.getoption("hypothesis_seed", default=None)
-    profile = config.getoption("hypothesis_profile", default=None) or os.environ.get("CONFORMANCE_PROFILE", "default")
-    return run_header(new_run_id(), frameworks, devices, None if seed is None else str(seed), profile)
+    return run_header(new_run_id(), frameworks, devices, None if seed is None else str(seed), profiles.chosen_name())
 
 
 def _selected(case: Case, requires: str | None) -> bool:
@@ -196,7 +202,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "conformance_item" not in metafunc.fixturenames:
         return
     marker = metafunc.definition.get_closest_marker("conformance")
-    suite: SuiteConfig = metafunc.config._conformance
+    suite = _start(metafunc.config)
     params = []
     for case in suite.cases:
         if not _selected(case, marker.kwargs.get("requires")):
@@ -226,6 +232,51 @@ def conformance_item(request: pytest.FixtureRequest) -> ConformanceItem:
                            known=[k for k in suite.known if k.applies_to(spec.property, spec.backend, spec.dtype, spec.case.id)])
     request.node._conformance_item = item
     return item
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under --dist=loadgroup (the repository's default, and `conformance run`'s), the items of one case go to one
+    xdist worker, so that its reference is derived and its functions compiled once in the run, not once per worker."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByCase(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _case_of(nodeid) or nodeid
+
+        def _reschedule(self, node) -> None:
+            """At least two items pending on a worker, or its shutdown: a worker runs an item only once it knows the
+            next one (LoadScopeScheduling gives a replaced worker one unit, which may be a single item, and waits)."""
+            super()._reschedule(node)
+            while self.workqueue and not node.shutting_down and self._pending_of(self.assigned_work[node]) < 2:
+                self._assign_work_unit(node)
+            if not self.workqueue and not node.shutting_down:
+                node.shutdown()
+
+        def remove_node(self, node):
+            """As LoadScopeScheduling's, except that the item running when the worker died counts as run (its crash
+            is its result): the rest of its case goes on elsewhere, instead of the crash repeating."""
+            workload = self.assigned_work.pop(node)
+            pending = [(scope, nodeid) for scope, unit in workload.items() for nodeid, done in unit.items() if not done]
+            if not pending:
+                return None
+            scope, crashed = pending[0]
+            workload[scope][crashed] = True
+            self.workqueue.update({scope: unit for scope, unit in workload.items() if not all(unit.values())})
+            for other in self.assigned_work:
+                self._reschedule(other)
+            return crashed
+
+    return ByCase(config, log)
+
+
+def _case_of(nodeid: str) -> str | None:
+    """The case of an item's node id, `...::test_x[<case>-<backend>-<variant>-<device>-<dtype>]` (ItemSpec.id)."""
+    name, _, parameters = nodeid.partition("[")
+    parts = parameters.removesuffix("]").rsplit("-", 4)
+    return parts[0] if len(parts) == 5 and parts[4] in DTYPES else None
 
 
 def _spec(item: pytest.Item) -> ItemSpec | None:

@@ -109,7 +109,7 @@ class JaxBackend(Backend):
     )  # fmt: skip
 
     def __init__(self):
-        self._compiled: dict[tuple[int, str], object] = {}
+        self._compiled: dict[tuple, object] = {}  # jitted functions, by case and dtype or by use
 
     def unavailable_reason(self):
         if importlib.util.find_spec("jax") is None:
@@ -204,12 +204,11 @@ class JaxBackend(Backend):
         with self.precision(dtype):
             jnp_dtype = getattr(jax.numpy, dtype)
             params = {spec.name: jax.numpy.asarray(inputs[spec.name], jnp_dtype) for spec in case.variables}
-            optimizer = optax.MultiSteps(optax.sgd(1.0), every_k_schedule=len(batches))
+            optimizer, step = self._multi_steps(len(batches), variant)
             state = optimizer.init(params)
             for gradients in micro_gradients:
                 grads = {name: jax.numpy.asarray(gradients[name], jnp_dtype) for name in params}
-                updates, state = optimizer.update(grads, state, params)
-                params = optax.apply_updates(params, updates)
+                params, state = step(grads, state, params)
             accumulated = {name: np.asarray(inputs[name], np.float64) - np.asarray(params[name], np.float64)
                            for name in params}  # fmt: skip
         return AccumulationRun("optax: MultiSteps(sgd(1.0), every_k_schedule=k), the step taken", "mean",
@@ -218,6 +217,22 @@ class JaxBackend(Backend):
                                "(gradients are averaged over k steps; accumulator_dtype defaults to float32)",
                                resolution=step_resolution(inputs, {name: np.asarray(v) for name, v in params.items()}, dtype),
                                accumulator_dtype=_documented(_narrowest(jax.tree_util.tree_leaves(state.acc_grads))))  # fmt: skip
+
+    def _multi_steps(self, every: int, variant: str):
+        """optax.MultiSteps over `every` micro-batches and its step (update, then apply), jitted once per count for
+        the jit variant, as a training loop jits its step; eager otherwise."""
+        import optax
+
+        key = ("multi_steps", every, variant)
+        if key not in self._compiled:
+            optimizer = optax.MultiSteps(optax.sgd(1.0), every_k_schedule=every)
+
+            def step(grads, state, params):
+                updates, state = optimizer.update(grads, state, params)
+                return optax.apply_updates(params, updates), state
+
+            self._compiled[key] = (optimizer, self.jax.jit(step) if variant == "jit" else step)
+        return self._compiled[key]
 
     def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
         lines = ["import jax", "import jax.numpy as jnp", ""]

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conformance.pytest_plugin import SHIPPED_CASES as SHIPPED
 from conformance.cases import MAX_ELEMENTS, CaseError, load_case, load_cases
 from conformance.expressions import FUNCTIONS, Binary, Call, Negate, functions_used
 
-SHIPPED = Path(__file__).resolve().parents[2] / "cases"
 
 VALID = """
 title = "a valid case"

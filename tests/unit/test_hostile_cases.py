@@ -26,12 +26,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conformance.pytest_plugin import SHIPPED_CASES
 from conformance.cases import (
     HYPERPARAMETERS, MAX_AXES, MAX_ELEMENTS, RULES, TOP_LEVEL_KEYS, Case, CaseError, load_cases,
 )  # fmt: skip
 from conformance.expressions import MAX_DEPTH, names_used
 
-SHIPPED_FILES = sorted((Path(__file__).resolve().parents[2] / "cases").rglob("*.toml"))
+SHIPPED_FILES = sorted(SHIPPED_CASES.rglob("*.toml"))
 MAX_SECONDS = 2.0
 MAX_PEAK_BYTES = 64 * 2**20
 SENTINEL = Path(tempfile.gettempdir()) / "conformance-hostile-sentinel"  # fixed: xdist workers must collect the same ids

@@ -69,8 +69,8 @@ def _run_with_known(tmp_path: Path, max_relative_error: float) -> tuple[int, lis
                    faults.FAULT_ENVIRONMENT: "scaled-gradients:torch"}  # fmt: skip
     completed = subprocess.run(
         [sys.executable, "-m", "pytest", str(ROOT / "tests/conformance/test_gradients.py"), "-q", "-p", "no:cacheprovider",
-         "--backend=torch", f"--cases={ROOT / 'cases/seed/linear-square.toml'}", "--dtype=float64",
-         "-k", "test_matches_reference", f"--results={results}", "--hypothesis-profile=ci"],
+         "--backend=torch", f"--cases={ROOT / 'conformance/shipped_cases/seed/linear-square.toml'}", "--dtype=float64",
+         "-k", "test_matches_reference", f"--results={results}", "--hypothesis-profile=conformance-ci"],
         cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)  # fmt: skip
     records = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines()[1:]]
     return completed.returncode, records

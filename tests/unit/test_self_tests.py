@@ -16,11 +16,11 @@ from hypothesis import Phase, find, given, settings
 from hypothesis.errors import NoSuchExample
 from hypothesis import strategies as st
 
+from conformance.pytest_plugin import SHIPPED_CASES as SHIPPED
 from conformance import faults, properties, strategies
 from conformance.cases import load_case
 from conformance.reference.gradients import compiled_gradient
 
-SHIPPED = Path(__file__).resolve().parents[2] / "cases"
 CASES = list(faults.GRADIENT_CASES)
 DTYPES = ["float32", "float64"]
 HANDFUL = settings(max_examples=10, deadline=None, database=None)

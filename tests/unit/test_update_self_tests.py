@@ -17,11 +17,11 @@ from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
+from conformance.pytest_plugin import SHIPPED_CASES as SHIPPED
 from conformance import backends, faults, strategies, update_properties
 from conformance.cases import load_case
 from conformance.reference import optimizers
 
-SHIPPED = Path(__file__).resolve().parents[2] / "cases"
 UPDATE_CASES = list(faults.UPDATE_CASES)
 ACCUMULATION_CASES = list(faults.ACCUMULATION_CASES)
 DTYPES = ["float32", "float64"]

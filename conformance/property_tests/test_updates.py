@@ -1,0 +1,138 @@
+"""Optimizer updates and gradient accumulation, parametrized by the plugin over update and accumulate cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conformance import backends, strategies, update_properties
+from conformance.property_tests import property_test
+from conformance.backends.base import micro_batches
+from conformance.reference import optimizers
+from conformance.tolerance import compare, worst
+
+
+def _complete(item, hyper: dict, framework: str) -> dict:
+    try:
+        return optimizers.hyperparameters(item.case.update.rule, framework, hyper)
+    except ValueError as problem:
+        pytest.skip(f"not applicable: {problem}")
+
+
+def _discard_near_underflow(item, inputs: dict, hyper: dict, reference_for, backend) -> None:
+    """Only where no step comes near underflow, which some platforms flush to zero (see near_underflow): judged on
+    the reference's trajectory from the drawn inputs with `backend`'s formulas, never on its output."""
+    rule, switches = item.case.update.rule, optimizers.SWITCHES[backend.name]
+    start = {spec.name: inputs[spec.name] for spec in item.case.variables}
+    values, gradients, states = update_properties.reference_path(rule, hyper, switches, start,
+                                                                 reference_for(switches, backend.conventions),
+                                                                 item.case.update.steps)  # fmt: skip
+    if update_properties.near_underflow(values, gradients, states, item.spec.dtype):
+        item.discard("a step's intermediates or state would be subnormal (flushed to zero by XLA and oneDNN)")
+
+
+@property_test("update.matches_reference", requires="update")
+def test_update_matches_reference(conformance_item, data):
+    """Each native step from the backend's own parameters and gradients, and those gradients against the exact ones."""
+    item = conformance_item
+    inputs = item.draw_inputs(data)
+    hyper = data.draw(strategies.hyperparameters(item.case), label="hyperparameters")
+    complete = _complete(item, hyper, item.backend.name)
+    reference_for = update_properties.summed_reference(item.case, inputs, item.spec.dtype)
+    _discard_near_underflow(item, inputs, complete, reference_for, item.backend)
+    run = item.call("updates", inputs, hyper)
+    side = update_properties.Side(item.backend.name, complete, optimizers.SWITCHES[item.backend.name],
+                                  item.backend.conventions, run, item.backend.decay_rates_in_dtype(item.spec.device))  # fmt: skip
+    start = {spec.name: inputs[spec.name] for spec in item.case.variables}
+    comparison, steps = update_properties.health(item.case.update.rule, side, reference_for(side.switches, side.conventions),
+                                                 start, item.spec.dtype)  # fmt: skip
+    item.trajectory = update_properties.trajectory(run, steps["expected"])
+    item.check(comparison, expected=steps["expected"][-1])
+
+
+@property_test("update.agrees_across_backends", requires="update")
+def test_update_agrees_across_backends(conformance_item, data):
+    item, rule = conformance_item, conformance_item.case.update.rule
+    others = [b for b in map(backends.load, item.other_backends) if b.unavailable_reason() is None]
+    if not others:
+        pytest.skip("needs a second installed backend in the run")
+    inputs = item.draw_inputs(data)
+    hyper = data.draw(strategies.hyperparameters(item.case), label="hyperparameters")
+    reference_for = update_properties.summed_reference(item.case, inputs, item.spec.dtype)
+    mine = item.backend
+    complete = _complete(item, hyper, mine.name)
+    sides = [(mine, complete)] + [(other, _complete(item, hyper, other.name)) for other in others]
+    for backend, hyperparameters in sides:  # platforms differ in flushing subnormals, not in formulas
+        _discard_near_underflow(item, inputs, hyperparameters, reference_for, backend)
+    start = {spec.name: inputs[spec.name] for spec in item.case.variables}
+    own = update_properties.Side(mine.name, complete, optimizers.SWITCHES[mine.name], mine.conventions,
+                                 item.call("updates", inputs, hyper), mine.decay_rates_in_dtype(item.spec.device))  # fmt: skip
+    # this backend's own steps and fed gradients first: a wrong training step fails here whatever the others do
+    item.check(update_properties.health(rule, own, reference_for(own.switches, own.conventions), start, item.spec.dtype)[0])
+    for other, other_complete in sides[1:]:
+        theirs = update_properties.Side(other.name, other_complete, optimizers.SWITCHES[other.name], other.conventions,
+                                        item.call("updates", inputs, hyper, backend=other), other.decay_rates_in_dtype("cpu"))  # fmt: skip
+        verdict = update_properties.agreement(rule, hyper, own, theirs, start, reference_for, item.spec.dtype)
+        if verdict.outcome == "divergent":
+            item.explain(verdict.explanation, verdict.citation, verdict.comparison)
+        else:
+            item.check(verdict.comparison)
+
+
+@property_test("accumulation.linear", requires="accumulate")
+def test_accumulation_linear(conformance_item, data):
+    """The full-batch gradient is the sum of the micro-batch gradients (their mean for a mean-reduced loss)."""
+    item = conformance_item
+    inputs = item.draw_inputs(data)
+    batches = micro_batches(item.case, inputs)
+    full, parts = item.gradients(inputs), [item.gradients(batch) for batch in batches]
+    reference = item.reference(inputs)
+    reference_parts = [item.reference(batch) for batch in batches]
+    comparisons = []
+    for name, expected in reference.gradients.items():
+        summed = np.sum([p.gradients[name] for p in reference_parts], axis=0)
+        if np.allclose(expected, summed, rtol=1e-9, atol=0):
+            scale = 1.0
+        elif np.allclose(expected, summed / len(batches), rtol=1e-9, atol=0):
+            scale = 1.0 / len(batches)
+        else:
+            pytest.skip("not applicable: the loss is neither a sum nor a mean over the batch")
+        actual = scale * np.sum([np.asarray(p.gradients[name], np.float64) for p in parts], axis=0)
+        bound = reference.bounds[name] + scale * np.sum([p.bounds[name] for p in reference_parts], axis=0)
+        comparisons.append(compare(f"micro-batch {'sum' if scale == 1 else 'mean'} of grad {name}", actual,
+                                   np.asarray(full.gradients[name], np.float64), bound))  # fmt: skip
+    item.check(worst(comparisons))
+
+
+@property_test("accumulation.native", requires="accumulate")
+def test_accumulation_native(conformance_item, data):
+    """torch's .grad accumulation, Keras' gradient_accumulation_steps, optax.MultiSteps: what each documents."""
+    item = conformance_item
+    inputs = item.draw_inputs(data)
+    run = item.call("accumulation", inputs)
+    comparison, explanations = update_properties.native_accumulation(run, item.spec.dtype)
+    item.check(comparison)
+    if explanations:
+        item.explain("; ".join(explanations), run.citation)
+
+
+@property_test("expect.goldens", requires="expect_update")
+def test_update_goldens(conformance_item, data):
+    """The case's [expect] values after its update, within the step-by-step bound of the reference."""
+    item = conformance_item
+    goldens = item.goldens()
+    inputs = item.draw_inputs(data)
+    hyper = data.draw(strategies.hyperparameters(item.case), label="hyperparameters")
+    complete = _complete(item, hyper, item.backend.name)
+    run = item.call("updates", inputs, hyper)
+    _, steps = update_properties.matches_reference(item.case.update.rule, complete, optimizers.SWITCHES[item.backend.name],
+                                                   run, item.spec.dtype, item.backend.decay_rates_in_dtype(item.spec.device))  # fmt: skip
+    unit_roundoff = float(np.finfo(item.spec.dtype).eps) / 2
+    comparisons = []
+    for key, golden in goldens.items():
+        name = key.removeprefix("grad.")
+        actual = run.gradients[0][name] if key.startswith("grad.") else run.values[-1][name]
+        carried = sum(bounds[name] for bounds in steps["bounds"])
+        # the golden is a decimal: allow its rounding to the dtype on top of the steps' own bounds
+        comparisons.append(compare(key, actual, np.broadcast_to(golden, np.shape(actual)), carried + np.abs(golden) * unit_roundoff))
+    item.check(worst(comparisons), expected=goldens)
