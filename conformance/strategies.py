@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -33,8 +34,10 @@ def tensor(spec: TensorSpec, dtype: str) -> st.SearchStrategy[np.ndarray]:
     return hnp.arrays(dtype, spec.shape, elements=elements)
 
 
+@functools.lru_cache(maxsize=512)
 def inputs(case: Case, dtype: str) -> st.SearchStrategy[dict[str, np.ndarray]]:
-    """Every variable and data tensor of the case, as numpy arrays of `dtype`."""
+    """Every variable and data tensor of the case, as numpy arrays of `dtype` (built once: Hypothesis validates a
+    strategy on its first draw, which costs as much as drawing)."""
     return st.fixed_dictionaries({spec.name: tensor(spec, dtype) for spec in case.tensors})
 
 
@@ -47,6 +50,7 @@ def hyperparameter(spec: HyperParameter) -> st.SearchStrategy[float | bool]:
     return st.floats(low, high, allow_subnormal=False)
 
 
+@functools.lru_cache(maxsize=512)
 def hyperparameters(case: Case) -> st.SearchStrategy[dict[str, float | bool]]:
     """The case's canonical hyperparameters; those it leaves out stay each framework's default."""
     return st.fixed_dictionaries({name: hyperparameter(spec) for name, spec in case.update.hyperparameters.items()})

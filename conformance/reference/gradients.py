@@ -36,7 +36,8 @@ class CompiledGradient:
     def __init__(self, case: Case):
         self.case = case
         self.symbols = {
-            spec.name: np.array([sp.Symbol(f"{spec.name}[{i}]", real=True) for i in range(spec.size)],
+            # identifiers as names ("w__3", unique since tensor names are identifiers): lambdify uses them as they are
+            spec.name: np.array([sp.Symbol(f"{spec.name}__{i}", real=True) for i in range(spec.size)],
                                 dtype=object).reshape(spec.shape)  # fmt: skip
             for spec in case.tensors
         }
@@ -50,7 +51,7 @@ class CompiledGradient:
         arguments = [inputs + list(target.constants), list(symbolic.CONVENTION_SYMBOLS), UNIT_ROUNDOFF, TINY]
         self._literal_values = list(target.constants.values())
         modules = [symbolic.NUMPY_IMPLEMENTATIONS, "numpy"]
-        self._evaluate = sp.lambdify(arguments, [loss, *gradients, *bounds], modules=modules, cse=True)
+        self._evaluate = sp.lambdify(arguments, [loss, *gradients, *bounds], modules=modules, cse=_shared_subexpressions)
         self.gradient_expressions = dict(zip(variables, gradients))
 
     def __call__(self, inputs: dict[str, np.ndarray], conventions: KinkConventions, dtype: str) -> ReferenceGradient:
@@ -73,6 +74,12 @@ class CompiledGradient:
             result[spec.name] = flat[start : start + spec.size].reshape(spec.shape)
             start += spec.size
         return result
+
+
+def _shared_subexpressions(expressions: list[sp.Expr]):
+    """Common subexpressions, each evaluated once (the loss, gradients and bounds share most of theirs); in the
+    order found rather than SymPy's canonical order, whose sorting cost more than the rest of the compilation."""
+    return sp.cse(expressions, order="none")
 
 
 def _sum_of(*bounds: sp.Expr) -> sp.Expr:

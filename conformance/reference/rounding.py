@@ -141,7 +141,7 @@ class RoundingBound:
 
 def _growth(factors) -> sp.Expr:
     """prod max(1, |f|): the most that any subset of the factors can multiply an error by."""
-    return _product(*[sp.S.One if f.is_Number and abs(f) <= 1 else sp.Max(sp.S.One, _abs(f), evaluate=False) for f in factors])
+    return _product(*[sp.S.One if f.is_Number and abs(f) <= 1 else symbolic.AtLeastOne(_abs(f)) for f in factors])
 
 
 class FlushBound:

@@ -100,6 +100,13 @@ def _step(a, b, tie):
     return np.where(a > b, 1.0, np.where(a < b, 0.0, tie))
 
 
+class AtLeastOne(sp.Function):
+    """max(1, x) for a bound, which is never differentiated: unlike sp.Max, it is not simplified each time SymPy
+    rebuilds an expression (which made most of the reference's compilation time)."""
+
+    nargs = 1
+
+
 def _sigmoid(x):
     with np.errstate(over="ignore"):
         return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
@@ -123,6 +130,7 @@ NUMPY_IMPLEMENTATIONS = {
     "Maximum": np.maximum,
     "Minimum": np.minimum,
     "LogSumExp": _logsumexp,
+    "AtLeastOne": lambda x: np.maximum(1.0, x),
 }
 
 EXACT_FUNCTIONS = (Step, SignAtZero, Absolute, Relu, Maximum, Minimum)
