@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,11 @@ def test_a_property(number):
 
 
 def run_pytest(directory: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """pytest in `directory`, with the plugin loaded as an installed package loads it (else named with -p)."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("CONFORMANCE_")}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "conformance.pytest_plugin", "-p", "no:cacheprovider",
-               *arguments]  # fmt: skip
+    installed = any(entry.name == "conformance" for entry in entry_points(group="pytest11"))
+    plugin = [] if installed else ["-p", "conformance.pytest_plugin"]
+    command = [sys.executable, "-m", "pytest", "-q", *plugin, "-p", "no:cacheprovider", *arguments]
     return subprocess.run(command, cwd=directory, env=environment, capture_output=True, text=True, timeout=300)
 
 
