@@ -17,9 +17,19 @@ from conformance.numpy_target import TooLarge, result_shape
 
 RULES = ("sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop", "adagrad")
 HYPERPARAMETERS = (
-    "lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "momentum", "nesterov", "dampening", "rho",
-    "centered", "initial_accumulator",
-)  # fmt: skip
+    "lr",
+    "beta1",
+    "beta2",
+    "eps",
+    "weight_decay",
+    "amsgrad",
+    "momentum",
+    "nesterov",
+    "dampening",
+    "rho",
+    "centered",
+    "initial_accumulator",
+)
 BOOLEAN_HYPERPARAMETERS = ("amsgrad", "nesterov", "centered")
 GOLDEN_DTYPES = ("float32", "float64")
 MAX_AXES = expressions.MAX_AXES
@@ -95,7 +105,9 @@ class Case:
     update: UpdateSpec | None = None
     micro_batches: int | None = None
     expect: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
-    expect_dtypes: dict[str, str] = field(default_factory=dict, compare=False)  # a golden stated to one dtype's precision
+    expect_dtypes: dict[str, str] = field(
+        default_factory=dict, compare=False
+    )  # a golden stated to one dtype's precision
 
     @property
     def tensors(self) -> tuple[TensorSpec, ...]:
@@ -220,8 +232,12 @@ class _CaseReader:
         specs = []
         for name, entry in self._table(key).items():
             where = f"{key}.{name}"
-            if (not name.isidentifier() or not name.isascii() or keyword.iskeyword(name)
-                    or name in expressions.FUNCTIONS):  # fmt: skip
+            if (
+                not name.isidentifier()
+                or not name.isascii()
+                or keyword.iskeyword(name)
+                or name in expressions.FUNCTIONS
+            ):
                 raise self.fail(where, "the name must be an ASCII identifier, not a keyword or a function of the table")
             if not isinstance(entry, dict):
                 raise self.fail(where, "must be a table with `value`, or `shape` and `range`")
@@ -241,8 +257,12 @@ class _CaseReader:
             return TensorSpec(name, trainable, value.shape, value=value)
         if "shape" not in entry or "range" not in entry:
             raise self.fail(where, "needs `value`, or both `shape` and `range`")
-        return TensorSpec(name, trainable, self._shape(f"{where}.shape", entry["shape"]),
-                          range=self._range(f"{where}.range", entry["range"]))  # fmt: skip
+        return TensorSpec(
+            name,
+            trainable,
+            self._shape(f"{where}.shape", entry["shape"]),
+            range=self._range(f"{where}.range", entry["range"]),
+        )
 
     def _array(self, where: str, value: Any) -> np.ndarray:
         try:
@@ -260,16 +280,22 @@ class _CaseReader:
         return array
 
     def _shape(self, where: str, shape: Any) -> tuple[int, ...]:
-        if (not isinstance(shape, list) or len(shape) > MAX_AXES
-                or not all(type(n) is int and 1 <= n <= MAX_ELEMENTS for n in shape)):  # fmt: skip
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_AXES
+            or not all(type(n) is int and 1 <= n <= MAX_ELEMENTS for n in shape)
+        ):
             raise self.fail(where, f"must be a list of at most {MAX_AXES} positive integers")
         if math.prod(shape) > MAX_ELEMENTS:
             raise self.fail(where, f"has {math.prod(shape)} elements; the limit is {MAX_ELEMENTS}")
         return tuple(shape)
 
     def _range(self, where: str, bounds: Any) -> tuple[float, float]:
-        if (not isinstance(bounds, list) or len(bounds) != 2
-                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):  # fmt: skip
+        if (
+            not isinstance(bounds, list)
+            or len(bounds) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+        ):
             raise self.fail(where, "must be a list of two numbers [low, high]")
         low, high = _as_float(bounds[0]), _as_float(bounds[1])
         if not (math.isfinite(low) and math.isfinite(high)):
@@ -322,7 +348,11 @@ class _CaseReader:
                 raise self.fail(where, "must be true or false")
             return HyperParameter(name, value=value)
         if isinstance(value, dict):
-            if not set(value) <= {"range", "log"} or "range" not in value or not isinstance(value.get("log", False), bool):
+            if (
+                not set(value) <= {"range", "log"}
+                or "range" not in value
+                or not isinstance(value.get("log", False), bool)
+            ):
                 raise self.fail(where, "must be a number or { range = [low, high], log = true|false }")
             low, high = self._range(f"{where}.range", value["range"])
             log = value.get("log", False)
@@ -345,7 +375,9 @@ class _CaseReader:
             raise self.fail("accumulate.micro_batches", "must be an integer from 1 to 64")
         for spec in data:
             if not spec.shape or spec.shape[0] % count:
-                raise self.fail("accumulate.micro_batches", f"{count} does not divide the leading axis of data.{spec.name}")
+                raise self.fail(
+                    "accumulate.micro_batches", f"{count} does not divide the leading axis of data.{spec.name}"
+                )
         return count
 
     def _expect(self, tensors: dict[str, TensorSpec]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -357,11 +389,15 @@ class _CaseReader:
                 raise self.fail(f"expect.{key}", "must be `x` or `grad.x` for a trainable variable x of the case")
             if isinstance(value, dict):
                 if set(value) != {"value", "dtype"} or value["dtype"] not in GOLDEN_DTYPES:
-                    raise self.fail(f"expect.{key}", 'must be a number, a nested list, or { value = ..., dtype = '
-                                                     '"float32" | "float64" }')
+                    raise self.fail(
+                        f"expect.{key}",
+                        'must be a number, a nested list, or { value = ..., dtype = "float32" | "float64" }',
+                    )
                 value, dtypes[key] = value["value"], value["dtype"]
             array = self._array(f"expect.{key}", value)
             if array.shape not in ((), tensors[name].shape):
-                raise self.fail(f"expect.{key}", f"has shape {list(array.shape)}, the variable {list(tensors[name].shape)}")
+                raise self.fail(
+                    f"expect.{key}", f"has shape {list(array.shape)}, the variable {list(tensors[name].shape)}"
+                )
             expected[key] = array
         return expected, dtypes

@@ -36,28 +36,46 @@ def main(argv: Sequence[str] | None = None) -> int:
             return getattr(importlib.import_module(module_name), function_name)(argv[1:])
         except SystemExit as exit_:  # argparse: after --help (0), or a usage error, already printed (2)
             return 0 if exit_.code == 0 else 2
-    print("usage: conformance run [options] | conformance report FILE... [-o FILE] | conformance soak [options] | "
-          "conformance mutate [options] | conformance known-differences [RESULTS...] [-o FILE]   (-h for each)",
-          file=sys.stderr)
+    print(
+        "usage: conformance run [options] | conformance report FILE... [-o FILE] | conformance soak [options] | "
+        "conformance mutate [options] | conformance known-differences [RESULTS...] [-o FILE]   (-h for each)",
+        file=sys.stderr,
+    )
     return 0 if argv[:1] in (["-h"], ["--help"]) else 2
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conformance run", description="Run the conformance suite.")
     parser.add_argument("--backend", action="append", default=[], metavar="NAME", help="repeatable; default: all")
-    parser.add_argument("--cases", action="append", default=[], metavar="PATH",
-                        help="case file or directory, repeatable; 'shipped' names the shipped cases (the default)")
-    parser.add_argument("--profile", default=os.environ.get("CONFORMANCE_PROFILE") or "default",
-                        help="the suite's Hypothesis profile: default, ci, thorough (default: $CONFORMANCE_PROFILE, "
-                             "else default)")  # fmt: skip
+    parser.add_argument(
+        "--cases",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="case file or directory, repeatable; 'shipped' names the shipped cases (the default)",
+    )
+    parser.add_argument(
+        "--profile",
+        default=os.environ.get("CONFORMANCE_PROFILE") or "default",
+        help="the suite's Hypothesis profile: default, ci, thorough (default: $CONFORMANCE_PROFILE, else default)",
+    )
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, metavar="FILE")
     parser.add_argument("--report", type=Path, metavar="FILE", help="also write the HTML report to FILE")
-    parser.add_argument("-n", dest="workers", default="1", metavar="N",
-                        help="pytest-xdist workers, a number or 'auto' (default 1; at least 1: a crash ends one worker)")
-    parser.add_argument("--item-timeout", type=float, metavar="SECONDS",
-                        help="an item running longer is an error and its worker is replaced (default 300; 0: none)")
+    parser.add_argument(
+        "-n",
+        dest="workers",
+        default="1",
+        metavar="N",
+        help="pytest-xdist workers, a number or 'auto' (default 1; at least 1: a crash ends one worker)",
+    )
+    parser.add_argument(
+        "--item-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="an item running longer is an error and its worker is replaced (default 300; 0: none)",
+    )
     parser.add_argument("-k", dest="keyword", metavar="EXPR", help="pytest's -k: select items by name")
-    parser.add_argument("--seed", metavar="SEED", help="Hypothesis seed")  # fmt: skip
+    parser.add_argument("--seed", metavar="SEED", help="Hypothesis seed")
     return parser
 
 
@@ -83,9 +101,19 @@ def main_run(argv: Sequence[str]) -> int:
 
     profile = profiles.short_name(arguments.profile)
     # the property tests as installed, whatever the directory: its own configuration files do not apply
-    pytest_args = [str(PROPERTY_TESTS), f"--rootdir={PROPERTY_TESTS}", "-q", "-p", "no:cacheprovider",
-                   "-W", "ignore::DeprecationWarning", f"--hypothesis-profile={profiles.PREFIX}{profile}",
-                   f"--results={arguments.results}", "-o", "console_output_style=count"]  # fmt: skip
+    pytest_args = [
+        str(PROPERTY_TESTS),
+        f"--rootdir={PROPERTY_TESTS}",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore::DeprecationWarning",
+        f"--hypothesis-profile={profiles.PREFIX}{profile}",
+        f"--results={arguments.results}",
+        "-o",
+        "console_output_style=count",
+    ]
     pytest_args += [f"--backend={name}" for name in arguments.backend]
     pytest_args += [f"--cases={path}" for path in arguments.cases]
     # always worker processes, so that a crashing framework ends one worker, not the run; xdist's default of 4

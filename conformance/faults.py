@@ -70,6 +70,7 @@ class Fault:
 
 # ---------------------------------------------------------------------------------------------------- torch
 
+
 def _leaves_of(loss) -> list:
     """The leaf tensors behind `loss`: its autograd graph's AccumulateGrad nodes hold them as `.variable`."""
     leaves, pending, seen = [], [loss.grad_fn], set()
@@ -167,7 +168,7 @@ def torch_longer_steps(patches: Patches) -> None:
     """Every parameter change a torch.optim optimizer makes is 1.001 times what it computed."""
 
     def lengthen(optimizer, parameters, before):
-        for parameter, old in zip(parameters, before):
+        for parameter, old in zip(parameters, before, strict=True):
             parameter.copy_(old + (parameter - old) * SCALE)
 
     _after_torch_steps(patches, lengthen)
@@ -181,7 +182,7 @@ def torch_uncorrected_adam(patches: Patches) -> None:
         if type(optimizer) is not torch.optim.Adam:
             return
         group = optimizer.param_groups[0]
-        for parameter, old in zip(parameters, before):
+        for parameter, old in zip(parameters, before, strict=True):
             state = optimizer.state[parameter]
             if state:
                 parameter.copy_(old - group["lr"] * state["exp_avg"] / (state["exp_avg_sq"].sqrt() + group["eps"]))
@@ -224,7 +225,7 @@ def torch_stale_gradients(patches: Patches) -> None:
     def stale(optimizer, args, kwargs):
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         current = [None if p.grad is None else p.grad.detach().clone() for p in parameters]
-        for parameter, old in zip(parameters, previous.get(id(optimizer), [])):
+        for parameter, old in zip(parameters, previous.get(id(optimizer), []), strict=False):
             if old is not None and parameter.grad is not None:
                 parameter.grad.copy_(old)
         previous[id(optimizer)] = current
@@ -233,6 +234,7 @@ def torch_stale_gradients(patches: Patches) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- keras
+
 
 def _wrap_tape_gradient(patches: Patches, change) -> None:
     """`tf.GradientTape.gradient` returns `change(gradients, sources)`; eagerly and under tf.function alike."""
@@ -287,7 +289,7 @@ def _after_keras_applies(patches: Patches, before_apply=None, after=None) -> Non
         before = [np.array(variable.numpy(), copy=True) for _, variable in pairs]
         result = original(self, pairs, *args, **kwargs)
         if after:
-            for (_, variable), old in zip(pairs, before):
+            for (_, variable), old in zip(pairs, before, strict=True):
                 after(self, variable, old)
         return result
 
@@ -296,6 +298,7 @@ def _after_keras_applies(patches: Patches, before_apply=None, after=None) -> Non
 
 def keras_longer_steps(patches: Patches) -> None:
     """Every variable change a Keras optimizer makes is 1.001 times what it computed."""
+
     def lengthen(optimizer, variable, old):
         variable.assign(old + (variable.numpy() - old) * SCALE)
 
@@ -321,8 +324,10 @@ def keras_bfloat16_variables(patches: Patches) -> None:
     """Variables are rounded through bfloat16 after every step."""
     import tensorflow as tf
 
-    _after_keras_applies(patches, after=lambda optimizer, variable, old:
-                         variable.assign(tf.cast(tf.cast(variable, tf.bfloat16), variable.dtype)))  # fmt: skip
+    _after_keras_applies(
+        patches,
+        after=lambda optimizer, variable, old: variable.assign(tf.cast(tf.cast(variable, tf.bfloat16), variable.dtype)),
+    )
 
 
 def keras_overwritten_accumulation(patches: Patches) -> None:
@@ -367,6 +372,7 @@ def _shapes(structure) -> list:
 
 
 # ---------------------------------------------------------------------------------------------------- jax
+
 
 def jax_scaled_gradients(patches: Patches) -> None:
     """jax.value_and_grad returns every gradient 0.1% too large (under jax.jit as well as eagerly)."""
@@ -413,7 +419,9 @@ def jax_dropped_micro_batch(patches: Patches) -> None:
     import jax
 
     calls = itertools.count()
-    _wrap_compiled_gradients(patches, lambda grads: jax.tree.map(jax.numpy.zeros_like, grads) if next(calls) % 2 else grads)
+    _wrap_compiled_gradients(
+        patches, lambda grads: jax.tree.map(jax.numpy.zeros_like, grads) if next(calls) % 2 else grads
+    )
 
 
 def jax_stale_gradients(patches: Patches) -> None:
@@ -483,62 +491,223 @@ def optax_overwritten_accumulation(patches: Patches) -> None:
 GRADIENT_PROPERTY = ("gradient.matches_reference",)
 UPDATE_PROPERTY = ("update.matches_reference",)
 FAULTS = (
-    Fault("scaled-gradients", "torch", "every gradient 1 + 1e-3 times too large", GRADIENT_CASES, GRADIENT_PROPERTY,
-          torch_scaled_gradients),
-    Fault("scaled-gradients", "tensorflow", "every gradient 1 + 1e-3 times too large", GRADIENT_CASES,
-          GRADIENT_PROPERTY, keras_scaled_gradients),
-    Fault("scaled-gradients", "jax", "every gradient 1 + 1e-3 times too large", GRADIENT_CASES, GRADIENT_PROPERTY,
-          jax_scaled_gradients),
-    Fault("nudged-variable", "torch", "differentiation moves each variable by one ulp", GRADIENT_CASES,
-          ("differentiation.values_unchanged",), torch_nudged_variables),
-    Fault("nudged-variable", "tensorflow", "differentiation moves each variable by one ulp", GRADIENT_CASES,
-          ("differentiation.values_unchanged",), keras_nudged_variables),
-    Fault("leaked-gradients", "torch", "a second differentiation adds to the first gradient", GRADIENT_CASES,
-          ("differentiation.repeatable",), torch_leaked_gradients),
-    Fault("longer-step", "torch", "every optimizer step 0.1% too long", UPDATE_CASES, UPDATE_PROPERTY,
-          torch_longer_steps),
-    Fault("longer-step", "tensorflow", "every optimizer step 0.1% too long", UPDATE_CASES, UPDATE_PROPERTY,
-          keras_longer_steps),
-    Fault("longer-step", "jax", "every optimizer step 0.1% too long", UPDATE_CASES, UPDATE_PROPERTY,
-          optax_longer_steps),
-    Fault("no-bias-correction", "torch", "Adam without its bias correction", ADAM_CASES, UPDATE_PROPERTY,
-          torch_uncorrected_adam),
-    Fault("no-bias-correction", "tensorflow", "Adam without its bias correction", ADAM_CASES, UPDATE_PROPERTY,
-          keras_uncorrected_adam),
-    Fault("no-bias-correction", "jax", "Adam without its bias correction", ADAM_CASES, UPDATE_PROPERTY,
-          optax_uncorrected_adam),
-    Fault("overwritten-accumulation", "torch", ".grad overwritten instead of accumulated", ACCUMULATION_CASES,
-          ("accumulation.native",), torch_overwritten_accumulation),
-    Fault("overwritten-accumulation", "tensorflow", "gradient_accumulation_steps keeps only the last micro-batch",
-          ACCUMULATION_CASES, ("accumulation.native",), keras_overwritten_accumulation),
-    Fault("overwritten-accumulation", "jax", "MultiSteps keeps only the last micro-batch", ACCUMULATION_CASES,
-          ("accumulation.native",), optax_overwritten_accumulation),
-    Fault("bfloat16-parameters", "torch", "parameters rounded to bfloat16 after each step", UPDATE_CASES,
-          UPDATE_PROPERTY, torch_bfloat16_parameters),
-    Fault("bfloat16-parameters", "tensorflow", "parameters rounded to bfloat16 after each step", UPDATE_CASES,
-          UPDATE_PROPERTY, keras_bfloat16_variables),
-    Fault("bfloat16-parameters", "jax", "parameters rounded to bfloat16 after each step", UPDATE_CASES,
-          UPDATE_PROPERTY, optax_bfloat16_parameters),
+    Fault(
+        "scaled-gradients",
+        "torch",
+        "every gradient 1 + 1e-3 times too large",
+        GRADIENT_CASES,
+        GRADIENT_PROPERTY,
+        torch_scaled_gradients,
+    ),
+    Fault(
+        "scaled-gradients",
+        "tensorflow",
+        "every gradient 1 + 1e-3 times too large",
+        GRADIENT_CASES,
+        GRADIENT_PROPERTY,
+        keras_scaled_gradients,
+    ),
+    Fault(
+        "scaled-gradients",
+        "jax",
+        "every gradient 1 + 1e-3 times too large",
+        GRADIENT_CASES,
+        GRADIENT_PROPERTY,
+        jax_scaled_gradients,
+    ),
+    Fault(
+        "nudged-variable",
+        "torch",
+        "differentiation moves each variable by one ulp",
+        GRADIENT_CASES,
+        ("differentiation.values_unchanged",),
+        torch_nudged_variables,
+    ),
+    Fault(
+        "nudged-variable",
+        "tensorflow",
+        "differentiation moves each variable by one ulp",
+        GRADIENT_CASES,
+        ("differentiation.values_unchanged",),
+        keras_nudged_variables,
+    ),
+    Fault(
+        "leaked-gradients",
+        "torch",
+        "a second differentiation adds to the first gradient",
+        GRADIENT_CASES,
+        ("differentiation.repeatable",),
+        torch_leaked_gradients,
+    ),
+    Fault(
+        "longer-step", "torch", "every optimizer step 0.1% too long", UPDATE_CASES, UPDATE_PROPERTY, torch_longer_steps
+    ),
+    Fault(
+        "longer-step",
+        "tensorflow",
+        "every optimizer step 0.1% too long",
+        UPDATE_CASES,
+        UPDATE_PROPERTY,
+        keras_longer_steps,
+    ),
+    Fault(
+        "longer-step", "jax", "every optimizer step 0.1% too long", UPDATE_CASES, UPDATE_PROPERTY, optax_longer_steps
+    ),
+    Fault(
+        "no-bias-correction",
+        "torch",
+        "Adam without its bias correction",
+        ADAM_CASES,
+        UPDATE_PROPERTY,
+        torch_uncorrected_adam,
+    ),
+    Fault(
+        "no-bias-correction",
+        "tensorflow",
+        "Adam without its bias correction",
+        ADAM_CASES,
+        UPDATE_PROPERTY,
+        keras_uncorrected_adam,
+    ),
+    Fault(
+        "no-bias-correction",
+        "jax",
+        "Adam without its bias correction",
+        ADAM_CASES,
+        UPDATE_PROPERTY,
+        optax_uncorrected_adam,
+    ),
+    Fault(
+        "overwritten-accumulation",
+        "torch",
+        ".grad overwritten instead of accumulated",
+        ACCUMULATION_CASES,
+        ("accumulation.native",),
+        torch_overwritten_accumulation,
+    ),
+    Fault(
+        "overwritten-accumulation",
+        "tensorflow",
+        "gradient_accumulation_steps keeps only the last micro-batch",
+        ACCUMULATION_CASES,
+        ("accumulation.native",),
+        keras_overwritten_accumulation,
+    ),
+    Fault(
+        "overwritten-accumulation",
+        "jax",
+        "MultiSteps keeps only the last micro-batch",
+        ACCUMULATION_CASES,
+        ("accumulation.native",),
+        optax_overwritten_accumulation,
+    ),
+    Fault(
+        "bfloat16-parameters",
+        "torch",
+        "parameters rounded to bfloat16 after each step",
+        UPDATE_CASES,
+        UPDATE_PROPERTY,
+        torch_bfloat16_parameters,
+    ),
+    Fault(
+        "bfloat16-parameters",
+        "tensorflow",
+        "parameters rounded to bfloat16 after each step",
+        UPDATE_CASES,
+        UPDATE_PROPERTY,
+        keras_bfloat16_variables,
+    ),
+    Fault(
+        "bfloat16-parameters",
+        "jax",
+        "parameters rounded to bfloat16 after each step",
+        UPDATE_CASES,
+        UPDATE_PROPERTY,
+        optax_bfloat16_parameters,
+    ),
     # the training path alone, judged by the update properties only
-    Fault("training-gradients", "torch", "the gradients a training step feeds its optimizer 0.1% too large",
-          TRAINING_CASES, UPDATE_PROPERTY, torch_scaled_gradients, UPDATE_ONLY),
-    Fault("training-gradients", "tensorflow", "the gradients a training step feeds its optimizer 0.1% too large",
-          TRAINING_CASES, UPDATE_PROPERTY, keras_scaled_gradients, UPDATE_ONLY),
-    Fault("training-gradients", "jax", "the gradients a training step feeds its optimizer 0.1% too large",
-          TRAINING_CASES, UPDATE_PROPERTY, jax_scaled_gradients, UPDATE_ONLY),
-    Fault("dropped-micro-batch", "torch", "a training step's micro-batch sum keeps only the first", ACCUMULATION_CASES,
-          UPDATE_PROPERTY, torch_dropped_micro_batch, UPDATE_ONLY),
-    Fault("dropped-micro-batch", "tensorflow", "a training step's micro-batch sum drops every other one",
-          ACCUMULATION_CASES, UPDATE_PROPERTY, keras_dropped_micro_batch, UPDATE_ONLY),
-    Fault("dropped-micro-batch", "jax", "a training step's micro-batch sum drops every other one", ACCUMULATION_CASES,
-          UPDATE_PROPERTY, jax_dropped_micro_batch, UPDATE_ONLY),
-    Fault("stale-gradients", "torch", "each step applies the previous step's gradient", TRAINING_CASES,
-          UPDATE_PROPERTY, torch_stale_gradients, UPDATE_ONLY),
-    Fault("stale-gradients", "tensorflow", "each step is fed the gradient at the previous parameters", TRAINING_CASES,
-          UPDATE_PROPERTY, keras_stale_gradients, UPDATE_ONLY),
-    Fault("stale-gradients", "jax", "each step is fed the gradient at the previous parameters", TRAINING_CASES,
-          UPDATE_PROPERTY, jax_stale_gradients, UPDATE_ONLY),
-)  # fmt: skip
+    Fault(
+        "training-gradients",
+        "torch",
+        "the gradients a training step feeds its optimizer 0.1% too large",
+        TRAINING_CASES,
+        UPDATE_PROPERTY,
+        torch_scaled_gradients,
+        UPDATE_ONLY,
+    ),
+    Fault(
+        "training-gradients",
+        "tensorflow",
+        "the gradients a training step feeds its optimizer 0.1% too large",
+        TRAINING_CASES,
+        UPDATE_PROPERTY,
+        keras_scaled_gradients,
+        UPDATE_ONLY,
+    ),
+    Fault(
+        "training-gradients",
+        "jax",
+        "the gradients a training step feeds its optimizer 0.1% too large",
+        TRAINING_CASES,
+        UPDATE_PROPERTY,
+        jax_scaled_gradients,
+        UPDATE_ONLY,
+    ),
+    Fault(
+        "dropped-micro-batch",
+        "torch",
+        "a training step's micro-batch sum keeps only the first",
+        ACCUMULATION_CASES,
+        UPDATE_PROPERTY,
+        torch_dropped_micro_batch,
+        UPDATE_ONLY,
+    ),
+    Fault(
+        "dropped-micro-batch",
+        "tensorflow",
+        "a training step's micro-batch sum drops every other one",
+        ACCUMULATION_CASES,
+        UPDATE_PROPERTY,
+        keras_dropped_micro_batch,
+        UPDATE_ONLY,
+    ),
+    Fault(
+        "dropped-micro-batch",
+        "jax",
+        "a training step's micro-batch sum drops every other one",
+        ACCUMULATION_CASES,
+        UPDATE_PROPERTY,
+        jax_dropped_micro_batch,
+        UPDATE_ONLY,
+    ),
+    Fault(
+        "stale-gradients",
+        "torch",
+        "each step applies the previous step's gradient",
+        TRAINING_CASES,
+        UPDATE_PROPERTY,
+        torch_stale_gradients,
+        UPDATE_ONLY,
+    ),
+    Fault(
+        "stale-gradients",
+        "tensorflow",
+        "each step is fed the gradient at the previous parameters",
+        TRAINING_CASES,
+        UPDATE_PROPERTY,
+        keras_stale_gradients,
+        UPDATE_ONLY,
+    ),
+    Fault(
+        "stale-gradients",
+        "jax",
+        "each step is fed the gradient at the previous parameters",
+        TRAINING_CASES,
+        UPDATE_PROPERTY,
+        jax_stale_gradients,
+        UPDATE_ONLY,
+    ),
+)
 NOT_PLANTED = {
     ("nudged-variable", "jax"): "JAX arrays are immutable: jax.grad cannot change the values it differentiates at",
     ("leaked-gradients", "tensorflow"): "tf.GradientTape returns new tensors and keeps no gradient between calls",

@@ -98,7 +98,8 @@ class ConformanceItem:
         except NotApplicable as reason:
             pytest.skip(f"{NOT_APPLICABLE}{reason}")
         except Exception as error:  # noqa: BLE001 - any crash inside a framework is a result, not a harness bug
-            raise BackendError(f"{backend.name} raised {type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}") from error
+            first_line = str(error).splitlines()[0][:300] if str(error) else ""
+            raise BackendError(f"{backend.name} raised {type(error).__name__}: {first_line}") from error
 
     def reference(self, inputs: dict[str, np.ndarray], conventions: KinkConventions | None = None) -> ReferenceGradient:
         """The exact gradient at `inputs`, whose data may be one micro-batch of the case's."""
@@ -147,7 +148,9 @@ class ConformanceItem:
         except NotImplementedError:
             return None
         if expected:
-            script += "".join(f"# expected {name}: {np.asarray(value).tolist()!r}\n" for name, value in expected.items())
+            script += "".join(
+                f"# expected {name}: {np.asarray(value).tolist()!r}\n" for name, value in expected.items()
+            )
         return script
 
     def record(self, report: pytest.TestReport, call: pytest.CallInfo) -> ResultRecord:
@@ -157,15 +160,29 @@ class ConformanceItem:
         outcome, message = self._outcome(report, call)
         shown = self.failure if outcome == "fail" else self.worst
         return ResultRecord(
-            case=spec.case.id, property=spec.property, backend=spec.backend, variant=spec.variant, device=spec.device,
-            dtype=spec.dtype, framework_version=next(iter(versions.values()), "not installed"), outcome=outcome,
-            title=spec.case.title, tags=list(spec.case.tags), explanation=self.explanation, citation=self.citation,
-            examples=self.examples - sum(self.discarded.values()), discarded=dict(self.discarded), elapsed_s=round(report.duration, 4),
+            case=spec.case.id,
+            property=spec.property,
+            backend=spec.backend,
+            variant=spec.variant,
+            device=spec.device,
+            dtype=spec.dtype,
+            framework_version=next(iter(versions.values()), "not installed"),
+            outcome=outcome,
+            title=spec.case.title,
+            tags=list(spec.case.tags),
+            explanation=self.explanation,
+            citation=self.citation,
+            examples=self.examples - sum(self.discarded.values()),
+            discarded=dict(self.discarded),
+            elapsed_s=round(report.duration, 4),
             sensitivity=None if not np.isfinite(self.sensitivity) else self.sensitivity,
-            max_error=None if shown is None else shown.max_error, tolerance=None if shown is None else shown.tolerance,
-            counterexample=self.last_inputs if outcome == "fail" else None, repro=self.repro if outcome == "fail" else None,
-            message=message, trajectory=self.trajectory,
-        )  # fmt: skip
+            max_error=None if shown is None else shown.max_error,
+            tolerance=None if shown is None else shown.tolerance,
+            counterexample=self.last_inputs if outcome == "fail" else None,
+            repro=self.repro if outcome == "fail" else None,
+            message=message,
+            trajectory=self.trajectory,
+        )
 
     def _outcome(self, report: pytest.TestReport, call: pytest.CallInfo) -> tuple[str, str | None]:
         if report.skipped and hasattr(report, "wasxfail"):  # a known framework failure: still a failure in the results
@@ -178,8 +195,9 @@ class ConformanceItem:
             return "skip", reason
         if report.passed:
             stale = [entry.reason for entry in self.known]
-            return ("divergent" if self.explanation else "pass"), (f"stale known failure (no example failed so): {stale[0]}"
-                                                                   if stale else None)  # fmt: skip
+            return ("divergent" if self.explanation else "pass"), (
+                f"stale known failure (no example failed so): {stale[0]}" if stale else None
+            )
         error = call.excinfo.value if call.excinfo else None
         first_line = str(error).splitlines()[0] if error is not None and str(error) else report.longreprtext[-300:]
         if isinstance(error, (PropertyFailed, AssertionError)) and not isinstance(error, BackendError):

@@ -45,16 +45,21 @@ class KnownFailure:
     source: str = ""
 
     def applies_to(self, property_name: str, backend: str, dtype: str, case_id: str) -> bool:
-        return (self.property == property_name and self.backend == backend and _glob(self.dtype, dtype)
-                and _glob(self.case, case_id))  # fmt: skip
+        return (
+            self.property == property_name
+            and self.backend == backend
+            and _glob(self.dtype, dtype)
+            and _glob(self.case, case_id)
+        )
 
     def matches(self, comparison: Comparison) -> bool:
         """Every failing value of the example has this entry's signature: at the named values, and no element
         further from its expected value (relatively) than stated."""
         failures = comparison.failures()
-        return bool(failures) and all(_glob(self.where, failure.where)
-                                      and failure.failing_relative_error <= self.max_relative_error
-                                      for failure in failures)  # fmt: skip
+        return bool(failures) and all(
+            _glob(self.where, failure.where) and failure.failing_relative_error <= self.max_relative_error
+            for failure in failures
+        )
 
 
 def _glob(pattern: str, text: str) -> bool:

@@ -36,13 +36,25 @@ class Verdict:
         return bool(self.caught_by)
 
 
-def run_suite(backend: str, cases: Sequence[str], results: Path, profile: str, fault_key: str | None,
-              keyword: str | None = None) -> dict:  # fmt: skip
+def run_suite(
+    backend: str, cases: Sequence[str], results: Path, profile: str, fault_key: str | None, keyword: str | None = None
+) -> dict:
     """The property tests for `backend` on `cases` (those `keyword` selects, as pytest -k), in a fresh process;
     (case, property, variant, dtype) -> outcome."""
-    command = [sys.executable, "-m", "pytest", str(PROPERTY_TESTS), "-q", "-p", "no:cacheprovider",
-               f"--hypothesis-profile=conformance-{profile}", f"--backend={backend}", f"--results={results}",
-               *[f"--cases={SHIPPED_CASES / f'{case}.toml'}" for case in cases], *(["-k", keyword] if keyword else [])]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(PROPERTY_TESTS),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--hypothesis-profile=conformance-{profile}",
+        f"--backend={backend}",
+        f"--results={results}",
+        *[f"--cases={SHIPPED_CASES / f'{case}.toml'}" for case in cases],
+        *(["-k", keyword] if keyword else []),
+    ]
     environment = {**os.environ, "CONFORMANCE_PROFILE": profile, "TF_CPP_MIN_LOG_LEVEL": "2"}
     environment.pop(faults.FAULT_ENVIRONMENT, None)
     if fault_key:
@@ -68,23 +80,32 @@ def verdict(fault: faults.Fault, planted: dict, baseline: dict) -> Verdict:
 
 def table(verdicts: Sequence[Verdict]) -> str:
     """A Markdown table, one row per fault and backend."""
-    rows = ["| fault | backend | what it does | properties run | caught by | family | items |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| fault | backend | what it does | properties run | caught by | family | items |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for v in verdicts:
         caught = ", ".join(v.caught_by) if v.caught else "**NOT CAUGHT**"
         if v.errors:
             caught += f" ({v.errors} items crashed)"
         families = ", ".join(sorted({name.split(".")[0] for name in v.caught_by})) or "-"
-        rows.append(f"| {v.fault.name} | {v.fault.backend} | {v.fault.description} | {v.fault.selected} | "
-                    f"{caught} | {families} | {v.items} |")
+        rows.append(
+            f"| {v.fault.name} | {v.fault.backend} | {v.fault.description} | {v.fault.selected} | "
+            f"{caught} | {families} | {v.items} |"
+        )
     return "\n".join(rows)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conformance mutate", description="Run the suite against planted faults.")
     parser.add_argument("--backend", action="append", default=[], metavar="NAME", help="repeatable; default: all")
-    parser.add_argument("--fault", action="append", default=[], metavar="NAME",
-                        help=f"repeatable; default: all ({', '.join(sorted({f.name for f in faults.FAULTS}))})")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"repeatable; default: all ({', '.join(sorted({f.name for f in faults.FAULTS}))})",
+    )
     parser.add_argument("--profile", default="ci", help="Hypothesis profile (default: ci, derandomized)")
     parser.add_argument("-j", dest="jobs", type=int, default=2, metavar="N", help="pytest processes at once")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep every run's results under DIR")
@@ -96,8 +117,12 @@ def main_mutate(argv: Sequence[str]) -> int:
     arguments = _parser().parse_args(argv)  # a usage error exits 2 through `conformance.cli.main`
     from conformance import backends
 
-    selected = [f for f in faults.FAULTS if (not arguments.backend or f.backend in arguments.backend)
-                and (not arguments.fault or f.name in arguments.fault)]  # fmt: skip
+    selected = [
+        f
+        for f in faults.FAULTS
+        if (not arguments.backend or f.backend in arguments.backend)
+        and (not arguments.fault or f.name in arguments.fault)
+    ]
     unavailable = {f.backend: backends.load(f.backend).unavailable_reason() for f in selected}
     for name, reason in sorted(unavailable.items()):
         if reason:
@@ -109,15 +134,34 @@ def main_mutate(argv: Sequence[str]) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         directory = arguments.keep or Path(scratch)
         directory.mkdir(parents=True, exist_ok=True)
-        cases = {backend: sorted({c for f in selected if f.backend == backend for c in f.cases})
-                 for backend in {f.backend for f in selected}}
+        cases = {
+            backend: sorted({c for f in selected if f.backend == backend for c in f.cases})
+            for backend in {f.backend for f in selected}
+        }
         with ThreadPoolExecutor(max(1, arguments.jobs)) as pool:
-            baselines = {backend: pool.submit(run_suite, backend, cases[backend], directory / f"baseline-{backend}.jsonl",
-                                              arguments.profile, None) for backend in cases}  # fmt: skip
-            planted = [pool.submit(run_suite, f.backend, f.cases, directory / f"{f.name}-{f.backend}.jsonl",
-                                   arguments.profile, f.key, f.keyword) for f in selected]  # fmt: skip
+            baselines = {
+                backend: pool.submit(
+                    run_suite, backend, cases[backend], directory / f"baseline-{backend}.jsonl", arguments.profile, None
+                )
+                for backend in cases
+            }
+            planted = [
+                pool.submit(
+                    run_suite,
+                    f.backend,
+                    f.cases,
+                    directory / f"{f.name}-{f.backend}.jsonl",
+                    arguments.profile,
+                    f.key,
+                    f.keyword,
+                )
+                for f in selected
+            ]
             try:
-                verdicts = [verdict(f, run.result(), baselines[f.backend].result()) for f, run in zip(selected, planted)]
+                verdicts = [
+                    verdict(f, run.result(), baselines[f.backend].result())
+                    for f, run in zip(selected, planted, strict=True)
+                ]
             except RuntimeError as error:
                 print(f"conformance mutate: {error}", file=sys.stderr)
                 return 2

@@ -59,8 +59,10 @@ class _CountingTarget(NumpyTarget):
     def _counted(self, result):
         self.elements += np.size(result)
         if self.elements > MAX_INTERMEDIATE_ELEMENTS:
-            raise TooLarge(f"its intermediate results hold more than {MAX_INTERMEDIATE_ELEMENTS} elements "
-                           "(broadcasting); the reference cannot differentiate that in reasonable time")
+            raise TooLarge(
+                f"its intermediate results hold more than {MAX_INTERMEDIATE_ELEMENTS} elements "
+                "(broadcasting); the reference cannot differentiate that in reasonable time"
+            )
         return result
 
     def binary(self, op, left, right):

@@ -18,9 +18,12 @@ from hypothesis import HealthCheck, Phase, settings
 PREFIX = "conformance-"
 ENVIRONMENT_VARIABLE = "CONFORMANCE_PROFILE"
 
-_COMMON = dict(deadline=None, database=None, print_blob=True,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                      HealthCheck.data_too_large])  # fmt: skip
+_COMMON = dict(
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
 PROFILES = {
     "default": settings(max_examples=10, **_COMMON),
     "ci": settings(max_examples=10, derandomize=True, **_COMMON),  # the verdict depends on the commit alone

@@ -16,30 +16,60 @@ def present(gradient: np.ndarray | None, like: np.ndarray) -> np.ndarray:
 
 def values_unchanged(run: GradientRun) -> Comparison:
     """Differentiation must leave every variable bit-for-bit as it was, also when it is repeated."""
-    return worst([identical(f"{name} after differentiation", before, after[name])
-                  for after in (run.values_after, run.values_after_repeat)
-                  for name, before in run.values_before.items()])  # fmt: skip
+    return worst(
+        [
+            identical(f"{name} after differentiation", before, after[name])
+            for after in (run.values_after, run.values_after_repeat)
+            for name, before in run.values_before.items()
+        ]
+    )
 
 
 def repeatable(run: GradientRun) -> Comparison:
     """Differentiating again at the same point gives bit-identical gradients: no state leaks between calls."""
-    return worst([identical(f"grad {name} repeated", present(run.gradients[name], value),
-                            present(run.gradients_repeat[name], value))
-                  for name, value in run.values_before.items()])  # fmt: skip
+    return worst(
+        [
+            identical(
+                f"grad {name} repeated", present(run.gradients[name], value), present(run.gradients_repeat[name], value)
+            )
+            for name, value in run.values_before.items()
+        ]
+    )
 
 
 def matches_reference(run: GradientRun, reference: ReferenceGradient) -> Comparison:
-    return worst([compare(f"grad {name}", present(run.gradients[name], run.values_before[name]),
-                          reference.gradients[name], reference.bounds[name])
-                  for name in reference.gradients])  # fmt: skip
+    return worst(
+        [
+            compare(
+                f"grad {name}",
+                present(run.gradients[name], run.values_before[name]),
+                reference.gradients[name],
+                reference.bounds[name],
+            )
+            for name in reference.gradients
+        ]
+    )
 
 
-def agrees(run: GradientRun, other: GradientRun, bounds: dict[str, np.ndarray], other_bounds: dict[str, np.ndarray],
-           other_name: str) -> Comparison:  # fmt: skip
+def agrees(
+    run: GradientRun,
+    other: GradientRun,
+    bounds: dict[str, np.ndarray],
+    other_bounds: dict[str, np.ndarray],
+    other_name: str,
+) -> Comparison:
     """Two backends agree within the sum of their rounding bounds."""
-    return worst([compare(f"grad {name} against {other_name}", present(run.gradients[name], run.values_before[name]),
-                          present(other.gradients[name], run.values_before[name]), bounds[name] + other_bounds[name])
-                  for name in bounds])  # fmt: skip
+    return worst(
+        [
+            compare(
+                f"grad {name} against {other_name}",
+                present(run.gradients[name], run.values_before[name]),
+                present(other.gradients[name], run.values_before[name]),
+                bounds[name] + other_bounds[name],
+            )
+            for name in bounds
+        ]
+    )
 
 
 def missing_gradients(run: GradientRun) -> set[str]:

@@ -40,15 +40,30 @@ SUITE_OPTIONS = ("backend", "cases", "dtype", "results")  # any of them makes a 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance", "gradient and optimizer conformance")
-    group.addoption("--backend", action="append", default=[], metavar="NAME",
-                    help="a backend to run (repeatable; default: every known backend, missing ones skip)")
-    group.addoption("--cases", action="append", default=[], metavar="PATH",
-                    help="a case file or directory (repeatable; default: the shipped cases, which 'shipped' names)")
+    group.addoption(
+        "--backend",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a backend to run (repeatable; default: every known backend, missing ones skip)",
+    )
+    group.addoption(
+        "--cases",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a case file or directory (repeatable; default: the shipped cases, which 'shipped' names)",
+    )
     group.addoption("--dtype", action="append", default=[], choices=DTYPES, help="dtypes to run (default: both)")
     group.addoption("--results", metavar="FILE", help="write JSON Lines results to FILE")
-    group.addoption("--item-timeout", type=float, default=300.0, metavar="SECONDS",
-                    help="a conformance item running longer ends its process (an xdist worker, which is replaced) "
-                         "and is an error (default 300; 0: none)")  # fmt: skip
+    group.addoption(
+        "--item-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a conformance item running longer ends its process (an xdist worker, which is replaced) "
+        "and is an error (default 300; 0: none)",
+    )
 
 
 @dataclass
@@ -78,12 +93,16 @@ def _start(config: pytest.Config) -> SuiteConfig:
         raise pytest.UsageError(f"{faults.FAULT_ENVIRONMENT}: {error}") from None
     try:
         suite = SuiteConfig(
-            cases=load_cases([SHIPPED_CASES if path == "shipped" else Path(path)
-                              for path in config.getoption("cases") or ["shipped"]]),
+            cases=load_cases(
+                [
+                    SHIPPED_CASES if path == "shipped" else Path(path)
+                    for path in config.getoption("cases") or ["shipped"]
+                ]
+            ),
             backend_names=config.getoption("backend") or backend_registry.known_names(),
             dtypes=config.getoption("dtype") or list(DTYPES),
             known=[],
-        )  # fmt: skip
+        )
         known = backend_registry.known_names()
     except (CaseError, backend_registry.UnknownBackend) as error:
         raise pytest.UsageError(str(error)) from None
@@ -98,7 +117,9 @@ def _start(config: pytest.Config) -> SuiteConfig:
     _interrupt_on_sigterm(config)
     results = config.getoption("results")
     if results and not hasattr(config, "workerinput"):
-        config.pluginmanager.register(_ResultsFile(ResultsWriter(Path(results), _header(suite, config))), "conformance-results")
+        config.pluginmanager.register(
+            _ResultsFile(ResultsWriter(Path(results), _header(suite, config))), "conformance-results"
+        )
     return suite
 
 
@@ -216,7 +237,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                     params.append(pytest.param(spec, id=spec.id, marks=pytest.mark.skip(reason=reason)))
                     continue
                 # updates and accumulation run each framework's first variant: compilation is the gradients' concern
-                variants = backend.variants if marker.kwargs.get("requires") in (None, "no_update", "expect") else backend.variants[:1]
+                variants = (
+                    backend.variants
+                    if marker.kwargs.get("requires") in (None, "no_update", "expect")
+                    else backend.variants[:1]
+                )
                 for variant in variants:
                     for device in backend.devices():
                         spec = ItemSpec(marker.args[0], case, name, variant, device, dtype)
@@ -228,8 +253,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def conformance_item(request: pytest.FixtureRequest) -> ConformanceItem:
     suite: SuiteConfig = request.config._conformance
     spec: ItemSpec = request.param
-    item = ConformanceItem(spec, other_backends=[n for n in suite.backend_names if n != spec.backend],
-                           known=[k for k in suite.known if k.applies_to(spec.property, spec.backend, spec.dtype, spec.case.id)])
+    item = ConformanceItem(
+        spec,
+        other_backends=[n for n in suite.backend_names if n != spec.backend],
+        known=[k for k in suite.known if k.applies_to(spec.property, spec.backend, spec.dtype, spec.case.id)],
+    )
     request.node._conformance_item = item
     return item
 

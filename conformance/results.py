@@ -43,7 +43,9 @@ class ResultRecord:
     trajectory: dict[str, list[float]] | None = None
 
     def to_json(self, run_id: str) -> str:
-        return json.dumps(clean({"schema": SCHEMA, "kind": "result", "run_id": run_id, **asdict(self)}), allow_nan=False)
+        return json.dumps(
+            clean({"schema": SCHEMA, "kind": "result", "run_id": run_id, **asdict(self)}), allow_nan=False
+        )
 
 
 def _finite(value: Any) -> Any:
@@ -61,8 +63,9 @@ def clean(value: Any) -> Any:
     return _finite(value)
 
 
-def run_header(run_id: str, frameworks: dict[str, str], devices: dict[str, list[str]], seed: str | None,
-               profile: str) -> dict[str, Any]:  # fmt: skip
+def run_header(
+    run_id: str, frameworks: dict[str, str], devices: dict[str, list[str]], seed: str | None, profile: str
+) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "kind": "run",
@@ -73,7 +76,7 @@ def run_header(run_id: str, frameworks: dict[str, str], devices: dict[str, list[
         "devices": devices,
         "seed": seed,
         "profile": profile,
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
         "hostname": platform.node(),
         "argv": sys.argv[1:],
@@ -86,8 +89,9 @@ def new_run_id() -> str:
 
 def _git_commit() -> str | None:
     try:
-        completed = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                   cwd=Path(__file__).parent)  # fmt: skip
+        completed = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return completed.stdout.strip() or None if completed.returncode == 0 else None

@@ -59,9 +59,19 @@ def main_soak(argv: Sequence[str]) -> int:
     files, worst = [], 0
     for seed in range(arguments.first_seed, arguments.first_seed + arguments.seeds):
         results = arguments.results_dir / f"seed-{seed}.jsonl"
-        command = [sys.executable, "-m", "conformance", "run", f"--seed={seed}", f"--profile={arguments.profile}",
-                   f"--results={results}", "-n", arguments.workers,
-                   *[f"--backend={name}" for name in arguments.backend], *[f"--cases={path}" for path in arguments.cases]]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "conformance",
+            "run",
+            f"--seed={seed}",
+            f"--profile={arguments.profile}",
+            f"--results={results}",
+            "-n",
+            arguments.workers,
+            *[f"--backend={name}" for name in arguments.backend],
+            *[f"--cases={path}" for path in arguments.cases],
+        ]
         environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
         code = subprocess.run(command, stdout=subprocess.DEVNULL, env=environment, check=False).returncode
         if code == 2:  # a usage or case-file error: the same for every seed (its line went to stderr)

@@ -29,8 +29,9 @@ def tensor(spec: TensorSpec, dtype: str) -> st.SearchStrategy[np.ndarray]:
     low, high = representable_range(*spec.range, dtype)
     # No subnormal inputs: XLA on CPU, and TensorFlow with oneDNN, flush them to zero (FTZ/DAZ), a property of
     # the platform rather than of differentiation; exact zeros, range ends and kinks are still drawn.
-    elements = st.floats(low, high, width=np.dtype(dtype).itemsize * 8, allow_nan=False, allow_infinity=False,
-                         allow_subnormal=False)
+    elements = st.floats(
+        low, high, width=np.dtype(dtype).itemsize * 8, allow_nan=False, allow_infinity=False, allow_subnormal=False
+    )
     return hnp.arrays(dtype, spec.shape, elements=elements)
 
 

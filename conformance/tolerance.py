@@ -47,15 +47,22 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, bound: np.ndarr
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if actual.shape != expected.shape:
-        return Comparison(False, float("inf"), 0.0, name, f"shape {list(actual.shape)}, expected {list(expected.shape)}")
+        return Comparison(
+            False, float("inf"), 0.0, name, f"shape {list(actual.shape)}, expected {list(expected.shape)}"
+        )
     bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), expected.shape)
     actual_category, expected_category = category(actual), category(expected)
     mismatched = actual_category != expected_category
     if np.any(mismatched):
         index = tuple(np.argwhere(mismatched)[0])
-        return Comparison(False, float("inf"), float(bound[index]), _at(name, index),
-                          f"{float(actual[index])!r} where {float(expected[index])!r} is expected",
-                          failing_relative_error=float("inf"))  # fmt: skip
+        return Comparison(
+            False,
+            float("inf"),
+            float(bound[index]),
+            _at(name, index),
+            f"{float(actual[index])!r} where {float(expected[index])!r} is expected",
+            failing_relative_error=float("inf"),
+        )
     finite = expected_category == "finite"
     if not np.any(finite):
         return Comparison(True, 0.0, 0.0, name)
@@ -68,8 +75,16 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, bound: np.ndarr
     detail = "" if ok else f"{float(actual[index])!r} where {float(expected[index])!r} +- {worst_bound:.3g} is expected"
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = np.where(errors > bound, errors / np.abs(expected), 0.0)
-    return Comparison(ok, worst_error, worst_bound, _at(name, index), detail, float(np.abs(expected[index])),
-                      sensitivity(expected, bound), float(np.nan_to_num(np.max(relative), nan=np.inf)))
+    return Comparison(
+        ok,
+        worst_error,
+        worst_bound,
+        _at(name, index),
+        detail,
+        float(np.abs(expected[index])),
+        sensitivity(expected, bound),
+        float(np.nan_to_num(np.max(relative), nan=np.inf)),
+    )
 
 
 def sensitivity(expected: np.ndarray, bound: np.ndarray) -> float:
@@ -87,8 +102,13 @@ def identical(name: str, first: np.ndarray, second: np.ndarray) -> Comparison:
     """Bit-for-bit equality (NaNs with the same bits count as equal): for values that must not change at all."""
     first, second = np.asarray(first), np.asarray(second)
     if first.shape != second.shape or first.dtype != second.dtype:
-        return Comparison(False, float("inf"), 0.0, name,
-                          f"{first.dtype}{list(first.shape)} became {second.dtype}{list(second.shape)}")  # fmt: skip
+        return Comparison(
+            False,
+            float("inf"),
+            0.0,
+            name,
+            f"{first.dtype}{list(first.shape)} became {second.dtype}{list(second.shape)}",
+        )
     first_bytes = np.ascontiguousarray(first).reshape(-1).view(np.uint8).reshape(first.size, -1)
     second_bytes = np.ascontiguousarray(second).reshape(-1).view(np.uint8).reshape(second.size, -1)
     differs = np.any(first_bytes != second_bytes, axis=1)
@@ -96,8 +116,16 @@ def identical(name: str, first: np.ndarray, second: np.ndarray) -> Comparison:
         return Comparison(True, 0.0, 0.0, name, sensitivity=0.0)
     index = np.unravel_index(int(np.argmax(differs)), first.shape)
     error = float(np.abs(np.float64(first[index]) - np.float64(second[index])))
-    return Comparison(False, error, 0.0, _at(name, index), f"{float(first[index])!r} became {float(second[index])!r}",
-                      float(np.abs(np.float64(first[index]))), 0.0, float("inf"))
+    return Comparison(
+        False,
+        error,
+        0.0,
+        _at(name, index),
+        f"{float(first[index])!r} became {float(second[index])!r}",
+        float(np.abs(np.float64(first[index]))),
+        0.0,
+        float("inf"),
+    )
 
 
 def worst(comparisons: list[Comparison]) -> Comparison:
@@ -105,8 +133,9 @@ def worst(comparisons: list[Comparison]) -> Comparison:
     them, and carrying every failing one (a known failure's signature must account for all of them)."""
     failing = [part for c in comparisons for part in c.failures()]
     chosen = failing[0] if failing else max(comparisons, key=lambda c: c.ratio, default=Comparison(True, 0.0, 0.0, ""))
-    return replace(chosen, sensitivity=min((c.sensitivity for c in comparisons), default=float("inf")),
-                   parts=tuple(failing))
+    return replace(
+        chosen, sensitivity=min((c.sensitivity for c in comparisons), default=float("inf")), parts=tuple(failing)
+    )
 
 
 def _at(name: str, index: tuple) -> str:

@@ -1,26 +1,23 @@
 """Properties of optimizer updates and gradient accumulation, on plain numpy results; no framework code here.
 
-Bounds. One step of every rule here is at most `STEP_ROUNDINGS` roundings along its longest path (Adam with
-amsgrad and weight decay: about 12), so a step computed in the dtype differs from the float64 reference step
-from the same parameters, gradient and state by at most
-    u (|p_k| + |p_k+1|) + (STEP_ROUNDINGS (k + 1) + c) u |update_k|abs
-(u (2 |p_k| + |p_k+1|) with decoupled weight decay, whose factor 1 - lr wd is rounded to the dtype),
-where |update|abs is the larger of the step itself and the step the reference takes on absolute values (|g|,
-|p|, |state|: "the same expression on absolute values", which bounds the intermediate magnitudes of rules that
-only add; Keras' m = mu m - lr g subtracts by design, hence the larger of the two) and the factor (k + 1) covers the
-state's own rounding carried from the k earlier steps. c is the conditioning of Adam's bias corrections, for a
-framework that casts beta1 and beta2 to the dtype and computes 1 - b^t there (Keras, optax; torch keeps Python
-floats): b's rounding and pow's (within an ulp) give 1 - b^t a relative error of at most 2 u b / (1 - b) at any
-step t (t b^t / (1 - b^t) <= b / (1 - b)), not accumulated; the step divides by 1 - beta1^t and by
-sqrt(1 - beta2^t), so c = 2 beta1 / (1 - beta1) + beta2 / (1 - beta2) (10,018 u for beta2 = 0.9999). The moments'
-own 1 - b is a Python float everywhere (double precision), and RMSprop has no bias correction. A trajectory compared with another backend's carries each step's
-error through at most `steps` later steps: the agreement tolerance is the sum of both backends' step bounds,
-times the number of steps. The two backends' gradients also differ by their own rounding: where the steps alone
-do not cover a gap, the bound adds, for each backend, how far the reference trajectory moves when every gradient
-is off by its rounding bound (`gradient_rounding_drift`). Where the dynamics amplify the gradients' own rounding
-further (Adam near a zero gradient divides by sqrt(v)), two backends still agree when each matches its reference
-step by step and the references with both backends' formulas agree.
-"""
+Bounds. One step of every rule here is at most `STEP_ROUNDINGS` roundings along its longest path (Adam with amsgrad and
+weight decay: about 12), so a step computed in the dtype differs from the float64 reference step from the same
+parameters, gradient and state by at most u (|p_k| + |p_k+1|) + (STEP_ROUNDINGS (k + 1) + c) u |update_k|abs (u (2 |p_k|
++ |p_k+1|) with decoupled weight decay, whose factor 1 - lr wd is rounded to the dtype), where |update|abs is the larger
+of the step itself and the step the reference takes on absolute values (|g|, |p|, |state|: "the same expression on
+absolute values", which bounds the intermediate magnitudes of rules that only add; Keras' m = mu m - lr g subtracts by
+design, hence the larger of the two) and the factor (k + 1) covers the state's own rounding carried from the k earlier
+steps. c is the conditioning of Adam's bias corrections, for a framework that casts beta1 and beta2 to the dtype and
+computes 1 - b^t there (Keras, optax; torch keeps Python floats): b's rounding and pow's (within an ulp) give 1 - b^t a
+relative error of at most 2 u b / (1 - b) at any step t (t b^t / (1 - b^t) <= b / (1 - b)), not accumulated; the step
+divides by 1 - beta1^t and by sqrt(1 - beta2^t), so c = 2 beta1 / (1 - beta1) + beta2 / (1 - beta2) (10,018 u for beta2
+= 0.9999). The moments' own 1 - b is a Python float everywhere (double precision), and RMSprop has no bias correction. A
+trajectory compared with another backend's carries each step's error through at most `steps` later steps: the agreement
+tolerance is the sum of both backends' step bounds, times the number of steps. The two backends' gradients also differ
+by their own rounding: where the steps alone do not cover a gap, the bound adds, for each backend, how far the reference
+trajectory moves when every gradient is off by its rounding bound (`gradient_rounding_drift`). Where the dynamics
+amplify the gradients' own rounding further (Adam near a zero gradient divides by sqrt(v)), two backends still agree
+when each matches its reference step by step and the references with both backends' formulas agree."""
 
 from __future__ import annotations
 
@@ -68,28 +65,54 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
     absolute_state = optimizers.init(rule, hyper, switches, run.values[0])
     # decoupled weight decay scales p by 1 - lr * weight_decay first: that factor, rounded to the dtype, and the
     # product are two roundings at p's magnitude before the step's last one
-    p_roundings = 3 if (optimizers.base_rule(rule) == "adamw" or switches.weight_decay == "decoupled") and hyper.get("weight_decay") else 2
+    p_roundings = (
+        3
+        if (optimizers.base_rule(rule) == "adamw" or switches.weight_decay == "decoupled") and hyper.get("weight_decay")
+        else 2
+    )
     expected, bounds = [], []
-    for k, (values, gradients) in enumerate(zip(run.values, run.gradients)):
+    for k, (values, gradients) in enumerate(zip(run.values, run.gradients, strict=False)):
         following, state = optimizers.step(rule, hyper, switches, values, gradients, state)
         magnitudes = _absolute(values)
-        absolute_following, absolute_state = optimizers.step(rule, hyper, switches, magnitudes, _absolute(gradients),
-                                                             {slot: _absolute(v) for slot, v in absolute_state.items()})  # fmt: skip
+        absolute_following, absolute_state = optimizers.step(
+            rule,
+            hyper,
+            switches,
+            magnitudes,
+            _absolute(gradients),
+            {slot: _absolute(v) for slot, v in absolute_state.items()},
+        )
         expected.append(following)
-        bounds.append({name: u * ((p_roundings - 1) * magnitudes[name] + np.abs(following[name]))
-                       + step_roundings(hyper, k + 1, decay_rates_in_dtype) * u
-                       * np.maximum(np.abs(magnitudes[name] - absolute_following[name]), np.abs(values[name] - following[name]))
-                       + float(np.finfo(dtype).smallest_normal) for name in values})  # fmt: skip
+        bounds.append(
+            {
+                name: u * ((p_roundings - 1) * magnitudes[name] + np.abs(following[name]))
+                + step_roundings(hyper, k + 1, decay_rates_in_dtype)
+                * u
+                * np.maximum(
+                    np.abs(magnitudes[name] - absolute_following[name]), np.abs(values[name] - following[name])
+                )
+                + float(np.finfo(dtype).smallest_normal)
+                for name in values
+            }
+        )
     return expected, bounds, state, absolute_state
 
 
-def matches_reference(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str,
-                      decay_rates_in_dtype: bool = True) -> tuple[Comparison, dict]:  # fmt: skip
+def matches_reference(
+    rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, decay_rates_in_dtype: bool = True
+) -> tuple[Comparison, dict]:
     """Each step, and the final optimizer state where the framework exposes it, against the reference."""
     expected, bounds, state, absolute_state = step_by_step(rule, hyper, switches, run, dtype, decay_rates_in_dtype)
-    comparisons = [step_relative(compare(f"step {k + 1}: {name}", run.values[k + 1][name], expected[k][name],
-                                         bounds[k][name]), run.values[k][name], expected[k][name], bounds[k][name])
-                   for k in range(len(expected)) for name in expected[k]]  # fmt: skip
+    comparisons = [
+        step_relative(
+            compare(f"step {k + 1}: {name}", run.values[k + 1][name], expected[k][name], bounds[k][name]),
+            run.values[k][name],
+            expected[k][name],
+            bounds[k][name],
+        )
+        for k in range(len(expected))
+        for name in expected[k]
+    ]
     steps, u = len(expected), unit_roundoff(dtype)
     for slot, values in run.state.items():
         for name, value in values.items():
@@ -111,8 +134,12 @@ def trajectory(run: UpdateRun, expected: list[dict]) -> dict[str, list[float]]:
     name = next(iter(run.values[0]))
     actual = [float(np.ravel(values[name])[0]) for values in run.values]
     reference = [actual[0]] + [float(np.ravel(values[name])[0]) for values in expected]
-    return {"steps": list(range(len(actual))), "actual": actual, "reference": reference,
-            "error": [abs(a - r) for a, r in zip(actual, reference)]}  # fmt: skip
+    return {
+        "steps": list(range(len(actual))),
+        "actual": actual,
+        "reference": reference,
+        "error": [abs(a - r) for a, r in zip(actual, reference, strict=True)],
+    }
 
 
 def near_underflow(values: list[dict], gradients: list[dict], states: list[dict], dtype: str) -> bool:
@@ -126,10 +153,16 @@ def near_underflow(values: list[dict], gradients: list[dict], states: list[dict]
     smallest = float(np.finfo(dtype).smallest_normal)
     arrays = [g for step in gradients for g in step.values() if g is not None]
     arrays += [value for step in values for value in step.values()]
-    slots = [np.asarray(value) for state in states for slot, by_name in state.items() if slot != "step"
-             for value in by_name.values()]  # fmt: skip
-    return (any(np.any((array != 0) & (np.abs(array) < 2 * np.sqrt(smallest))) for array in arrays)
-            or any(np.any((slot != 0) & (np.abs(slot) < 2 * smallest)) for slot in slots))  # fmt: skip
+    slots = [
+        np.asarray(value)
+        for state in states
+        for slot, by_name in state.items()
+        if slot != "step"
+        for value in by_name.values()
+    ]
+    return any(np.any((array != 0) & (np.abs(array) < 2 * np.sqrt(smallest))) for array in arrays) or any(
+        np.any((slot != 0) & (np.abs(slot) < 2 * smallest)) for slot in slots
+    )
 
 
 def summed_reference(case: Case, inputs: dict, dtype: str) -> Callable:
@@ -147,9 +180,11 @@ def summed_reference(case: Case, inputs: dict, dtype: str) -> Callable:
             batches = micro_batches(case, {**inputs, **params})
             references = [exact_gradient(case, batch, conventions, dtype) for batch in batches]
             gradients = {name: sum(r.gradients[name] for r in references) for name in references[0].gradients}
-            bounds = {name: sum(r.bounds[name] for r in references)
-                      + (len(references) - 1) * u * sum(np.abs(r.gradients[name]) for r in references)
-                      for name in references[0].bounds}  # fmt: skip
+            bounds = {
+                name: sum(r.bounds[name] for r in references)
+                + (len(references) - 1) * u * sum(np.abs(r.gradients[name]) for r in references)
+                for name in references[0].bounds
+            }
             return {name: None if name in missing else gradient for name, gradient in gradients.items()}, bounds
 
         return at
@@ -164,14 +199,22 @@ def fed_gradients_match(run: UpdateRun, reference_at: Callable, dtype: str) -> C
     it documents zeros (jax.grad), as `reference_at` says: the other is a failure, since optimizers treat the two
     differently (torch's AdamW decays a variable with a zero gradient, and skips one without)."""
     comparisons = []
-    for k, (values, gradients) in enumerate(zip(run.values, run.gradients)):
+    for k, (values, gradients) in enumerate(zip(run.values, run.gradients, strict=False)):
         expected, bounds = reference_at(values)
         for name, gradient in gradients.items():
             where = f"step {k + 1}: grad {name} fed to the optimizer"
             if (gradient is None) != (expected[name] is None):
-                comparisons.append(Comparison(False, float("inf"), 0.0, where, f"{'no gradient' if gradient is None else 'a gradient'} "
-                                              f"where the framework documents {'none' if expected[name] is None else 'one'}",
-                                              failing_relative_error=float("inf")))  # fmt: skip
+                comparisons.append(
+                    Comparison(
+                        False,
+                        float("inf"),
+                        0.0,
+                        where,
+                        f"{'no gradient' if gradient is None else 'a gradient'} "
+                        f"where the framework documents {'none' if expected[name] is None else 'one'}",
+                        failing_relative_error=float("inf"),
+                    )
+                )
             elif gradient is not None:
                 comparisons.append(compare(where, gradient, expected[name], bounds[name]))
     return worst(comparisons)
@@ -179,14 +222,21 @@ def fed_gradients_match(run: UpdateRun, reference_at: Callable, dtype: str) -> C
 
 def starts_at(run: UpdateRun, start: dict) -> Comparison:
     """The trajectory starts from the drawn inputs, exactly (they are values of the dtype)."""
-    return worst([identical(f"{name} before the first step", np.asarray(start[name], np.asarray(value).dtype), value)
-                  for name, value in run.values[0].items()])  # fmt: skip
+    return worst(
+        [
+            identical(f"{name} before the first step", np.asarray(start[name], np.asarray(value).dtype), value)
+            for name, value in run.values[0].items()
+        ]
+    )
 
 
 def reference_path(rule: str, hyper: dict, switches, start: dict, reference_at: Callable, steps: int):
     """The float64 trajectory with exact gradients: the parameters before each step and after the last, the
     gradients each step applies, and the optimizer's state after each step."""
-    params, state = {n: np.asarray(v, np.float64) for n, v in start.items()}, optimizers.init(rule, hyper, switches, start)
+    params, state = (
+        {n: np.asarray(v, np.float64) for n, v in start.items()},
+        optimizers.init(rule, hyper, switches, start),
+    )
     values, gradients, states = [params], [], []
     for _ in range(steps):
         gradients.append(reference_at(params)[0])
@@ -198,7 +248,9 @@ def reference_path(rule: str, hyper: dict, switches, start: dict, reference_at: 
 
 def agreement_bound(bounds: list[dict], other_bounds: list[dict]) -> dict[str, np.ndarray]:
     steps = len(bounds)
-    return {name: steps * sum(b[name] + o[name] for b, o in zip(bounds, other_bounds)) for name in bounds[0]}
+    return {
+        name: steps * sum(b[name] + o[name] for b, o in zip(bounds, other_bounds, strict=True)) for name in bounds[0]
+    }
 
 
 def reference_trajectory(rule: str, hyper: dict, switches, start: dict, gradient_at, steps: int) -> dict:
@@ -214,6 +266,7 @@ def gradient_rounding_drift(rule: str, hyper: dict, switches, start: dict, refer
     exact = reference_trajectory(rule, hyper, switches, start, lambda params: reference_at(params)[0], steps)
     drift = {name: np.zeros_like(value) for name, value in exact.items()}
     for sign in (1.0, -1.0):
+
         def rounded(params, sign=sign):
             gradients, bounds = reference_at(params)
             return {name: None if g is None else g + sign * bounds[name] for name, g in gradients.items()}
@@ -223,8 +276,9 @@ def gradient_rounding_drift(rule: str, hyper: dict, switches, start: dict, refer
     return drift
 
 
-def relevant_differences(differences: list, rule: str, hyper: dict, other_hyper: dict, switches, other_switches,
-                         trajectory_of, bound: dict) -> list:  # fmt: skip
+def relevant_differences(
+    differences: list, rule: str, hyper: dict, other_hyper: dict, switches, other_switches, trajectory_of, bound: dict
+) -> list:
     """The switches and defaults that matter: flipped alone to the other framework's value, or flipped back alone
     from the other framework's whole set, each moves the reference's result by more than bound / n, for n
     differences. Flipping back catches those that matter only together: Keras' eps placement and its larger
@@ -233,8 +287,10 @@ def relevant_differences(differences: list, rule: str, hyper: dict, other_hyper:
     def flipped(chosen: list) -> dict:
         names = {d.switch for d in chosen}
         changed = {n: getattr(other_switches, n) for n in names if hasattr(switches, n)}
-        return trajectory_of({**hyper, **{n: other_hyper[n] for n in names if not hasattr(switches, n)}},
-                             dataclasses.replace(switches, **changed))  # fmt: skip
+        return trajectory_of(
+            {**hyper, **{n: other_hyper[n] for n in names if not hasattr(switches, n)}},
+            dataclasses.replace(switches, **changed),
+        )
 
     share = max(1, len(differences))
     mine, theirs = trajectory_of(hyper, switches), flipped(differences)
@@ -242,8 +298,11 @@ def relevant_differences(differences: list, rule: str, hyper: dict, other_hyper:
     def moves(trajectory: dict, reference: dict) -> bool:
         return any(np.any(np.abs(trajectory[name] - reference[name]) > bound[name] / share) for name in reference)
 
-    return [d for d in differences
-            if moves(flipped([d]), mine) or moves(flipped([o for o in differences if o is not d]), theirs)]
+    return [
+        d
+        for d in differences
+        if moves(flipped([d]), mine) or moves(flipped([o for o in differences if o is not d]), theirs)
+    ]
 
 
 @dataclass(frozen=True)
@@ -274,8 +333,9 @@ def health(rule: str, side: Side, reference_at: Callable, start: dict, dtype: st
     return worst([starts_at(side.run, start), steps, fed_gradients_match(side.run, reference_at, dtype)]), reference
 
 
-def agreement(rule: str, given: dict, mine: Side, theirs: Side, start: dict, reference_for: Callable,
-              dtype: str) -> Verdict:  # fmt: skip
+def agreement(
+    rule: str, given: dict, mine: Side, theirs: Side, start: dict, reference_for: Callable, dtype: str
+) -> Verdict:
     """Whether two backends' trajectories agree: `pass` within the bound (the steps' rounding, then the gradients'
     rounding carried through the trajectory), or where both follow the same formulas step by step and only the
     dynamics amplify rounding; `divergent` only when both backends are healthy (steps and fed gradients) and the
@@ -287,24 +347,43 @@ def agreement(rule: str, given: dict, mine: Side, theirs: Side, start: dict, ref
     final, other_final = mine.run.values[-1], theirs.run.values[-1]
 
     def gap_within(bound: dict) -> Comparison:
-        return worst([step_relative(compare(f"{name} after {steps} steps against {theirs.name}", final[name],
-                                            other_final[name], bound[name]), start[name], other_final[name], bound[name])
-                      for name in final])  # fmt: skip
+        return worst(
+            [
+                step_relative(
+                    compare(
+                        f"{name} after {steps} steps against {theirs.name}", final[name], other_final[name], bound[name]
+                    ),
+                    start[name],
+                    other_final[name],
+                    bound[name],
+                )
+                for name in final
+            ]
+        )
 
     bound = agreement_bound(own_reference["bounds"], their_reference["bounds"])
     gap = gap_within(bound)
     if not gap.ok:  # the steps' rounding does not cover the gap: add the gradients' rounding, carried
-        drifts = [gradient_rounding_drift(rule, side.hyper, side.switches, start,
-                                          reference_for(side.switches, side.conventions), steps)
-                  for side in (mine, theirs)]  # fmt: skip
+        drifts = [
+            gradient_rounding_drift(
+                rule, side.hyper, side.switches, start, reference_for(side.switches, side.conventions), steps
+            )
+            for side in (mine, theirs)
+        ]
         bound = {name: bound[name] + drifts[0][name] + drifts[1][name] for name in bound}
         gap = gap_within(bound)
     if gap.ok:
         return Verdict("pass", gap)
     for side, healthy in ((mine, own), (theirs, their)):
         if not healthy.ok:
-            return Verdict("fail", dataclasses.replace(gap, detail=f"{gap.detail}; {side.name} does not follow the "
-                                                                   f"reference itself: {healthy.where}: {healthy.detail}"))  # fmt: skip
+            return Verdict(
+                "fail",
+                dataclasses.replace(
+                    gap,
+                    detail=f"{gap.detail}; {side.name} does not follow the "
+                    f"reference itself: {healthy.where}: {healthy.detail}",
+                ),
+            )
 
     def trajectory_of(hyperparameters: dict, switches, conventions=mine.conventions) -> dict:
         at = reference_for(switches, conventions)
@@ -312,24 +391,51 @@ def agreement(rule: str, given: dict, mine: Side, theirs: Side, start: dict, ref
 
     reference = trajectory_of(mine.hyper, mine.switches)
     other_reference = trajectory_of(theirs.hyper, theirs.switches, theirs.conventions)
-    same_formulas = worst([compare(f"reference gap to {theirs.name} in {name}", reference[name], other_reference[name],
-                                   bound[name]) for name in reference])  # fmt: skip
+    same_formulas = worst(
+        [
+            compare(f"reference gap to {theirs.name} in {name}", reference[name], other_reference[name], bound[name])
+            for name in reference
+        ]
+    )
     if same_formulas.ok:
         # Both follow the same formulas step by step; the trajectories part only through their gradients' rounding,
         # which the dynamics amplify (Adam near a zero gradient): agreement, not a difference.
-        return Verdict("pass", dataclasses.replace(gap, ok=True, detail="rounding amplified by the trajectory; each "
-                                                                        "step matches the reference"))  # fmt: skip
-    reproduced = worst([compare(f"gap to {theirs.name} in {name}", np.float64(final[name]) - other_final[name],
-                                reference[name] - other_reference[name], bound[name]) for name in final])  # fmt: skip
+        return Verdict(
+            "pass",
+            dataclasses.replace(
+                gap, ok=True, detail="rounding amplified by the trajectory; each step matches the reference"
+            ),
+        )
+    reproduced = worst(
+        [
+            compare(
+                f"gap to {theirs.name} in {name}",
+                np.float64(final[name]) - other_final[name],
+                reference[name] - other_reference[name],
+                bound[name],
+            )
+            for name in final
+        ]
+    )
     differences = relevant_differences(
         optimizers.explain(rule, mine.switches, theirs.switches, mine.hyper)
         + optimizers.explain_defaults(rule, mine.name, theirs.name, given),
-        rule, mine.hyper, theirs.hyper, mine.switches, theirs.switches, trajectory_of, bound)
+        rule,
+        mine.hyper,
+        theirs.hyper,
+        mine.switches,
+        theirs.switches,
+        trajectory_of,
+        bound,
+    )
     if reproduced.ok and differences:
-        return Verdict("divergent", gap,
-                       f"{mine.name} and {theirs.name} differ by {gap.max_error:.3g} in {gap.where}, as the reference "
-                       f"with each one's formulas predicts: " + "; ".join(d.text for d in differences),
-                       "; ".join(c.url for d in differences for c in d.citations))  # fmt: skip
+        return Verdict(
+            "divergent",
+            gap,
+            f"{mine.name} and {theirs.name} differ by {gap.max_error:.3g} in {gap.where}, as the reference "
+            f"with each one's formulas predicts: " + "; ".join(d.text for d in differences),
+            "; ".join(c.url for d in differences for c in d.citations),
+        )
     return Verdict("fail", gap)
 
 
@@ -340,8 +446,10 @@ def accumulation_matches(run: AccumulationRun, dtype: str, held_in: str | None =
     count = len(run.micro_gradients)
     comparisons = []
     for name, accumulated in run.accumulated.items():
-        parts = [np.zeros_like(accumulated) if g.get(name) is None else np.asarray(g[name], np.float64)
-                 for g in run.micro_gradients]  # fmt: skip
+        parts = [
+            np.zeros_like(accumulated) if g.get(name) is None else np.asarray(g[name], np.float64)
+            for g in run.micro_gradients
+        ]
         total = np.sum(parts, axis=0)
         expected = total if run.promise == "sum" else total / count
         magnitude = np.sum(np.abs(parts), axis=0)
@@ -372,10 +480,16 @@ def native_accumulation(run: AccumulationRun, dtype: str) -> tuple[Comparison, l
     mean, and a documented narrower accumulator, which explains a gap only where its own precision accounts for
     the result (the README's rule for lower precision than asked for)."""
     comparison = accumulation_matches(run, dtype)
-    explanations = [f"{run.mechanism} averages the micro-batch gradients; torch's .grad accumulation sums them"] if run.promise == "mean" else []
+    explanations = (
+        [f"{run.mechanism} averages the micro-batch gradients; torch's .grad accumulation sums them"]
+        if run.promise == "mean"
+        else []
+    )
     held_in = narrower_accumulator(run, dtype)
     if not comparison.ok and held_in is not None:
-        explanations.append(f"it holds its accumulator in {held_in} in a {dtype} run, so the {run.promise} is exact "
-                            f"to {held_in} precision only")  # fmt: skip
+        explanations.append(
+            f"it holds its accumulator in {held_in} in a {dtype} run, so the {run.promise} is exact "
+            f"to {held_in} precision only"
+        )
         comparison = accumulation_matches(run, dtype, held_in)
     return comparison, explanations

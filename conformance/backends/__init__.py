@@ -64,8 +64,10 @@ def load(name: str) -> Backend:
         try:
             backend = getattr(importlib.import_module(module_name), class_name)()
         except (ImportError, AttributeError) as error:
-            raise UnknownBackend(f"backend {name!r}: {locations[name]} cannot be loaded "
-                                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+            raise UnknownBackend(
+                f"backend {name!r}: {locations[name]} cannot be loaded "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            ) from None
         if backend.name != name:
             raise UnknownBackend(f"the backend registered as {name!r} calls itself {backend.name!r}")
         problem = backend.conventions.inadmissible()

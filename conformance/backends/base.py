@@ -56,8 +56,10 @@ class AccumulationRun:
 def step_resolution(start: Arrays, end: dict, dtype: str) -> dict[str, np.ndarray]:
     """How exactly p0 - p1 gives the step taken in `dtype`: one rounding of p1."""
     u = float(np.finfo(dtype).eps) / 2
-    return {name: u * (np.abs(np.asarray(start[name], np.float64)) + np.abs(np.asarray(end[name], np.float64)))
-            for name in end}  # fmt: skip
+    return {
+        name: u * (np.abs(np.asarray(start[name], np.float64)) + np.abs(np.asarray(end[name], np.float64)))
+        for name in end
+    }
 
 
 class Backend:
@@ -104,8 +106,10 @@ def micro_batches(case: Case, inputs: Arrays) -> list[Arrays]:
         return [inputs]
     count = case.micro_batches
     data_names = {spec.name for spec in case.data}
-    return [{name: (np.split(value, count)[index] if name in data_names else value) for name, value in inputs.items()}
-            for index in range(count)]  # fmt: skip
+    return [
+        {name: (np.split(value, count)[index] if name in data_names else value) for name, value in inputs.items()}
+        for index in range(count)
+    ]
 
 
 def copied(values: dict[str, Any], to_numpy) -> Arrays:

@@ -11,21 +11,41 @@ import importlib.util
 import numpy as np
 
 from conformance.backends import native_optimizers
-from conformance.backends.base import (AccumulationRun, Arrays, Backend, GradientRun, UpdateRun, copied, literal,
-                                     micro_batches, source_of, step_resolution)
+from conformance.backends.base import (
+    AccumulationRun,
+    Arrays,
+    Backend,
+    GradientRun,
+    UpdateRun,
+    copied,
+    literal,
+    micro_batches,
+    source_of,
+    step_resolution,
+)
 from conformance.cases import Case
 from conformance.expressions import OperatorTarget, lower
 from conformance.reference.conventions import Citation, KinkConventions
 
 SOURCE_FORMATS = {
-    "sum": "jnp.sum({0})", "sum@axis": "jnp.sum({0}, axis={axis})",
-    "mean": "jnp.mean({0})", "mean@axis": "jnp.mean({0}, axis={axis})",
-    "logsumexp": "jax.nn.logsumexp({0})", "logsumexp@axis": "jax.nn.logsumexp({0}, axis={axis})",
-    "exp": "jnp.exp({0})", "log": "jnp.log({0})", "sqrt": "jnp.sqrt({0})", "abs": "jnp.abs({0})",
-    "tanh": "jnp.tanh({0})", "sigmoid": "jax.nn.sigmoid({0})", "softplus": "jax.nn.softplus({0})",
-    "relu": "jax.nn.relu({0})", "square": "jnp.square({0})",
-    "maximum": "jnp.maximum({0}, {1})", "minimum": "jnp.minimum({0}, {1})",
-}  # fmt: skip
+    "sum": "jnp.sum({0})",
+    "sum@axis": "jnp.sum({0}, axis={axis})",
+    "mean": "jnp.mean({0})",
+    "mean@axis": "jnp.mean({0}, axis={axis})",
+    "logsumexp": "jax.nn.logsumexp({0})",
+    "logsumexp@axis": "jax.nn.logsumexp({0}, axis={axis})",
+    "exp": "jnp.exp({0})",
+    "log": "jnp.log({0})",
+    "sqrt": "jnp.sqrt({0})",
+    "abs": "jnp.abs({0})",
+    "tanh": "jnp.tanh({0})",
+    "sigmoid": "jax.nn.sigmoid({0})",
+    "softplus": "jax.nn.softplus({0})",
+    "relu": "jax.nn.relu({0})",
+    "square": "jnp.square({0})",
+    "maximum": "jnp.maximum({0}, {1})",
+    "minimum": "jnp.minimum({0}, {1})",
+}
 
 
 class JaxTarget(OperatorTarget):
@@ -99,14 +119,18 @@ class JaxBackend(Backend):
         maximum_tie_to_first=0.5,
         minimum_tie_to_first=0.5,
         citations={
-            "abs_slope_at_zero": Citation("jnp.abs differentiates as select(x >= 0, 1, -1): slope 1 at 0 "
-                                          "(jax/_src/lax/lax.py, abs_p's JVP uses sign with the positive branch at 0)",
-                                          "https://github.com/jax-ml/jax/blob/main/jax/_src/lax/lax.py"),
-            "maximum_tie_to_first": Citation("lax.max_p / min_p JVPs give each argument half of the gradient at a tie "
-                                             "(jax/_src/lax/lax.py, _balanced_eq)",
-                                             "https://github.com/jax-ml/jax/blob/main/jax/_src/lax/lax.py"),
+            "abs_slope_at_zero": Citation(
+                "jnp.abs differentiates as select(x >= 0, 1, -1): slope 1 at 0 "
+                "(jax/_src/lax/lax.py, abs_p's JVP uses sign with the positive branch at 0)",
+                "https://github.com/jax-ml/jax/blob/main/jax/_src/lax/lax.py",
+            ),
+            "maximum_tie_to_first": Citation(
+                "lax.max_p / min_p JVPs give each argument half of the gradient at a tie "
+                "(jax/_src/lax/lax.py, _balanced_eq)",
+                "https://github.com/jax-ml/jax/blob/main/jax/_src/lax/lax.py",
+            ),
         },
-    )  # fmt: skip
+    )
 
     def __init__(self):
         self._compiled: dict[tuple, object] = {}  # jitted functions, by case and dtype or by use
@@ -157,7 +181,9 @@ class JaxBackend(Backend):
         placement = jax.devices(device)[0]
         with self.precision(dtype):
             jnp_dtype = getattr(jax.numpy, dtype)
-            params = {s.name: jax.device_put(jax.numpy.asarray(inputs[s.name], jnp_dtype), placement) for s in case.variables}
+            params = {
+                s.name: jax.device_put(jax.numpy.asarray(inputs[s.name], jnp_dtype), placement) for s in case.variables
+            }
             data = {s.name: jax.device_put(jax.numpy.asarray(inputs[s.name], jnp_dtype), placement) for s in case.data}
             value_and_grad = self._value_and_grad(case, dtype, variant)
             values_before = copied(params, np.asarray)
@@ -165,8 +191,14 @@ class JaxBackend(Backend):
             gradients = copied(grads, np.asarray)
             values_after = copied(params, np.asarray)
             _, grads = value_and_grad(params, data)
-            return GradientRun(float(loss), values_before, values_after, copied(params, np.asarray), gradients,
-                               copied(grads, np.asarray))  # fmt: skip
+            return GradientRun(
+                float(loss),
+                values_before,
+                values_after,
+                copied(params, np.asarray),
+                gradients,
+                copied(grads, np.asarray),
+            )
 
     def updates(self, case: Case, inputs: Arrays, hyper: dict, dtype: str, variant: str, device: str) -> UpdateRun:
         """jax.grad per micro-batch, summed, then `optimizer.update` and `optax.apply_updates`."""
@@ -178,7 +210,9 @@ class JaxBackend(Backend):
             jnp_dtype = getattr(jax.numpy, dtype)
             place = lambda value: jax.device_put(jax.numpy.asarray(value, jnp_dtype), placement)  # noqa: E731
             params = {spec.name: place(inputs[spec.name]) for spec in case.variables}
-            batches = [{spec.name: place(batch[spec.name]) for spec in case.data} for batch in micro_batches(case, inputs)]
+            batches = [
+                {spec.name: place(batch[spec.name]) for spec in case.data} for batch in micro_batches(case, inputs)
+            ]
             value_and_grad = self._value_and_grad(case, dtype, variant)
             optimizer = native_optimizers.optax_optimizer(case.update.rule, hyper)
             state = optimizer.init(params)
@@ -187,7 +221,9 @@ class JaxBackend(Backend):
                 grads = None
                 for batch in batches:
                     _, batch_grads = value_and_grad(params, batch)
-                    grads = batch_grads if grads is None else jax.tree_util.tree_map(lambda a, b: a + b, grads, batch_grads)
+                    grads = (
+                        batch_grads if grads is None else jax.tree_util.tree_map(lambda a, b: a + b, grads, batch_grads)
+                    )
                 gradients.append(copied(grads, np.asarray))
                 updates, state = optimizer.update(grads, state, params)
                 params = optax.apply_updates(params, updates)
@@ -196,7 +232,6 @@ class JaxBackend(Backend):
 
     def accumulation(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> AccumulationRun:
         """optax.MultiSteps(optax.sgd(1.0), every_k_schedule=k): the k-th call applies the mean."""
-        import optax
 
         jax = self.jax
         batches = micro_batches(case, inputs)
@@ -209,14 +244,19 @@ class JaxBackend(Backend):
             for gradients in micro_gradients:
                 grads = {name: jax.numpy.asarray(gradients[name], jnp_dtype) for name in params}
                 params, state = step(grads, state, params)
-            accumulated = {name: np.asarray(inputs[name], np.float64) - np.asarray(params[name], np.float64)
-                           for name in params}  # fmt: skip
-        return AccumulationRun("optax: MultiSteps(sgd(1.0), every_k_schedule=k), the step taken", "mean",
-                               micro_gradients, accumulated,
-                               "https://optax.readthedocs.io/en/latest/api/optimizer_wrappers.html#optax.MultiSteps "
-                               "(gradients are averaged over k steps; accumulator_dtype defaults to float32)",
-                               resolution=step_resolution(inputs, {name: np.asarray(v) for name, v in params.items()}, dtype),
-                               accumulator_dtype=_documented(_narrowest(jax.tree_util.tree_leaves(state.acc_grads))))  # fmt: skip
+            accumulated = {
+                name: np.asarray(inputs[name], np.float64) - np.asarray(params[name], np.float64) for name in params
+            }
+        return AccumulationRun(
+            "optax: MultiSteps(sgd(1.0), every_k_schedule=k), the step taken",
+            "mean",
+            micro_gradients,
+            accumulated,
+            "https://optax.readthedocs.io/en/latest/api/optimizer_wrappers.html#optax.MultiSteps "
+            "(gradients are averaged over k steps; accumulator_dtype defaults to float32)",
+            resolution=step_resolution(inputs, {name: np.asarray(v) for name, v in params.items()}, dtype),
+            accumulator_dtype=_documented(_narrowest(jax.tree_util.tree_leaves(state.acc_grads))),
+        )
 
     def _multi_steps(self, every: int, variant: str):
         """optax.MultiSteps over `every` micro-batches and its step (update, then apply), jitted once per count for
@@ -241,9 +281,14 @@ class JaxBackend(Backend):
         for spec in case.tensors:
             lines.append(f"{spec.name} = jnp.asarray({literal(inputs[spec.name])}, dtype=jnp.{dtype})")
         names = ", ".join(case.variable_names)
-        lines += [f"def loss_function({names}):", f"    return {source_of(case, SOURCE_FORMATS)}", "",
-                  f"argnums = tuple(range({len(case.variables)}))",
-                  f"loss, grads = jax.value_and_grad(loss_function, argnums=argnums)({names})",
-                  "print('loss', loss)", f"for name, grad in zip({list(case.variable_names)!r}, grads):",
-                  "    print('grad', name, grad)"]  # fmt: skip
+        lines += [
+            f"def loss_function({names}):",
+            f"    return {source_of(case, SOURCE_FORMATS)}",
+            "",
+            f"argnums = tuple(range({len(case.variables)}))",
+            f"loss, grads = jax.value_and_grad(loss_function, argnums=argnums)({names})",
+            "print('loss', loss)",
+            f"for name, grad in zip({list(case.variable_names)!r}, grads):",
+            "    print('grad', name, grad)",
+        ]
         return "\n".join(lines) + "\n"

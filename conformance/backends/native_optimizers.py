@@ -91,10 +91,15 @@ _TORCH_NAMES = {"rho": "alpha", "initial_accumulator": "initial_accumulator_valu
 
 def _torch_call(rule: str, hyper: dict) -> Call:
     if hyper.get("nesterov") and (not hyper.get("momentum") or hyper.get("dampening")):
-        raise NotApplicable("torch.optim.SGD rejects nesterov=True without momentum or with dampening "
-                            "(torch/optim/sgd.py raises ValueError)")  # fmt: skip
-    kwargs = {_TORCH_NAMES.get(name, name): _native_value(value) for name, value in hyper.items()
-              if name not in ("beta1", "beta2")}  # fmt: skip
+        raise NotApplicable(
+            "torch.optim.SGD rejects nesterov=True without momentum or with dampening "
+            "(torch/optim/sgd.py raises ValueError)"
+        )
+    kwargs = {
+        _TORCH_NAMES.get(name, name): _native_value(value)
+        for name, value in hyper.items()
+        if name not in ("beta1", "beta2")
+    }
     if "beta1" in hyper or "beta2" in hyper:  # torch takes both as `betas`; the other keeps torch's default
         defaults = DEFAULTS["torch"][rule]
         kwargs["betas"] = (float(hyper.get("beta1", defaults["beta1"])), float(hyper.get("beta2", defaults["beta2"])))
@@ -104,8 +109,13 @@ def _torch_call(rule: str, hyper: dict) -> Call:
 # ---------------------------------------------------------------------------------------------------- keras
 
 _KERAS_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
-_KERAS_NAMES = {"lr": "learning_rate", "beta1": "beta_1", "beta2": "beta_2", "eps": "epsilon",
-                "initial_accumulator": "initial_accumulator_value"}  # fmt: skip
+_KERAS_NAMES = {
+    "lr": "learning_rate",
+    "beta1": "beta_1",
+    "beta2": "beta_2",
+    "eps": "epsilon",
+    "initial_accumulator": "initial_accumulator_value",
+}
 
 
 def _keras_call(rule: str, hyper: dict) -> Call:
@@ -117,15 +127,21 @@ def _keras_call(rule: str, hyper: dict) -> Call:
 
 # ---------------------------------------------------------------------------------------------------- optax
 
-_OPTAX_NAMES = {"lr": "learning_rate", "beta1": "b1", "beta2": "b2", "rho": "decay",
-                "initial_accumulator": "initial_accumulator_value"}  # fmt: skip
+_OPTAX_NAMES = {
+    "lr": "learning_rate",
+    "beta1": "b1",
+    "beta2": "b2",
+    "rho": "decay",
+    "initial_accumulator": "initial_accumulator_value",
+}
 
 
 def _optax_call(rule: str, hyper: dict) -> Call:
     amsgrad = hyper.pop("amsgrad", False)
     if rule == "adamw" and amsgrad:
-        raise NotApplicable("optax.adamw has no amsgrad option and optax.amsgrad has no decoupled weight decay "
-                            "(optax/_src/alias.py)")  # fmt: skip
+        raise NotApplicable(
+            "optax.adamw has no amsgrad option and optax.amsgrad has no decoupled weight decay (optax/_src/alias.py)"
+        )
     if hyper.pop("dampening", 0.0):
         raise NotApplicable("optax.sgd's momentum (optax.trace) has no dampening (optax/transforms/_accumulation.py)")
     function = "amsgrad" if amsgrad else rule
@@ -146,6 +162,7 @@ def _native_value(value: float | bool) -> float | bool:
 
 # ---------------------------------------------------------------------------------------------------- building
 
+
 def torch_optimizer(rule: str, given: Hyper, params: list[Any]) -> Any:
     """`torch.optim.<Rule>(params, ...)` for a list of leaf tensors."""
     return build(native_call("torch", rule, given), params)
@@ -162,6 +179,7 @@ def optax_optimizer(rule: str, given: Hyper) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------- state
+
 
 def _array(value: Any, slot: str) -> np.ndarray:
     """A copy, so that later in-place updates cannot change what was read; step counts as int64."""

@@ -8,22 +8,42 @@ import os
 import numpy as np
 
 from conformance.backends import native_optimizers
-from conformance.backends.base import (AccumulationRun, Arrays, Backend, GradientRun, UpdateRun, copied, literal,
-                                     micro_batches, source_of, step_resolution)
+from conformance.backends.base import (
+    AccumulationRun,
+    Arrays,
+    Backend,
+    GradientRun,
+    UpdateRun,
+    copied,
+    literal,
+    micro_batches,
+    source_of,
+    step_resolution,
+)
 from conformance.cases import Case
 from conformance.expressions import OperatorTarget, lower
 from conformance.reference.conventions import Citation, KinkConventions
 
 SOURCE_FORMATS = {
-    "sum": "tf.reduce_sum({0})", "sum@axis": "tf.reduce_sum({0}, axis={axis})",
-    "mean": "tf.reduce_mean({0})", "mean@axis": "tf.reduce_mean({0}, axis={axis})",
-    "logsumexp": "tf.reduce_logsumexp({0})", "logsumexp@axis": "tf.reduce_logsumexp({0}, axis={axis})",
-    "exp": "tf.exp({0})", "log": "tf.math.log({0})", "sqrt": "tf.sqrt({0})", "abs": "tf.abs({0})",
-    "tanh": "tf.tanh({0})", "sigmoid": "tf.sigmoid({0})", "softplus": "tf.nn.softplus({0})",
-    "relu": "tf.nn.relu({0})", "square": "tf.square({0})",
-    "maximum": "tf.maximum({0}, {1})", "minimum": "tf.minimum({0}, {1})",
+    "sum": "tf.reduce_sum({0})",
+    "sum@axis": "tf.reduce_sum({0}, axis={axis})",
+    "mean": "tf.reduce_mean({0})",
+    "mean@axis": "tf.reduce_mean({0}, axis={axis})",
+    "logsumexp": "tf.reduce_logsumexp({0})",
+    "logsumexp@axis": "tf.reduce_logsumexp({0}, axis={axis})",
+    "exp": "tf.exp({0})",
+    "log": "tf.math.log({0})",
+    "sqrt": "tf.sqrt({0})",
+    "abs": "tf.abs({0})",
+    "tanh": "tf.tanh({0})",
+    "sigmoid": "tf.sigmoid({0})",
+    "softplus": "tf.nn.softplus({0})",
+    "relu": "tf.nn.relu({0})",
+    "square": "tf.square({0})",
+    "maximum": "tf.maximum({0}, {1})",
+    "minimum": "tf.minimum({0}, {1})",
     "@": "tf.experimental.numpy.matmul({0}, {1})",
-}  # fmt: skip
+}
 
 
 class TensorFlowTarget(OperatorTarget):
@@ -89,13 +109,17 @@ class TensorFlowBackend(Backend):
         maximum_tie_to_first=1.0,
         minimum_tie_to_first=1.0,
         citations={
-            "abs_slope_at_zero": Citation("Abs gradient is grad * sign(x), sign(0) = 0 (tensorflow/python/ops/math_grad.py)",
-                                          "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/math_grad.py"),
-            "maximum_tie_to_first": Citation("Maximum/Minimum gradients route a tie entirely to x: the mask is "
-                                             "x >= y, resp. x <= y (tensorflow/python/ops/math_grad.py, _MaximumMinimumGrad)",
-                                             "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/math_grad.py"),
+            "abs_slope_at_zero": Citation(
+                "Abs gradient is grad * sign(x), sign(0) = 0 (tensorflow/python/ops/math_grad.py)",
+                "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/math_grad.py",
+            ),
+            "maximum_tie_to_first": Citation(
+                "Maximum/Minimum gradients route a tie entirely to x: the mask is "
+                "x >= y, resp. x <= y (tensorflow/python/ops/math_grad.py, _MaximumMinimumGrad)",
+                "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/math_grad.py",
+            ),
         },
-    )  # fmt: skip
+    )
 
     def __init__(self):
         self._compiled: dict[tuple[int, str], tuple[dict, object]] = {}
@@ -150,16 +174,21 @@ class TensorFlowBackend(Backend):
         values_after = copied(variables, to_numpy)
         _, grads = differentiate(data)
         gradients_repeat = {name: None if grad is None else np.array(grad.numpy()) for name, grad in grads.items()}
-        return GradientRun(float(loss.numpy()), values_before, values_after, copied(variables, to_numpy), gradients,
-                           gradients_repeat)  # fmt: skip
+        return GradientRun(
+            float(loss.numpy()), values_before, values_after, copied(variables, to_numpy), gradients, gradients_repeat
+        )
 
     def updates(self, case: Case, inputs: Arrays, hyper: dict, dtype: str, variant: str, device: str) -> UpdateRun:
         """The article's loop: GradientTape, the micro-batches' gradients summed, then `apply_gradients`."""
         tf = self.tf
         tf_dtype = getattr(tf, dtype)
-        variables = {spec.name: tf.Variable(inputs[spec.name], dtype=tf_dtype, name=spec.name) for spec in case.variables}
-        batches = [{spec.name: tf.constant(batch[spec.name], dtype=tf_dtype) for spec in case.data}
-                   for batch in micro_batches(case, inputs)]  # fmt: skip
+        variables = {
+            spec.name: tf.Variable(inputs[spec.name], dtype=tf_dtype, name=spec.name) for spec in case.variables
+        }
+        batches = [
+            {spec.name: tf.constant(batch[spec.name], dtype=tf_dtype) for spec in case.data}
+            for batch in micro_batches(case, inputs)
+        ]
         target = TensorFlowTarget(tf, tf_dtype)
         optimizer = native_optimizers.keras_optimizer(case.update.rule, hyper)
         to_numpy = lambda tensor: tensor.numpy()  # noqa: E731
@@ -173,7 +202,9 @@ class TensorFlowBackend(Backend):
                     if grad is not None:
                         summed[name] = grad if summed[name] is None else summed[name] + grad
             gradients.append({name: None if grad is None else np.array(grad.numpy()) for name, grad in summed.items()})
-            optimizer.apply_gradients([(summed[name], variables[name]) for name in variables if summed[name] is not None])
+            optimizer.apply_gradients(
+                [(summed[name], variables[name]) for name in variables if summed[name] is not None]
+            )
             values.append(copied(variables, to_numpy))
         return UpdateRun(values, gradients, native_optimizers.keras_state(optimizer, case.update.rule, variables))
 
@@ -183,18 +214,31 @@ class TensorFlowBackend(Backend):
         tf_dtype = getattr(tf, dtype)
         batches = micro_batches(case, inputs)
         micro_gradients = [self.gradients(case, batch, dtype, variant, device).gradients for batch in batches]
-        variables = {spec.name: tf.Variable(inputs[spec.name], dtype=tf_dtype, name=spec.name) for spec in case.variables}
+        variables = {
+            spec.name: tf.Variable(inputs[spec.name], dtype=tf_dtype, name=spec.name) for spec in case.variables
+        }
         optimizer = tf.keras.optimizers.SGD(learning_rate=1.0, gradient_accumulation_steps=len(batches))
         for gradients in micro_gradients:
-            optimizer.apply_gradients([(tf.constant(gradients[name], dtype=tf_dtype), variable)
-                                       for name, variable in variables.items() if gradients[name] is not None])  # fmt: skip
-        accumulated = {name: np.asarray(inputs[name], np.float64) - np.asarray(variable.numpy(), np.float64)
-                       for name, variable in variables.items()}  # fmt: skip
-        return AccumulationRun("keras: SGD(learning_rate=1, gradient_accumulation_steps=k), the step taken", "mean",
-                               micro_gradients, accumulated,
-                               "https://keras.io/api/optimizers/#base-optimizer-class (gradient_accumulation_steps: "
-                               "updated every k steps using the average value of the gradients)",
-                               resolution=step_resolution(inputs, {name: v.numpy() for name, v in variables.items()}, dtype))  # fmt: skip
+            optimizer.apply_gradients(
+                [
+                    (tf.constant(gradients[name], dtype=tf_dtype), variable)
+                    for name, variable in variables.items()
+                    if gradients[name] is not None
+                ]
+            )
+        accumulated = {
+            name: np.asarray(inputs[name], np.float64) - np.asarray(variable.numpy(), np.float64)
+            for name, variable in variables.items()
+        }
+        return AccumulationRun(
+            "keras: SGD(learning_rate=1, gradient_accumulation_steps=k), the step taken",
+            "mean",
+            micro_gradients,
+            accumulated,
+            "https://keras.io/api/optimizers/#base-optimizer-class (gradient_accumulation_steps: "
+            "updated every k steps using the average value of the gradients)",
+            resolution=step_resolution(inputs, {name: v.numpy() for name, v in variables.items()}, dtype),
+        )
 
     def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
         lines = ["import tensorflow as tf", ""]
@@ -202,7 +246,12 @@ class TensorFlowBackend(Backend):
             kind = "tf.Variable" if spec.trainable else "tf.constant"
             lines.append(f"{spec.name} = {kind}({literal(inputs[spec.name])}, dtype=tf.{dtype})")
         names = ", ".join(case.variable_names)
-        lines += ["with tf.GradientTape() as tape:", f"    loss = {source_of(case, SOURCE_FORMATS)}",
-                  f"grads = tape.gradient(loss, [{names}])", "print('loss', loss.numpy())",
-                  f"for name, grad in zip({list(case.variable_names)!r}, grads):", "    print('grad', name, grad)"]  # fmt: skip
+        lines += [
+            "with tf.GradientTape() as tape:",
+            f"    loss = {source_of(case, SOURCE_FORMATS)}",
+            f"grads = tape.gradient(loss, [{names}])",
+            "print('loss', loss.numpy())",
+            f"for name, grad in zip({list(case.variable_names)!r}, grads):",
+            "    print('grad', name, grad)",
+        ]
         return "\n".join(lines) + "\n"

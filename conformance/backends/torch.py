@@ -7,21 +7,40 @@ import importlib.util
 import numpy as np
 
 from conformance.backends import native_optimizers
-from conformance.backends.base import (AccumulationRun, Arrays, Backend, GradientRun, UpdateRun, copied, literal,
-                                     micro_batches, source_of)
+from conformance.backends.base import (
+    AccumulationRun,
+    Arrays,
+    Backend,
+    GradientRun,
+    UpdateRun,
+    copied,
+    literal,
+    micro_batches,
+    source_of,
+)
 from conformance.cases import Case
 from conformance.expressions import OperatorTarget, lower
 from conformance.reference.conventions import Citation, KinkConventions
 
 SOURCE_FORMATS = {
-    "sum": "torch.sum({0})", "sum@axis": "torch.sum({0}, dim={axis})",
-    "mean": "torch.mean({0})", "mean@axis": "torch.mean({0}, dim={axis})",
-    "logsumexp": "torch.logsumexp({0}.reshape(-1), dim=0)", "logsumexp@axis": "torch.logsumexp({0}, dim={axis})",
-    "exp": "torch.exp({0})", "log": "torch.log({0})", "sqrt": "torch.sqrt({0})", "abs": "torch.abs({0})",
-    "tanh": "torch.tanh({0})", "sigmoid": "torch.sigmoid({0})", "softplus": "torch.nn.functional.softplus({0})",
-    "relu": "torch.relu({0})", "square": "torch.square({0})",
-    "maximum": "torch.maximum({0}, {1})", "minimum": "torch.minimum({0}, {1})",
-}  # fmt: skip
+    "sum": "torch.sum({0})",
+    "sum@axis": "torch.sum({0}, dim={axis})",
+    "mean": "torch.mean({0})",
+    "mean@axis": "torch.mean({0}, dim={axis})",
+    "logsumexp": "torch.logsumexp({0}.reshape(-1), dim=0)",
+    "logsumexp@axis": "torch.logsumexp({0}, dim={axis})",
+    "exp": "torch.exp({0})",
+    "log": "torch.log({0})",
+    "sqrt": "torch.sqrt({0})",
+    "abs": "torch.abs({0})",
+    "tanh": "torch.tanh({0})",
+    "sigmoid": "torch.sigmoid({0})",
+    "softplus": "torch.nn.functional.softplus({0})",
+    "relu": "torch.relu({0})",
+    "square": "torch.square({0})",
+    "maximum": "torch.maximum({0}, {1})",
+    "minimum": "torch.minimum({0}, {1})",
+}
 
 
 class TorchTarget(OperatorTarget):
@@ -83,16 +102,22 @@ class TorchBackend(Backend):
         minimum_tie_to_first=0.5,
         softplus_linear_above=20.0,
         citations={
-            "softplus_linear_above": Citation("torch.nn.functional.softplus reverts to the linear function when "
-                                              "input * beta > threshold (default 20), gradient exactly 1",
-                                              "https://pytorch.org/docs/stable/generated/torch.nn.Softplus.html"),
-            "abs_slope_at_zero": Citation("abs backward is grad * sgn(x), sgn(0) = 0 (tools/autograd/derivatives.yaml)",
-                                          "https://github.com/pytorch/pytorch/blob/main/tools/autograd/derivatives.yaml"),
-            "maximum_tie_to_first": Citation("maximum/minimum backward splits ties evenly (derivatives.yaml: "
-                                             "at::where(self == other, grad / 2, grad)...)",
-                                             "https://github.com/pytorch/pytorch/blob/main/tools/autograd/derivatives.yaml"),
+            "softplus_linear_above": Citation(
+                "torch.nn.functional.softplus reverts to the linear function when "
+                "input * beta > threshold (default 20), gradient exactly 1",
+                "https://pytorch.org/docs/stable/generated/torch.nn.Softplus.html",
+            ),
+            "abs_slope_at_zero": Citation(
+                "abs backward is grad * sgn(x), sgn(0) = 0 (tools/autograd/derivatives.yaml)",
+                "https://github.com/pytorch/pytorch/blob/main/tools/autograd/derivatives.yaml",
+            ),
+            "maximum_tie_to_first": Citation(
+                "maximum/minimum backward splits ties evenly (derivatives.yaml: "
+                "at::where(self == other, grad / 2, grad)...)",
+                "https://github.com/pytorch/pytorch/blob/main/tools/autograd/derivatives.yaml",
+            ),
         },
-    )  # fmt: skip
+    )
 
     def unavailable_reason(self):
         if importlib.util.find_spec("torch") is None:
@@ -126,7 +151,9 @@ class TorchBackend(Backend):
                 leaf.grad = None  # what optimizer.zero_grad() does before each backward()
             loss = lower(case.loss, target, {**leaves, **data})
             loss.backward()
-            grads = {name: None if leaf.grad is None else np.array(to_numpy(leaf.grad)) for name, leaf in leaves.items()}
+            grads = {
+                name: None if leaf.grad is None else np.array(to_numpy(leaf.grad)) for name, leaf in leaves.items()
+            }
             return float(loss.detach().cpu()), grads
 
         values_before = copied(leaves, to_numpy)
@@ -138,8 +165,10 @@ class TorchBackend(Backend):
     def _tensors(self, case: Case, inputs: Arrays, dtype: str, device: str):
         torch = self.torch
         torch_dtype = getattr(torch, dtype)
-        leaves = {spec.name: torch.tensor(inputs[spec.name], dtype=torch_dtype, device=device, requires_grad=True)
-                  for spec in case.variables}  # fmt: skip
+        leaves = {
+            spec.name: torch.tensor(inputs[spec.name], dtype=torch_dtype, device=device, requires_grad=True)
+            for spec in case.variables
+        }
         data = {spec.name: torch.tensor(inputs[spec.name], dtype=torch_dtype, device=device) for spec in case.data}
         return leaves, data, TorchTarget(torch, torch_dtype, device)
 
@@ -153,7 +182,9 @@ class TorchBackend(Backend):
             optimizer.zero_grad()
             for batch in batches:  # one batch, or the micro-batches summed in .grad before one step
                 lower(case.loss, target, {**leaves, **batch}).backward()
-            gradients.append({name: None if leaf.grad is None else np.array(to_numpy(leaf.grad)) for name, leaf in leaves.items()})
+            gradients.append(
+                {name: None if leaf.grad is None else np.array(to_numpy(leaf.grad)) for name, leaf in leaves.items()}
+            )
             optimizer.step()
             values.append(copied(leaves, to_numpy))
         return UpdateRun(values, gradients, native_optimizers.torch_state(optimizer, leaves))
@@ -167,10 +198,17 @@ class TorchBackend(Backend):
         for batch in batches:
             _, data, _ = self._tensors(case, batch, dtype, device)
             lower(case.loss, target, {**leaves, **data}).backward()
-        accumulated = {name: np.zeros(leaf.shape) if leaf.grad is None else np.array(to_numpy(leaf.grad))
-                       for name, leaf in leaves.items()}  # fmt: skip
-        return AccumulationRun("torch: .grad accumulated over k backward() calls", "sum", micro_gradients, accumulated,
-                               "https://pytorch.org/docs/stable/generated/torch.Tensor.backward.html")  # fmt: skip
+        accumulated = {
+            name: np.zeros(leaf.shape) if leaf.grad is None else np.array(to_numpy(leaf.grad))
+            for name, leaf in leaves.items()
+        }
+        return AccumulationRun(
+            "torch: .grad accumulated over k backward() calls",
+            "sum",
+            micro_gradients,
+            accumulated,
+            "https://pytorch.org/docs/stable/generated/torch.Tensor.backward.html",
+        )
 
     def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
         lines = ["import torch", ""]

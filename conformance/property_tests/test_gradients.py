@@ -45,9 +45,11 @@ def test_agrees_across_backends(conformance_item, data):
         agreement = properties.agrees(run, other_run, reference.bounds, other_reference.bounds, other.name)
         missing = properties.missing_gradients(run) ^ properties.missing_gradients(other_run)
         if missing:
-            item.explain(f"{', '.join(sorted(missing))}: the loss does not use it; torch and TensorFlow give no gradient "
-                         "(None), JAX gives zeros, and an optimizer treats both as zero",
-                         "https://pytorch.org/docs/stable/generated/torch.Tensor.grad.html")
+            item.explain(
+                f"{', '.join(sorted(missing))}: the loss does not use it; torch and TensorFlow give no gradient "
+                "(None), JAX gives zeros, and an optimizer treats both as zero",
+                "https://pytorch.org/docs/stable/generated/torch.Tensor.grad.html",
+            )
         if agreement.ok:
             item.check(agreement)
             continue
@@ -57,10 +59,15 @@ def test_agrees_across_backends(conformance_item, data):
         switches = item.backend.conventions.differences(other.conventions)
         if own.ok and theirs.ok and switches:
             citations = {**other.conventions.citations, **item.backend.conventions.citations}
-            item.explain(f"{item.backend.name} and {other.name} differ at a kink or tie ("
-                         f"{', '.join(f'{s}: {getattr(item.backend.conventions, s)} vs {getattr(other.conventions, s)}' for s in switches)}): "
-                         f"{agreement.where} is {agreement.detail}",
-                         "; ".join(citations[s].url for s in switches if s in citations), agreement)  # fmt: skip
+            differing = ", ".join(
+                f"{s}: {getattr(item.backend.conventions, s)} vs {getattr(other.conventions, s)}" for s in switches
+            )
+            item.explain(
+                f"{item.backend.name} and {other.name} differ at a kink or tie ({differing}): "
+                f"{agreement.where} is {agreement.detail}",
+                "; ".join(citations[s].url for s in switches if s in citations),
+                agreement,
+            )
             continue
         item.check(agreement)
 
@@ -81,6 +88,7 @@ def test_goldens(conformance_item, data):
         else:
             actual, bound = run.values_after[name], 0.0
         # the golden is a decimal: allow its rounding to the dtype on top of the computation's own bound
-        comparisons.append(compare(key, actual, np.broadcast_to(golden, actual.shape), bound + np.abs(golden) * unit_roundoff))
+        comparisons.append(
+            compare(key, actual, np.broadcast_to(golden, actual.shape), bound + np.abs(golden) * unit_roundoff)
+        )
     conformance_item.check(worst(comparisons), expected=goldens)
-

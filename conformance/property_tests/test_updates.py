@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conformance import backends, strategies, update_properties
-from conformance.property_tests import property_test
 from conformance.backends.base import micro_batches
+from conformance.property_tests import property_test
 from conformance.reference import optimizers
 from conformance.tolerance import compare, worst
 
@@ -24,9 +24,9 @@ def _discard_near_underflow(item, inputs: dict, hyper: dict, reference_for, back
     the reference's trajectory from the drawn inputs with `backend`'s formulas, never on its output."""
     rule, switches = item.case.update.rule, optimizers.SWITCHES[backend.name]
     start = {spec.name: inputs[spec.name] for spec in item.case.variables}
-    values, gradients, states = update_properties.reference_path(rule, hyper, switches, start,
-                                                                 reference_for(switches, backend.conventions),
-                                                                 item.case.update.steps)  # fmt: skip
+    values, gradients, states = update_properties.reference_path(
+        rule, hyper, switches, start, reference_for(switches, backend.conventions), item.case.update.steps
+    )
     if update_properties.near_underflow(values, gradients, states, item.spec.dtype):
         item.discard("a step's intermediates or state would be subnormal (flushed to zero by XLA and oneDNN)")
 
@@ -41,11 +41,18 @@ def test_update_matches_reference(conformance_item, data):
     reference_for = update_properties.summed_reference(item.case, inputs, item.spec.dtype)
     _discard_near_underflow(item, inputs, complete, reference_for, item.backend)
     run = item.call("updates", inputs, hyper)
-    side = update_properties.Side(item.backend.name, complete, optimizers.SWITCHES[item.backend.name],
-                                  item.backend.conventions, run, item.backend.decay_rates_in_dtype(item.spec.device))  # fmt: skip
+    side = update_properties.Side(
+        item.backend.name,
+        complete,
+        optimizers.SWITCHES[item.backend.name],
+        item.backend.conventions,
+        run,
+        item.backend.decay_rates_in_dtype(item.spec.device),
+    )
     start = {spec.name: inputs[spec.name] for spec in item.case.variables}
-    comparison, steps = update_properties.health(item.case.update.rule, side, reference_for(side.switches, side.conventions),
-                                                 start, item.spec.dtype)  # fmt: skip
+    comparison, steps = update_properties.health(
+        item.case.update.rule, side, reference_for(side.switches, side.conventions), start, item.spec.dtype
+    )
     item.trajectory = update_properties.trajectory(run, steps["expected"])
     item.check(comparison, expected=steps["expected"][-1])
 
@@ -65,13 +72,27 @@ def test_update_agrees_across_backends(conformance_item, data):
     for backend, hyperparameters in sides:  # platforms differ in flushing subnormals, not in formulas
         _discard_near_underflow(item, inputs, hyperparameters, reference_for, backend)
     start = {spec.name: inputs[spec.name] for spec in item.case.variables}
-    own = update_properties.Side(mine.name, complete, optimizers.SWITCHES[mine.name], mine.conventions,
-                                 item.call("updates", inputs, hyper), mine.decay_rates_in_dtype(item.spec.device))  # fmt: skip
+    own = update_properties.Side(
+        mine.name,
+        complete,
+        optimizers.SWITCHES[mine.name],
+        mine.conventions,
+        item.call("updates", inputs, hyper),
+        mine.decay_rates_in_dtype(item.spec.device),
+    )
     # this backend's own steps and fed gradients first: a wrong training step fails here whatever the others do
-    item.check(update_properties.health(rule, own, reference_for(own.switches, own.conventions), start, item.spec.dtype)[0])
+    item.check(
+        update_properties.health(rule, own, reference_for(own.switches, own.conventions), start, item.spec.dtype)[0]
+    )
     for other, other_complete in sides[1:]:
-        theirs = update_properties.Side(other.name, other_complete, optimizers.SWITCHES[other.name], other.conventions,
-                                        item.call("updates", inputs, hyper, backend=other), other.decay_rates_in_dtype("cpu"))  # fmt: skip
+        theirs = update_properties.Side(
+            other.name,
+            other_complete,
+            optimizers.SWITCHES[other.name],
+            other.conventions,
+            item.call("updates", inputs, hyper, backend=other),
+            other.decay_rates_in_dtype("cpu"),
+        )
         verdict = update_properties.agreement(rule, hyper, own, theirs, start, reference_for, item.spec.dtype)
         if verdict.outcome == "divergent":
             item.explain(verdict.explanation, verdict.citation, verdict.comparison)
@@ -99,8 +120,14 @@ def test_accumulation_linear(conformance_item, data):
             pytest.skip("not applicable: the loss is neither a sum nor a mean over the batch")
         actual = scale * np.sum([np.asarray(p.gradients[name], np.float64) for p in parts], axis=0)
         bound = reference.bounds[name] + scale * np.sum([p.bounds[name] for p in reference_parts], axis=0)
-        comparisons.append(compare(f"micro-batch {'sum' if scale == 1 else 'mean'} of grad {name}", actual,
-                                   np.asarray(full.gradients[name], np.float64), bound))  # fmt: skip
+        comparisons.append(
+            compare(
+                f"micro-batch {'sum' if scale == 1 else 'mean'} of grad {name}",
+                actual,
+                np.asarray(full.gradients[name], np.float64),
+                bound,
+            )
+        )
     item.check(worst(comparisons))
 
 
@@ -125,8 +152,14 @@ def test_update_goldens(conformance_item, data):
     hyper = data.draw(strategies.hyperparameters(item.case), label="hyperparameters")
     complete = _complete(item, hyper, item.backend.name)
     run = item.call("updates", inputs, hyper)
-    _, steps = update_properties.matches_reference(item.case.update.rule, complete, optimizers.SWITCHES[item.backend.name],
-                                                   run, item.spec.dtype, item.backend.decay_rates_in_dtype(item.spec.device))  # fmt: skip
+    _, steps = update_properties.matches_reference(
+        item.case.update.rule,
+        complete,
+        optimizers.SWITCHES[item.backend.name],
+        run,
+        item.spec.dtype,
+        item.backend.decay_rates_in_dtype(item.spec.device),
+    )
     unit_roundoff = float(np.finfo(item.spec.dtype).eps) / 2
     comparisons = []
     for key, golden in goldens.items():
@@ -134,5 +167,7 @@ def test_update_goldens(conformance_item, data):
         actual = run.gradients[0][name] if key.startswith("grad.") else run.values[-1][name]
         carried = sum(bounds[name] for bounds in steps["bounds"])
         # the golden is a decimal: allow its rounding to the dtype on top of the steps' own bounds
-        comparisons.append(compare(key, actual, np.broadcast_to(golden, np.shape(actual)), carried + np.abs(golden) * unit_roundoff))
+        comparisons.append(
+            compare(key, actual, np.broadcast_to(golden, np.shape(actual)), carried + np.abs(golden) * unit_roundoff)
+        )
     item.check(worst(comparisons), expected=goldens)

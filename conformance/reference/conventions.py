@@ -50,8 +50,10 @@ class KinkConventions:
             if not 0 <= getattr(self, name) <= 1:
                 return f"{name} = {getattr(self, name)!r} is outside [0, 1]: a tie's gradient is shared, not created"
         if self.softplus_linear_above < SOFTPLUS_LINEAR_FROM:
-            return (f"softplus_linear_above = {self.softplus_linear_above!r} is below {SOFTPLUS_LINEAR_FROM}, where "
-                    "softplus(t) - t exceeds float32's rounding of t")
+            return (
+                f"softplus_linear_above = {self.softplus_linear_above!r} is below {SOFTPLUS_LINEAR_FROM}, where "
+                "softplus(t) - t exceeds float32's rounding of t"
+            )
         return None
 
     def differences(self, other: KinkConventions) -> list[str]:

@@ -37,8 +37,9 @@ class CompiledGradient:
         self.case = case
         self.symbols = {
             # identifiers as names ("w__3", unique since tensor names are identifiers): lambdify uses them as they are
-            spec.name: np.array([sp.Symbol(f"{spec.name}__{i}", real=True) for i in range(spec.size)],
-                                dtype=object).reshape(spec.shape)  # fmt: skip
+            spec.name: np.array(
+                [sp.Symbol(f"{spec.name}__{i}", real=True) for i in range(spec.size)], dtype=object
+            ).reshape(spec.shape)
             for spec in case.tensors
         }
         target = symbolic.SymbolicTarget()
@@ -51,15 +52,19 @@ class CompiledGradient:
         arguments = [inputs + list(target.constants), list(symbolic.CONVENTION_SYMBOLS), UNIT_ROUNDOFF, TINY]
         self._literal_values = list(target.constants.values())
         modules = [symbolic.NUMPY_IMPLEMENTATIONS, "numpy"]
-        self._evaluate = sp.lambdify(arguments, [loss, *gradients, *bounds], modules=modules, cse=_shared_subexpressions)
-        self.gradient_expressions = dict(zip(variables, gradients))
+        self._evaluate = sp.lambdify(
+            arguments, [loss, *gradients, *bounds], modules=modules, cse=_shared_subexpressions
+        )
+        self.gradient_expressions = dict(zip(variables, gradients, strict=True))
 
     def __call__(self, inputs: dict[str, np.ndarray], conventions: KinkConventions, dtype: str) -> ReferenceGradient:
         flat = [float(v) for spec in self.case.tensors for v in np.asarray(inputs[spec.name], np.float64).ravel()]
         finfo = np.finfo(dtype)
         unit_roundoff = float(finfo.eps) / 2 + float(np.finfo(np.float64).eps) / 2
         with np.errstate(all="ignore"):
-            outputs = self._evaluate(flat + self._literal_values, list(conventions.values()), unit_roundoff, float(finfo.smallest_normal))
+            outputs = self._evaluate(
+                flat + self._literal_values, list(conventions.values()), unit_roundoff, float(finfo.smallest_normal)
+            )
         outputs = np.asarray([np.asarray(o, dtype=np.float64).reshape(()) for o in outputs], dtype=np.float64)
         count = sum(spec.size for spec in self.case.variables)
         return ReferenceGradient(
@@ -93,8 +98,9 @@ def compiled_gradient(case: Case) -> CompiledGradient:
     return CompiledGradient(case)
 
 
-def exact_gradient(case: Case, inputs: dict[str, np.ndarray], conventions: KinkConventions,
-                   dtype: str) -> ReferenceGradient:  # fmt: skip
+def exact_gradient(
+    case: Case, inputs: dict[str, np.ndarray], conventions: KinkConventions, dtype: str
+) -> ReferenceGradient:
     """The exact gradient at `inputs`, whose data may be one micro-batch of the case's."""
     shaped = shaped_like(case, {name: np.shape(value) for name, value in inputs.items()})
     return compiled_gradient(shaped)(inputs, conventions, dtype)

@@ -79,7 +79,7 @@ SWITCH_MEANINGS: dict[str, dict[str, str]] = {
     "adam_eps": {
         "sqrt_v_hat": "eps is added to sqrt(v_hat), v_hat = v / (1 - beta2^t)",
         "sqrt_v": "the bias corrections are folded into the step size lr * sqrt(1 - beta2^t) / (1 - beta1^t) and eps "
-                  "is added to sqrt(v), i.e. eps / sqrt(1 - beta2^t) in terms of v_hat: much larger for small t",
+        "is added to sqrt(v), i.e. eps / sqrt(1 - beta2^t) in terms of v_hat: much larger for small t",
     },
     "amsgrad_max": {
         "v": "the running maximum is taken of the uncorrected v and divided by the current 1 - beta2^t",
@@ -110,11 +110,11 @@ SWITCH_MEANINGS: dict[str, dict[str, str]] = {
     "hyperparameter_precision": {
         "as_given": "hyperparameters enter the arithmetic as the Python floats given",
         "float32_casts": "a float64 run uses float32-rounded lr (held in a floatx variable), weight_decay, SGD's "
-                         "momentum, Adagrad's initial accumulator and the betas of Adam's bias corrections (each "
-                         "passes through ops.cast(python_float, dtype), which makes a float32 tensor first); "
-                         "1 - beta2 in float32 is off by 1.3e-5 relative, so early Adam steps move by ~1e-5",
+        "momentum, Adagrad's initial accumulator and the betas of Adam's bias corrections (each "
+        "passes through ops.cast(python_float, dtype), which makes a float32 tensor first); "
+        "1 - beta2 in float32 is off by 1.3e-5 relative, so early Adam steps move by ~1e-5",
     },
-}  # fmt: skip
+}
 SWITCH_MEANINGS["rmsprop_momentum"] = SWITCH_MEANINGS["sgd_momentum"]
 
 RULE_SWITCHES = {
@@ -153,108 +153,226 @@ class UpdateSwitches:
 
 SWITCHES = {
     "torch": UpdateSwitches(
-        adam_eps="sqrt_v_hat", amsgrad_max="v", weight_decay="l2", sgd_momentum="gradient",
-        rmsprop_momentum="gradient", rmsprop_eps="outside_sqrt", adagrad_eps="outside_sqrt", no_gradient="skip",
+        adam_eps="sqrt_v_hat",
+        amsgrad_max="v",
+        weight_decay="l2",
+        sgd_momentum="gradient",
+        rmsprop_momentum="gradient",
+        rmsprop_eps="outside_sqrt",
+        adagrad_eps="outside_sqrt",
+        no_gradient="skip",
         hyperparameter_precision="as_given",
         citations={
-            "adam_eps": _cite("torch", "torch/optim/adam.py", "_single_tensor_adam: denom = (exp_avg_sq.sqrt() / "
-                              "bias_correction2_sqrt).add_(eps); param.addcdiv_(exp_avg, denom, value=-step_size)"),
-            "amsgrad_max": _cite("torch", "torch/optim/adam.py", "torch.maximum(max_exp_avg_sqs[i], exp_avg_sq) keeps "
-                                 "the maximum of the uncorrected v; denom = max_exp_avg_sqs[i].sqrt() / "
-                                 "bias_correction2_sqrt + eps"),
-            "weight_decay": _cite("torch", "torch/optim/adam.py", "grad = grad.add(param, alpha=weight_decay) unless "
-                                  "decoupled_weight_decay (AdamW); sgd.py, rmsprop.py and adagrad.py do the same"),
-            "sgd_momentum": _cite("torch", "torch/optim/sgd.py", "_single_tensor_sgd: buf = grad on the first step, "
-                                  "then buf.mul_(momentum).add_(grad, alpha=1 - dampening); nesterov: "
-                                  "grad.add(buf, alpha=momentum); param.add_(grad, alpha=-lr)"),
-            "rmsprop_momentum": _cite("torch", "torch/optim/rmsprop.py", "buf.mul_(momentum).addcdiv_(grad, avg); "
-                                      "param.add_(buf, alpha=-lr)"),
-            "rmsprop_eps": _cite("torch", "torch/optim/rmsprop.py", "avg = square_avg.sqrt() (centered: "
-                                 "square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()); avg = avg.add_(eps)"),
-            "adagrad_eps": _cite("torch", "torch/optim/adagrad.py", "_single_tensor_adagrad: std = "
-                                 "state_sum.sqrt().add_(eps); param.addcdiv_(grad, std, value=-clr)"),
-            "no_gradient": _cite("torch", "torch/optim/adam.py", "_init_group takes only parameters whose p.grad is "
-                                 "not None (backward() leaves an unused leaf's grad None); state, step included, is "
-                                 "kept per parameter; every torch.optim optimizer does the same"),
-            "hyperparameter_precision": _cite("torch", "torch/optim/adam.py", "hyperparameters are Python floats "
-                                              "used directly: bias_correction1 = 1 - beta1**step; "
-                                              "param.addcdiv_(exp_avg, denom, value=-step_size)"),
+            "adam_eps": _cite(
+                "torch",
+                "torch/optim/adam.py",
+                "_single_tensor_adam: denom = (exp_avg_sq.sqrt() / "
+                "bias_correction2_sqrt).add_(eps); param.addcdiv_(exp_avg, denom, value=-step_size)",
+            ),
+            "amsgrad_max": _cite(
+                "torch",
+                "torch/optim/adam.py",
+                "torch.maximum(max_exp_avg_sqs[i], exp_avg_sq) keeps "
+                "the maximum of the uncorrected v; denom = max_exp_avg_sqs[i].sqrt() / "
+                "bias_correction2_sqrt + eps",
+            ),
+            "weight_decay": _cite(
+                "torch",
+                "torch/optim/adam.py",
+                "grad = grad.add(param, alpha=weight_decay) unless "
+                "decoupled_weight_decay (AdamW); sgd.py, rmsprop.py and adagrad.py do the same",
+            ),
+            "sgd_momentum": _cite(
+                "torch",
+                "torch/optim/sgd.py",
+                "_single_tensor_sgd: buf = grad on the first step, "
+                "then buf.mul_(momentum).add_(grad, alpha=1 - dampening); nesterov: "
+                "grad.add(buf, alpha=momentum); param.add_(grad, alpha=-lr)",
+            ),
+            "rmsprop_momentum": _cite(
+                "torch", "torch/optim/rmsprop.py", "buf.mul_(momentum).addcdiv_(grad, avg); param.add_(buf, alpha=-lr)"
+            ),
+            "rmsprop_eps": _cite(
+                "torch",
+                "torch/optim/rmsprop.py",
+                "avg = square_avg.sqrt() (centered: "
+                "square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()); avg = avg.add_(eps)",
+            ),
+            "adagrad_eps": _cite(
+                "torch",
+                "torch/optim/adagrad.py",
+                "_single_tensor_adagrad: std = state_sum.sqrt().add_(eps); param.addcdiv_(grad, std, value=-clr)",
+            ),
+            "no_gradient": _cite(
+                "torch",
+                "torch/optim/adam.py",
+                "_init_group takes only parameters whose p.grad is "
+                "not None (backward() leaves an unused leaf's grad None); state, step included, is "
+                "kept per parameter; every torch.optim optimizer does the same",
+            ),
+            "hyperparameter_precision": _cite(
+                "torch",
+                "torch/optim/adam.py",
+                "hyperparameters are Python floats "
+                "used directly: bias_correction1 = 1 - beta1**step; "
+                "param.addcdiv_(exp_avg, denom, value=-step_size)",
+            ),
         },
     ),
     "tensorflow": UpdateSwitches(
-        adam_eps="sqrt_v", amsgrad_max="v", weight_decay="decoupled", sgd_momentum="update",
-        rmsprop_momentum="step", rmsprop_eps="inside_sqrt", adagrad_eps="inside_sqrt",
-        no_gradient="skip_count_advances", hyperparameter_precision="float32_casts",
+        adam_eps="sqrt_v",
+        amsgrad_max="v",
+        weight_decay="decoupled",
+        sgd_momentum="update",
+        rmsprop_momentum="step",
+        rmsprop_eps="inside_sqrt",
+        adagrad_eps="inside_sqrt",
+        no_gradient="skip_count_advances",
+        hyperparameter_precision="float32_casts",
         citations={
-            "adam_eps": _cite("keras", "keras/src/optimizers/adam.py", "update_step: alpha = lr * sqrt(1 - "
-                              "beta_2_power) / (1 - beta_1_power); variable -= m * alpha / (sqrt(v) + epsilon)"),
-            "amsgrad_max": _cite("keras", "keras/src/optimizers/adam.py", "v_hat = maximum(v_hat, v) of the "
-                                 "uncorrected v, then the same alpha and sqrt(v_hat) + epsilon"),
-            "weight_decay": _cite("keras", "keras/src/optimizers/base_optimizer.py", "_apply_weight_decay: "
-                                  "variable.assign(variable - variable * wd * lr) before update_step, for the "
-                                  "weight_decay argument of every optimizer (Adam's and SGD's too, not only AdamW's)"),
-            "sgd_momentum": _cite("keras", "keras/src/optimizers/sgd.py", "update_step: m = m * momentum - gradient * "
-                                  "learning_rate; variable += m (nesterov: variable += m * momentum - gradient * "
-                                  "learning_rate); no dampening"),
-            "rmsprop_momentum": _cite("keras", "keras/src/optimizers/rmsprop.py", "increment = lr * gradient / "
-                                      "sqrt(denominator); momentum = self.momentum * momentum + increment; "
-                                      "variable -= momentum"),
-            "rmsprop_eps": _cite("keras", "keras/src/optimizers/rmsprop.py", "denominator = velocity + epsilon "
-                                 "(centered: velocity - average_grad**2 + epsilon); increment = lr * gradient / "
-                                 "sqrt(denominator)"),
-            "adagrad_eps": _cite("keras", "keras/src/optimizers/adagrad.py", "variable -= lr * gradient / "
-                                 "sqrt(accumulator + epsilon)"),
-            "no_gradient": _cite("keras", "keras/src/optimizers/base_optimizer.py", "apply: _filter_empty_gradients "
-                                 "drops variables whose gradient is None (tf.GradientTape gives None for an unused "
-                                 "variable), then self._iterations.assign_add(1): the one shared count that Adam's "
-                                 "local_step = iterations + 1 reads advances for them too"),
-            "hyperparameter_precision": _cite("keras", "keras/src/optimizers/base_optimizer.py", "__init__: "
-                                              "learning_rate = backend.Variable(learning_rate, "
-                                              "dtype=backend.floatx()) (float32 unless keras.config.set_floatx); "
-                                              "wd = tf.cast(self.weight_decay, variable.dtype) "
-                                              "(keras/src/backend/tensorflow/optimizer.py); sgd.py: "
-                                              "ops.cast(self.momentum, variable.dtype); adam.py: ops.power(ops.cast("
-                                              "self.beta_1, variable.dtype), local_step); adagrad.py: "
-                                              "initializers.Constant(initial_accumulator_value), which is "
-                                              "ops.cast(value, dtype) * ones"),
+            "adam_eps": _cite(
+                "keras",
+                "keras/src/optimizers/adam.py",
+                "update_step: alpha = lr * sqrt(1 - "
+                "beta_2_power) / (1 - beta_1_power); variable -= m * alpha / (sqrt(v) + epsilon)",
+            ),
+            "amsgrad_max": _cite(
+                "keras",
+                "keras/src/optimizers/adam.py",
+                "v_hat = maximum(v_hat, v) of the uncorrected v, then the same alpha and sqrt(v_hat) + epsilon",
+            ),
+            "weight_decay": _cite(
+                "keras",
+                "keras/src/optimizers/base_optimizer.py",
+                "_apply_weight_decay: "
+                "variable.assign(variable - variable * wd * lr) before update_step, for the "
+                "weight_decay argument of every optimizer (Adam's and SGD's too, not only AdamW's)",
+            ),
+            "sgd_momentum": _cite(
+                "keras",
+                "keras/src/optimizers/sgd.py",
+                "update_step: m = m * momentum - gradient * "
+                "learning_rate; variable += m (nesterov: variable += m * momentum - gradient * "
+                "learning_rate); no dampening",
+            ),
+            "rmsprop_momentum": _cite(
+                "keras",
+                "keras/src/optimizers/rmsprop.py",
+                "increment = lr * gradient / "
+                "sqrt(denominator); momentum = self.momentum * momentum + increment; "
+                "variable -= momentum",
+            ),
+            "rmsprop_eps": _cite(
+                "keras",
+                "keras/src/optimizers/rmsprop.py",
+                "denominator = velocity + epsilon "
+                "(centered: velocity - average_grad**2 + epsilon); increment = lr * gradient / "
+                "sqrt(denominator)",
+            ),
+            "adagrad_eps": _cite(
+                "keras", "keras/src/optimizers/adagrad.py", "variable -= lr * gradient / sqrt(accumulator + epsilon)"
+            ),
+            "no_gradient": _cite(
+                "keras",
+                "keras/src/optimizers/base_optimizer.py",
+                "apply: _filter_empty_gradients "
+                "drops variables whose gradient is None (tf.GradientTape gives None for an unused "
+                "variable), then self._iterations.assign_add(1): the one shared count that Adam's "
+                "local_step = iterations + 1 reads advances for them too",
+            ),
+            "hyperparameter_precision": _cite(
+                "keras",
+                "keras/src/optimizers/base_optimizer.py",
+                "__init__: "
+                "learning_rate = backend.Variable(learning_rate, "
+                "dtype=backend.floatx()) (float32 unless keras.config.set_floatx); "
+                "wd = tf.cast(self.weight_decay, variable.dtype) "
+                "(keras/src/backend/tensorflow/optimizer.py); sgd.py: "
+                "ops.cast(self.momentum, variable.dtype); adam.py: ops.power(ops.cast("
+                "self.beta_1, variable.dtype), local_step); adagrad.py: "
+                "initializers.Constant(initial_accumulator_value), which is "
+                "ops.cast(value, dtype) * ones",
+            ),
         },
     ),
     "jax": UpdateSwitches(
-        adam_eps="sqrt_v_hat", amsgrad_max="v_hat", weight_decay="l2", sgd_momentum="gradient",
-        rmsprop_momentum="update", rmsprop_eps="inside_sqrt", adagrad_eps="inside_sqrt", no_gradient="zero",
+        adam_eps="sqrt_v_hat",
+        amsgrad_max="v_hat",
+        weight_decay="l2",
+        sgd_momentum="gradient",
+        rmsprop_momentum="update",
+        rmsprop_eps="inside_sqrt",
+        adagrad_eps="inside_sqrt",
+        no_gradient="zero",
         hyperparameter_precision="as_given",
         citations={
-            "adam_eps": _cite("optax", "optax/_src/transform.py", "scale_by_adam: mu_hat = bias_correction(mu, b1, "
-                              "count_inc); nu_hat = bias_correction(nu, b2, count_inc); "
-                              "m / (sqrt(v + eps_root) + eps)"),
-            "amsgrad_max": _cite("optax", "optax/_src/transform.py", "scale_by_amsgrad: nu_max = maximum(state.nu_max, "
-                                 "bias_correction(nu, b2, count_inc)): the maximum of the bias-corrected v_hat"),
-            "weight_decay": _cite("optax", "optax/transforms/_adding.py", "optax.sgd/adam/amsgrad/rmsprop/adagrad have "
-                                  "no weight decay; a user chains add_decayed_weights (g + weight_decay * p) in front "
-                                  "of the optimizer, which is L2 (native_optimizers.py builds exactly that)"),
-            "sgd_momentum": _cite("optax", "optax/transforms/_accumulation.py", "optax.sgd = chain(trace(momentum, "
-                                  "nesterov), scale_by_learning_rate); trace: new_trace = g + decay * trace, nesterov: "
-                                  "g + decay * new_trace; no dampening"),
-            "rmsprop_momentum": _cite("optax", "optax/_src/alias.py", "rmsprop = chain(scale_by_rms, "
-                                      "scale_by_learning_rate(learning_rate), trace(decay=momentum)): the trace "
-                                      "accumulates the already lr-scaled, sign-flipped update"),
-            "rmsprop_eps": _cite("optax", "optax/_src/transform.py", "scale_by_rms / scale_by_stddev with "
-                                 "eps_in_sqrt=True (optax.rmsprop's default): rsqrt(nu + eps), centered: "
-                                 "rsqrt(nu - mu**2 + eps)"),
-            "adagrad_eps": _cite("optax", "optax/_src/transform.py", "scale_by_rss: where(sum_of_squares > 0, "
-                                 "rsqrt(sum_of_squares + eps), 0) * g"),
-            "no_gradient": _cite("optax", "optax/_src/transform.py", "jax.grad gives zeros for an input the loss does "
-                                 "not use, and optax updates it like any other: moments decay, count advances, "
-                                 "add_decayed_weights decays it"),
-            "hyperparameter_precision": _cite("optax", "optax/_src/transform.py", "hyperparameters are Python "
-                                              "floats, weakly typed, so float64 under jax_enable_x64: "
-                                              "scale_by_learning_rate is scale(-learning_rate)"),
+            "adam_eps": _cite(
+                "optax",
+                "optax/_src/transform.py",
+                "scale_by_adam: mu_hat = bias_correction(mu, b1, "
+                "count_inc); nu_hat = bias_correction(nu, b2, count_inc); "
+                "m / (sqrt(v + eps_root) + eps)",
+            ),
+            "amsgrad_max": _cite(
+                "optax",
+                "optax/_src/transform.py",
+                "scale_by_amsgrad: nu_max = maximum(state.nu_max, "
+                "bias_correction(nu, b2, count_inc)): the maximum of the bias-corrected v_hat",
+            ),
+            "weight_decay": _cite(
+                "optax",
+                "optax/transforms/_adding.py",
+                "optax.sgd/adam/amsgrad/rmsprop/adagrad have "
+                "no weight decay; a user chains add_decayed_weights (g + weight_decay * p) in front "
+                "of the optimizer, which is L2 (native_optimizers.py builds exactly that)",
+            ),
+            "sgd_momentum": _cite(
+                "optax",
+                "optax/transforms/_accumulation.py",
+                "optax.sgd = chain(trace(momentum, "
+                "nesterov), scale_by_learning_rate); trace: new_trace = g + decay * trace, nesterov: "
+                "g + decay * new_trace; no dampening",
+            ),
+            "rmsprop_momentum": _cite(
+                "optax",
+                "optax/_src/alias.py",
+                "rmsprop = chain(scale_by_rms, "
+                "scale_by_learning_rate(learning_rate), trace(decay=momentum)): the trace "
+                "accumulates the already lr-scaled, sign-flipped update",
+            ),
+            "rmsprop_eps": _cite(
+                "optax",
+                "optax/_src/transform.py",
+                "scale_by_rms / scale_by_stddev with "
+                "eps_in_sqrt=True (optax.rmsprop's default): rsqrt(nu + eps), centered: "
+                "rsqrt(nu - mu**2 + eps)",
+            ),
+            "adagrad_eps": _cite(
+                "optax",
+                "optax/_src/transform.py",
+                "scale_by_rss: where(sum_of_squares > 0, rsqrt(sum_of_squares + eps), 0) * g",
+            ),
+            "no_gradient": _cite(
+                "optax",
+                "optax/_src/transform.py",
+                "jax.grad gives zeros for an input the loss does "
+                "not use, and optax updates it like any other: moments decay, count advances, "
+                "add_decayed_weights decays it",
+            ),
+            "hyperparameter_precision": _cite(
+                "optax",
+                "optax/_src/transform.py",
+                "hyperparameters are Python "
+                "floats, weakly typed, so float64 under jax_enable_x64: "
+                "scale_by_learning_rate is scale(-learning_rate)",
+            ),
         },
     ),
-}  # fmt: skip
+}
 
 
 # ---------------------------------------------------------------------------------------------------- defaults
+
 
 def _defaults(sgd: dict, adam: dict, adamw: dict, rmsprop: dict, adagrad: dict) -> dict[str, dict]:
     by_base = {"sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop, "adagrad": adagrad}
@@ -288,23 +406,31 @@ DEFAULTS: dict[str, dict[str, dict[str, float | bool]]] = {
     ),
 }
 DEFAULT_SOURCES = {
-    "torch": {rule: _cite("torch", f"torch/optim/{rule}.py", "the torch.optim constructor's keyword defaults")
-              for rule in RULE_HYPERPARAMETERS},
-    "tensorflow": {rule: _cite("keras", f"keras/src/optimizers/{rule}.py", "the keras.optimizers constructor's "
-                               "keyword defaults") for rule in RULE_HYPERPARAMETERS},
-    "jax": {rule: _cite("optax", "optax/_src/alias.py", f"optax.{rule}'s keyword defaults")
-            for rule in RULE_HYPERPARAMETERS},
-}  # fmt: skip
+    "torch": {
+        rule: _cite("torch", f"torch/optim/{rule}.py", "the torch.optim constructor's keyword defaults")
+        for rule in RULE_HYPERPARAMETERS
+    },
+    "tensorflow": {
+        rule: _cite("keras", f"keras/src/optimizers/{rule}.py", "the keras.optimizers constructor's keyword defaults")
+        for rule in RULE_HYPERPARAMETERS
+    },
+    "jax": {
+        rule: _cite("optax", "optax/_src/alias.py", f"optax.{rule}'s keyword defaults") for rule in RULE_HYPERPARAMETERS
+    },
+}
 
 
 # ---------------------------------------------------------------------------------------------------- the rules
+
 
 def init(rule: str, hyper: Hyper, switches: UpdateSwitches, params: Mapping[str, np.ndarray]) -> State:
     """The state before the first step: the rule's slots at their initial values and step counts of 0.
 
     Every framework starts its moments at zero (rmsprop's too, in torch, Keras and optax)."""
-    state = {slot: {name: np.full(np.shape(value), initial, dtype=np.float64) for name, value in params.items()}
-             for slot, initial in _initial_slots(base_rule(rule), hyper, switches).items()}  # fmt: skip
+    state = {
+        slot: {name: np.full(np.shape(value), initial, dtype=np.float64) for name, value in params.items()}
+        for slot, initial in _initial_slots(base_rule(rule), hyper, switches).items()
+    }
     state["step"] = {name: np.asarray(0, dtype=np.int64) for name in params}
     return state
 
@@ -360,8 +486,15 @@ def _precision(value: float | bool, switches: UpdateSwitches) -> float:
     return float(np.float32(value)) if switches.hyperparameter_precision == "float32_casts" else float(value)
 
 
-def _momentum(form: str, buffer: np.ndarray, direction: np.ndarray, into_buffer: np.ndarray, momentum: float,
-              lr: float, nesterov: bool) -> tuple[np.ndarray, np.ndarray]:
+def _momentum(
+    form: str,
+    buffer: np.ndarray,
+    direction: np.ndarray,
+    into_buffer: np.ndarray,
+    momentum: float,
+    lr: float,
+    nesterov: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """(new buffer, change to p): torch keeps the buffer in gradient units, Keras and optax keep lr inside it."""
     scale = {"gradient": 1.0, "step": lr, "update": -lr}[form]
     buffer = momentum * buffer + scale * into_buffer
@@ -375,8 +508,9 @@ def _sgd(p, g, lr, hyper, switches, slots):
         return p - lr * g
     # torch sets buf = grad on a parameter's first step, so dampening starts on the second
     damped = g if int(slots["step"]) == 1 else (1 - float(hyper["dampening"])) * g
-    slots["momentum"], change = _momentum(switches.sgd_momentum, slots["momentum"], g, damped, momentum, lr,
-                                          bool(hyper["nesterov"]))  # fmt: skip
+    slots["momentum"], change = _momentum(
+        switches.sgd_momentum, slots["momentum"], g, damped, momentum, lr, bool(hyper["nesterov"])
+    )
     return p + change
 
 
@@ -407,8 +541,9 @@ def _rmsprop(p, g, lr, hyper, switches, slots):
     scaled = g / (np.sqrt(variance) + eps if switches.rmsprop_eps == "outside_sqrt" else np.sqrt(variance + eps))
     if not momentum:
         return p - lr * scaled
-    slots["momentum"], change = _momentum(switches.rmsprop_momentum, slots["momentum"], scaled, scaled, momentum,
-                                          lr, nesterov=False)  # fmt: skip
+    slots["momentum"], change = _momentum(
+        switches.rmsprop_momentum, slots["momentum"], scaled, scaled, momentum, lr, nesterov=False
+    )
     return p + change
 
 
@@ -422,6 +557,7 @@ _RULES = {"sgd": _sgd, "adam": _adam, "adamw": _adam, "rmsprop": _rmsprop, "adag
 
 
 # ---------------------------------------------------------------------------------------------------- explanations
+
 
 class Difference(NamedTuple):
     """One reason two frameworks' updates differ, with where each documents its side."""
@@ -443,8 +579,9 @@ def _matters(switch: str, rule: str, hyper: Hyper) -> bool:
     return True
 
 
-def explain(rule: str, switches_a: UpdateSwitches, switches_b: UpdateSwitches,
-            hyper: Hyper | None = None) -> list[Difference]:
+def explain(
+    rule: str, switches_a: UpdateSwitches, switches_b: UpdateSwitches, hyper: Hyper | None = None
+) -> list[Difference]:
     """The switches on which two frameworks differ for `rule`; with the case's `hyper`, only those that can matter
     there (a hyperparameter it leaves out counts as one that might)."""
     differences = []

@@ -90,8 +90,15 @@ class RoundingBound:
             terms = expr.args
             if len(terms) == 2 and self(terms[0]) == 0 and self(terms[1]) == 0:
                 return _product(UNIT_ROUNDOFF, _abs(expr))  # one rounding of an exact sum; no underflow in sums
-            return _sum([self(term) for term in terms]
-                        + [_product(sp.Integer(len(terms) - 1), _sum([_product(UNIT_ROUNDOFF, _sum([_abs(t) for t in terms])), TINY]))])  # fmt: skip
+            return _sum(
+                [self(term) for term in terms]
+                + [
+                    _product(
+                        sp.Integer(len(terms) - 1),
+                        _sum([_product(UNIT_ROUNDOFF, _sum([_abs(t) for t in terms])), TINY]),
+                    )
+                ]
+            )
         if expr.is_Mul:
             return self._product_bound(expr.args)
         if expr.is_Pow:
@@ -109,8 +116,13 @@ class RoundingBound:
             return self(factors[1])  # negation is exact
         partial, bound = factors[0], self(factors[0])
         for factor in factors[1:]:
-            bound = _sum([_product(_abs(partial), self(factor)), _product(_abs(factor), bound),
-                          _rounding(sp.Mul(partial, factor, evaluate=False))])  # fmt: skip
+            bound = _sum(
+                [
+                    _product(_abs(partial), self(factor)),
+                    _product(_abs(factor), bound),
+                    _rounding(sp.Mul(partial, factor, evaluate=False)),
+                ]
+            )
             partial = sp.Mul(partial, factor, evaluate=False)
         return bound
 
@@ -166,13 +178,19 @@ class FlushBound:
             return _product(allowances, _growth(factors))
         if expr.is_Pow:
             base, exponent = expr.args
-            return _sum([_product(_abs(exponent * base ** (exponent - 1)), self(base)),
-                         _product(sp.Float(max(1, abs(float(exponent)))), TINY)])  # fmt: skip
+            return _sum(
+                [
+                    _product(_abs(exponent * base ** (exponent - 1)), self(base)),
+                    _product(sp.Float(max(1, abs(float(exponent)))), TINY),
+                ]
+            )
         if isinstance(expr, sp.Piecewise):
             return sp.Piecewise(*[(self(branch), condition) for branch, condition in expr.args])
         if isinstance(expr, (symbolic.Step, symbolic.SignAtZero)):
             return sp.S.Zero
         if isinstance(expr, sp.Function):  # exact functions return an input or zero: they make no new subnormal
             created = [] if isinstance(expr, symbolic.EXACT_FUNCTIONS) else [TINY]
-            return _sum([_product(_abs(expr.fdiff(index + 1)), self(arg)) for index, arg in enumerate(expr.args)] + created)
+            return _sum(
+                [_product(_abs(expr.fdiff(index + 1)), self(arg)) for index, arg in enumerate(expr.args)] + created
+            )
         raise TypeError(f"no flush rule for {type(expr).__name__}")

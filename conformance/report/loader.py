@@ -191,8 +191,11 @@ def _record(raw: dict[str, Any], run_id: str | None, where: str) -> tuple[Record
         explanation=_text(raw.get("explanation")),
         citation=_text(raw.get("citation")),
         examples=raw["examples"] if isinstance(raw.get("examples"), int) else None,
-        discarded={str(reason): count for reason, count in _mapping(raw.get("discarded")).items()
-                   if isinstance(count, int) and not isinstance(count, bool) and count > 0},
+        discarded={
+            str(reason): count
+            for reason, count in _mapping(raw.get("discarded")).items()
+            if isinstance(count, int) and not isinstance(count, bool) and count > 0
+        },
         sensitivity=_number(raw.get("sensitivity")),
         elapsed_s=_number(raw.get("elapsed_s")),
         max_error=_number(raw.get("max_error")),

@@ -83,7 +83,12 @@ def trajectory_figure(trajectory: dict[str, Any]) -> Figure | None:
     bottom = top - GAP
     tick_steps = dict.fromkeys((first, steps[len(steps) // 2], last))
     x_ticks = tuple((round(x_of(step)), number(step)) for step in tick_steps)
-    non_finite = {round(x_of(s)) for values in series.values() for s, v in zip(steps, values) if not math.isfinite(v)}
+    non_finite = {
+        round(x_of(s))
+        for values in series.values()
+        for s, v in zip(steps, values, strict=False)
+        if not math.isfinite(v)
+    }
     notes = tuple(note for name, values in series.items() for note in _non_finite_note(name, steps, values))
     notes += (f"one step in {stride} drawn",) if stride > 1 else ()
     return Figure(WIDTH, bottom + AXIS_LABELS, LEFT, right, tuple(panels), x_ticks, tuple(sorted(non_finite)), notes)
@@ -105,7 +110,10 @@ def _panel(
 
     lines = []
     for css, values in series:
-        points = [(x_of(step), y_of(value)) if math.isfinite(value) else None for step, value in zip(steps, values)]
+        points = [
+            (x_of(step), y_of(value)) if math.isfinite(value) else None
+            for step, value in zip(steps, values, strict=False)
+        ]
         paths, dots = _segments(points)
         lines.append(Line(css, paths, dots))
     ticks = (low, (low + high) / 2, high) if bottom - top > 80 else (low, high)
@@ -150,7 +158,7 @@ def _padded_range(values: Sequence[float], from_zero: bool) -> tuple[float, floa
 
 def _non_finite_note(label: str, steps: list[float], values: list[float]) -> tuple[str, ...]:
     bad: dict[str, list[str]] = {}
-    for step, value in zip(steps, values):
+    for step, value in zip(steps, values, strict=False):
         if not math.isfinite(value):
             bad.setdefault("NaN" if math.isnan(value) else ("+inf" if value > 0 else "-inf"), []).append(number(step))
     parts = [f"{kind} at step {', '.join(where[:8])}{' …' if len(where) > 8 else ''}" for kind, where in bad.items()]

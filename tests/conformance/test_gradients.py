@@ -1,3 +1,17 @@
-"""The shipped property tests of `conformance/property_tests/test_gradients.py`, collected here too: `pytest` in a clone runs them."""
+"""The property tests shipped in `conformance/property_tests/test_gradients.py`: `pytest` in a clone runs them."""
 
-from conformance.property_tests.test_gradients import test_values_unchanged, test_repeatable, test_matches_reference, test_agrees_across_backends, test_goldens  # noqa: F401
+from conformance.property_tests.test_gradients import (
+    test_agrees_across_backends,
+    test_goldens,
+    test_matches_reference,
+    test_repeatable,
+    test_values_unchanged,
+)
+
+__all__ = [
+    "test_values_unchanged",
+    "test_repeatable",
+    "test_matches_reference",
+    "test_agrees_across_backends",
+    "test_goldens",
+]

@@ -1,3 +1,17 @@
-"""The shipped property tests of `conformance/property_tests/test_updates.py`, collected here too: `pytest` in a clone runs them."""
+"""The property tests shipped in `conformance/property_tests/test_updates.py`: `pytest` in a clone runs them."""
 
-from conformance.property_tests.test_updates import test_update_matches_reference, test_update_agrees_across_backends, test_accumulation_linear, test_accumulation_native, test_update_goldens  # noqa: F401
+from conformance.property_tests.test_updates import (
+    test_accumulation_linear,
+    test_accumulation_native,
+    test_update_agrees_across_backends,
+    test_update_goldens,
+    test_update_matches_reference,
+)
+
+__all__ = [
+    "test_update_matches_reference",
+    "test_update_agrees_across_backends",
+    "test_accumulation_linear",
+    "test_accumulation_native",
+    "test_update_goldens",
+]

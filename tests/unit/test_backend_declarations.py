@@ -24,7 +24,7 @@ class SteepAbs(Backend):
 
 @pytest.fixture
 def registered(monkeypatch, tmp_path):
-    """Registers a backend that declares abs' slope at 0 to be 7 through CONFORMANCE_BACKENDS, as a third party would."""
+    """Registers a backend that declares abs' slope at 0 to be 7 through CONFORMANCE_BACKENDS, as others would."""
     (tmp_path / "steep_backend.py").write_text(STEEP, encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("CONFORMANCE_BACKENDS", "steep=steep_backend:SteepAbs,missing=no_such_module:Nothing")
@@ -33,19 +33,30 @@ def registered(monkeypatch, tmp_path):
     sys.modules.pop("steep_backend", None)
 
 
-@pytest.mark.parametrize(("values", "problem"), [
-    ({"abs_slope_at_zero": 7.0}, "abs_slope_at_zero = 7.0 is outside [-1, 1]"),
-    ({"abs_slope_at_zero": float("nan")}, "abs_slope_at_zero = nan is not a number"),
-    ({"maximum_tie_to_first": 1.5}, "maximum_tie_to_first = 1.5 is outside [0, 1]"),
-    ({"minimum_tie_to_first": -0.5}, "minimum_tie_to_first = -0.5 is outside [0, 1]"),
-    ({"softplus_linear_above": 2.0}, "softplus_linear_above = 2.0 is below 14.0"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ({"abs_slope_at_zero": 7.0}, "abs_slope_at_zero = 7.0 is outside [-1, 1]"),
+        ({"abs_slope_at_zero": float("nan")}, "abs_slope_at_zero = nan is not a number"),
+        ({"maximum_tie_to_first": 1.5}, "maximum_tie_to_first = 1.5 is outside [0, 1]"),
+        ({"minimum_tie_to_first": -0.5}, "minimum_tie_to_first = -0.5 is outside [0, 1]"),
+        ({"softplus_linear_above": 2.0}, "softplus_linear_above = 2.0 is below 14.0"),
+    ],
+)
 def test_inadmissible_conventions_are_named(values, problem):
     assert problem in KinkConventions(**values).inadmissible()
 
 
-@pytest.mark.parametrize("values", [{}, {"abs_slope_at_zero": 1.0}, {"abs_slope_at_zero": -1.0},
-                                    {"maximum_tie_to_first": 1.0}, {"softplus_linear_above": 20.0}])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"abs_slope_at_zero": 1.0},
+        {"abs_slope_at_zero": -1.0},
+        {"maximum_tie_to_first": 1.0},
+        {"softplus_linear_above": 20.0},
+    ],
+)
 def test_every_honest_convention_is_admissible(values):
     assert KinkConventions(**values).inadmissible() is None
 
@@ -61,7 +72,8 @@ def test_a_backend_with_inadmissible_conventions_is_refused_in_one_line(register
     assert main_run(["--backend", "steep"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "conformance run: backend 'steep': conventions: abs_slope_at_zero = 7.0 is outside [-1, 1], the "
-        "subgradients of |x| at 0"]
+        "subgradients of |x| at 0"
+    ]
 
 
 def test_a_backend_that_cannot_be_imported_is_one_line(registered, capsys):

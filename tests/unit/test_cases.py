@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance.pytest_plugin import SHIPPED_CASES as SHIPPED
 from conformance.cases import MAX_ELEMENTS, CaseError, load_case, load_cases
 from conformance.expressions import FUNCTIONS, Binary, Call, Negate, functions_used
-
+from conformance.pytest_plugin import SHIPPED_CASES as SHIPPED
 
 VALID = """
 title = "a valid case"
@@ -128,8 +127,10 @@ def scalar_with(loss: str = "x ** 2", extra: str = "") -> str:
 
 def tensors(loss: str, extra: str = "") -> str:
     """w [3], m [2, 3] trainable; a [6, 3] data."""
-    return (f'[variables.w]\nshape = [3]\nrange = [-1.0, 1.0]\n[variables.m]\nshape = [2, 3]\nrange = [-1.0, 1.0]\n'
-            f'[data.a]\nshape = [6, 3]\nrange = [-1.0, 1.0]\n[loss]\nexpr = "{loss}"\n{extra}')  # fmt: skip
+    return (
+        f"[variables.w]\nshape = [3]\nrange = [-1.0, 1.0]\n[variables.m]\nshape = [2, 3]\nrange = [-1.0, 1.0]\n"
+        f'[data.a]\nshape = [6, 3]\nrange = [-1.0, 1.0]\n[loss]\nexpr = "{loss}"\n{extra}'
+    )
 
 
 INVALID = {
@@ -145,18 +146,26 @@ INVALID = {
     "range of three": ('[variables.x]\nshape = [2]\nrange = [0, 1, 2]\n[loss]\nexpr = "sum(x)"\n', "variables.x.range"),
     "nan value": ('[variables.x]\nvalue = [1.0, nan]\n[loss]\nexpr = "sum(x)"\n', "variables.x.value"),
     "ragged value": ('[variables.x]\nvalue = [[1.0, 2.0], [3.0]]\n[loss]\nexpr = "sum(x)"\n', "variables.x.value"),
-    "value and wrong shape": ('[variables.x]\nvalue = [1.0, 2.0]\nshape = [3]\n[loss]\nexpr = "sum(x)"\n',
-                              "variables.x.shape"),
+    "value and wrong shape": (
+        '[variables.x]\nvalue = [1.0, 2.0]\nshape = [3]\n[loss]\nexpr = "sum(x)"\n',
+        "variables.x.shape",
+    ),
     "unicode variable name": ('[variables."é"]\nvalue = 1.0\n[loss]\nexpr = "x"\n', "variables.é"),
     "function as a name": ('[variables.exp]\nvalue = 1.0\n[loss]\nexpr = "exp"\n', "variables.exp"),
-    "huge shape": ('[variables.x]\nshape = [1000000]\nrange = [0.0, 1.0]\n[loss]\nexpr = "sum(x)"\n',
-                   "variables.x.shape"),
-    "huge product of a shape": ('[variables.x]\nshape = [16, 16, 16]\nrange = [0.0, 1.0]\n[loss]\nexpr = "sum(x)"\n',
-                                "variables.x.shape"),
-    "too many axes": ('[variables.x]\nshape = [1, 1, 1, 1, 1]\nrange = [0.0, 1.0]\n[loss]\nexpr = "sum(x)"\n',
-                      "variables.x.shape"),
+    "huge shape": (
+        '[variables.x]\nshape = [1000000]\nrange = [0.0, 1.0]\n[loss]\nexpr = "sum(x)"\n',
+        "variables.x.shape",
+    ),
+    "huge product of a shape": (
+        '[variables.x]\nshape = [16, 16, 16]\nrange = [0.0, 1.0]\n[loss]\nexpr = "sum(x)"\n',
+        "variables.x.shape",
+    ),
+    "too many axes": (
+        '[variables.x]\nshape = [1, 1, 1, 1, 1]\nrange = [0.0, 1.0]\n[loss]\nexpr = "sum(x)"\n',
+        "variables.x.shape",
+    ),
     "too many elements together": (tensors("sum(w)").replace("[6, 3]", f"[{MAX_ELEMENTS}, 1]"), "variables"),
-    "no loss": ('[variables.x]\nvalue = 1.0\n', "loss"),
+    "no loss": ("[variables.x]\nvalue = 1.0\n", "loss"),
     "loss outside the language": (scalar_with("x.real"), "loss.expr"),
     "loss with an unknown name": (scalar_with("x + y"), "loss.expr"),
     "matmul mismatch": (tensors("sum(m @ a)"), "loss.expr"),
@@ -166,26 +175,37 @@ INVALID = {
     "negative axis out of range": (tensors("sum(mean(w, axis=-2))"), "loss.expr"),
     "non-scalar loss": (tensors("a @ w"), "loss.expr"),
     "loss using no variable": (tensors("sum(a)"), "loss.expr"),
-    "loss not a string": ('[variables.x]\nvalue = 1.0\n[loss]\nexpr = 3\n', "loss.expr"),
+    "loss not a string": ("[variables.x]\nvalue = 1.0\n[loss]\nexpr = 3\n", "loss.expr"),
     "unknown rule": (scalar_with(extra='[update]\nrule = "lion"\n'), "update.rule"),
     "no rule": (scalar_with(extra="[update]\nlr = 0.1\n"), "update.rule"),
     "steps zero": (scalar_with(extra='[update]\nrule = "sgd"\nsteps = 0\n'), "update.steps"),
-    "unknown hyperparameter": (scalar_with(extra='[update]\nrule = "sgd"\nlearning_rate = 0.1\n'),
-                               "update.learning_rate"),
-    "boolean hyperparameter given a number": (scalar_with(extra='[update]\nrule = "sgd"\nnesterov = 1\n'),
-                                              "update.nesterov"),
+    "unknown hyperparameter": (
+        scalar_with(extra='[update]\nrule = "sgd"\nlearning_rate = 0.1\n'),
+        "update.learning_rate",
+    ),
+    "boolean hyperparameter given a number": (
+        scalar_with(extra='[update]\nrule = "sgd"\nnesterov = 1\n'),
+        "update.nesterov",
+    ),
     "number hyperparameter given a boolean": (scalar_with(extra='[update]\nrule = "sgd"\nlr = true\n'), "update.lr"),
     "negative hyperparameter": (scalar_with(extra='[update]\nrule = "sgd"\nlr = -0.1\n'), "update.lr"),
     "nan hyperparameter": (scalar_with(extra='[update]\nrule = "sgd"\nlr = nan\n'), "update.lr"),
-    "log range from zero": (scalar_with(extra='[update]\nrule = "sgd"\nlr = { range = [0.0, 1.0], log = true }\n'),
-                            "update.lr.range"),
-    "micro_batches not dividing": (tensors("sum(a @ w)", "[accumulate]\nmicro_batches = 4\n"),
-                                   "accumulate.micro_batches"),
+    "log range from zero": (
+        scalar_with(extra='[update]\nrule = "sgd"\nlr = { range = [0.0, 1.0], log = true }\n'),
+        "update.lr.range",
+    ),
+    "micro_batches not dividing": (
+        tensors("sum(a @ w)", "[accumulate]\nmicro_batches = 4\n"),
+        "accumulate.micro_batches",
+    ),
     "micro_batches zero": (scalar_with(extra="[accumulate]\nmicro_batches = 0\n"), "accumulate.micro_batches"),
     "expect on an unknown variable": (scalar_with(extra='[expect]\n"grad.z" = 1.0\n'), "expect.grad.z"),
     "expect on data": (tensors("sum(a @ w)", '[expect]\n"a" = 1.0\n'), "expect.a"),
     "expect of the wrong shape": (tensors("sum(a @ w)", '[expect]\n"grad.w" = [1.0, 2.0]\n'), "expect.grad.w"),
-    "expect to an unknown dtype": (scalar_with(extra='[expect]\n"x" = { value = 2.0, dtype = "float16" }\n'), "expect.x"),
+    "expect to an unknown dtype": (
+        scalar_with(extra='[expect]\n"x" = { value = 2.0, dtype = "float16" }\n'),
+        "expect.x",
+    ),
     "expect table without a value": (scalar_with(extra='[expect]\n"x" = { dtype = "float32" }\n'), "expect.x"),
     "empty title": ('title = ""\n' + scalar_with(), "title"),
     "tags not strings": ("tags = [1]\n" + scalar_with(), "tags"),
@@ -221,16 +241,23 @@ def test_a_file_that_is_not_a_toml_document_is_one_line(tmp_path, raw, problem):
 
 # Bugs found while writing these tests, each now a one-line CaseError naming the field (the comment: what it was).
 FOUND_GAPS = {
-    "shape that is not a list, next to a value": ('[variables.x]\nvalue = 2.0\nshape = 3\n[loss]\nexpr = "x"\n',
-                                                  "variables.x.shape"),  # TypeError: 'int' object is not iterable
+    "shape that is not a list, next to a value": (
+        '[variables.x]\nvalue = 2.0\nshape = 3\n[loss]\nexpr = "x"\n',
+        "variables.x.shape",
+    ),  # TypeError: 'int' object is not iterable
     "newline in a variable name": ('[variables."a\\nb"]\nvalue = 1.0\n[loss]\nexpr = "x"\n', "variables."),
     "newline in a top-level key": ('"a\\nb" = 1\n' + scalar_with(), ""),
     "deeply nested TOML": ("x = " + "[" * 5000 + "]" * 5000 + "\n", ""),  # tomllib's RecursionError escapes
     "boolean tensor value": ('[variables.x]\nvalue = true\n[loss]\nexpr = "x"\n', "variables.x.value"),  # loads as 1.0
-    "broadcast blow-up": ("".join(f"[variables.{name}]\nshape = {shape}\nrange = [-1.0, 1.0]\n" for name, shape in
-                                  [("p", [64, 1, 1]), ("q", [1, 64, 1]), ("r", [1, 1, 64])])
-                          + '[loss]\nexpr = "sum(p * q * r)"\n', "loss.expr"),  # 262144 symbolic elements: SymPy hangs
-}  # fmt: skip
+    "broadcast blow-up": (
+        "".join(
+            f"[variables.{name}]\nshape = {shape}\nrange = [-1.0, 1.0]\n"
+            for name, shape in [("p", [64, 1, 1]), ("q", [1, 64, 1]), ("r", [1, 1, 64])]
+        )
+        + '[loss]\nexpr = "sum(p * q * r)"\n',
+        "loss.expr",
+    ),  # 262144 symbolic elements: SymPy hangs
+}
 
 
 @pytest.mark.parametrize(("text", "field"), FOUND_GAPS.values(), ids=FOUND_GAPS.keys())
@@ -241,6 +268,7 @@ def test_found_gaps_are_one_line_case_errors(tmp_path, text, field):
 
 
 # ------------------------------------------------------------------------------------------- the shipped cases
+
 
 @pytest.fixture(scope="module")
 def shipped():

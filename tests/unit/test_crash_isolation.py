@@ -22,11 +22,22 @@ CRASHING = "crashing=crashing_backend:CrashingBackend"
 def run_conformance(*arguments: str) -> subprocess.Popen:
     """`conformance run` with the crashing backend registered, in its own process group (tests may signal it)."""
     environment = {**os.environ, "CONFORMANCE_BACKENDS": CRASHING, "PYTHONPATH": str(FIXTURES)}
-    command = [sys.executable, "-c", "from conformance.cli import main; raise SystemExit(main())", "run",
-               "--backend", "crashing", "--cases", str(FIXTURES / "crash_cases"), "--profile", "smoke",
-               *arguments]  # fmt: skip
-    return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+    command = [
+        sys.executable,
+        "-c",
+        "from conformance.cli import main; raise SystemExit(main())",
+        "run",
+        "--backend",
+        "crashing",
+        "--cases",
+        str(FIXTURES / "crash_cases"),
+        "--profile",
+        "smoke",
+        *arguments,
+    ]
+    return subprocess.Popen(
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def result_records(path: Path) -> dict[str, dict]:

@@ -14,8 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conformance.expressions import (
-    FUNCTIONS, MAX_DEPTH, Binary, Call, ExpressionError, Name, Negate, Number, functions_used, names_used, parse,
-)  # fmt: skip
+    FUNCTIONS,
+    MAX_DEPTH,
+    Binary,
+    Call,
+    ExpressionError,
+    Name,
+    Negate,
+    Number,
+    functions_used,
+    names_used,
+    parse,
+)
 
 NAMES = frozenset({"x", "w", "a"})
 x, w, a = Name("x"), Name("w"), Name("a")
@@ -54,7 +64,7 @@ x, w, a = Name("x"), Name("w"), Name("a")
         ("1_000 + 0x10", Number(1016.0)),
         ("  x  \n", x),
     ],
-)  # fmt: skip
+)
 def test_valid_expressions_become_the_right_trees(source, tree):
     assert parse(source, NAMES) == tree
 
@@ -149,7 +159,7 @@ def test_hostile_input_runs_nothing(payload, tmp_path):
         ("   ", "empty"),
         ("x\0", "not a valid expression"),
     ],
-)  # fmt: skip
+)
 def test_invalid_expressions_are_clear_errors(source, message):
     with pytest.raises(ExpressionError) as caught:
         parse(source, NAMES)
@@ -170,14 +180,77 @@ def test_unknown_name_lists_the_known_ones():
 # -------------------------------------------------------------------------------------------------------- fuzz
 
 GRAMMAR_TOKENS = [
-    *sorted(NAMES), *FUNCTIONS, "0", "1", "2.5", "1e-3", "1e30", "16", "17",
-    "+", "-", "*", "/", "**", "@", "(", ")", ",", "axis=", "axis=0", "axis=-1",
-]  # fmt: skip
+    *sorted(NAMES),
+    *FUNCTIONS,
+    "0",
+    "1",
+    "2.5",
+    "1e-3",
+    "1e30",
+    "16",
+    "17",
+    "+",
+    "-",
+    "*",
+    "/",
+    "**",
+    "@",
+    "(",
+    ")",
+    ",",
+    "axis=",
+    "axis=0",
+    "axis=-1",
+]
 DANGEROUS_TOKENS = [
-    "__import__", "'os'", ".", "system", "__class__", "[", "]", "{", "}", ":", "lambda", "for", "in", "if", "else",
-    ":=", "'", '"', "True", "None", "...", "eval", "exec", "open", "yield", "await", "not", "and", "%", "//", "~",
-    "<", "==", ";", "\\", "#", "\n", "\0", "1" * 50, "9e999", "f'{x}'", "*", "**", "=", "keepdims=", "\u00e9", "\ufeff",
-]  # fmt: skip
+    "__import__",
+    "'os'",
+    ".",
+    "system",
+    "__class__",
+    "[",
+    "]",
+    "{",
+    "}",
+    ":",
+    "lambda",
+    "for",
+    "in",
+    "if",
+    "else",
+    ":=",
+    "'",
+    '"',
+    "True",
+    "None",
+    "...",
+    "eval",
+    "exec",
+    "open",
+    "yield",
+    "await",
+    "not",
+    "and",
+    "%",
+    "//",
+    "~",
+    "<",
+    "==",
+    ";",
+    "\\",
+    "#",
+    "\n",
+    "\0",
+    "1" * 50,
+    "9e999",
+    "f'{x}'",
+    "*",
+    "**",
+    "=",
+    "keepdims=",
+    "\u00e9",
+    "\ufeff",
+]
 
 token_soups = st.builds(
     str.join,
@@ -200,8 +273,9 @@ def _calls(children):
 
 
 near_valid = st.recursive(
-    st.sampled_from([*sorted(NAMES), "0", "1", "2.5", "1e-3", "1e30", "16", "17", "y", "True", "'s'", "x.real",
-                     "w[0]"]),
+    st.sampled_from(
+        [*sorted(NAMES), "0", "1", "2.5", "1e-3", "1e30", "16", "17", "y", "True", "'s'", "x.real", "w[0]"]
+    ),
     _calls,
     max_leaves=40,
 )

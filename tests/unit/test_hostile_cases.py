@@ -26,16 +26,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conformance.pytest_plugin import SHIPPED_CASES
 from conformance.cases import (
-    HYPERPARAMETERS, MAX_AXES, MAX_ELEMENTS, RULES, TOP_LEVEL_KEYS, Case, CaseError, load_cases,
-)  # fmt: skip
+    HYPERPARAMETERS,
+    MAX_AXES,
+    MAX_ELEMENTS,
+    RULES,
+    TOP_LEVEL_KEYS,
+    Case,
+    CaseError,
+    load_cases,
+)
 from conformance.expressions import MAX_DEPTH, names_used
+from conformance.pytest_plugin import SHIPPED_CASES
 
 SHIPPED_FILES = sorted(SHIPPED_CASES.rglob("*.toml"))
 MAX_SECONDS = 2.0
 MAX_PEAK_BYTES = 64 * 2**20
-SENTINEL = Path(tempfile.gettempdir()) / "conformance-hostile-sentinel"  # fixed: xdist workers must collect the same ids
+SENTINEL = (
+    Path(tempfile.gettempdir()) / "conformance-hostile-sentinel"
+)  # fixed: xdist workers must collect the same ids
 PAYLOADS = [
     f"__import__('os').system('touch {SENTINEL}')",
     f"open('{SENTINEL}', 'w')",
@@ -43,21 +52,51 @@ PAYLOADS = [
     f"sum(x, axis=__import__('os').system('touch {SENTINEL}'))",
 ]
 LOOKALIKES = [  # fullwidth, bold and Cyrillic x, roman numeral ten, zero-width space, right-to-left marks, é, BOM
-    "\uff58", "\U0001d431", "\u0445", "\u2179", "x\u200b", "\u200bx", "\u202ex", "x\u200f", "\u00e9", "\ufeffx",
+    "\uff58",
+    "\U0001d431",
+    "\u0445",
+    "\u2179",
+    "x\u200b",
+    "\u200bx",
+    "\u202ex",
+    "x\u200f",
+    "\u00e9",
+    "\ufeffx",
 ]
-FIELD_WORDS = sorted({
-    *TOP_LEVEL_KEYS, *HYPERPARAMETERS, *RULES, "value", "shape", "range", "log", "expr", "rule", "steps",
-    "micro_batches", "dtype", "float32", "x", "w", "grad.x", "grad.w",
-})  # fmt: skip
+FIELD_WORDS = sorted(
+    {
+        *TOP_LEVEL_KEYS,
+        *HYPERPARAMETERS,
+        *RULES,
+        "value",
+        "shape",
+        "range",
+        "log",
+        "expr",
+        "rule",
+        "steps",
+        "micro_batches",
+        "dtype",
+        "float32",
+        "x",
+        "w",
+        "grad.x",
+        "grad.w",
+    }
+)
 FUZZ = settings(max_examples=250, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # ------------------------------------------------------------------------------------------------ writing TOML
 
+
 def toml_string(text: str) -> str:
     escaped = {'"': '\\"', "\\": "\\\\"}
-    return '"' + "".join(escaped.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
-                         for c in text) + '"'  # fmt: skip
+    return (
+        '"'
+        + "".join(escaped.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c) for c in text)
+        + '"'
+    )
 
 
 def toml_value(value: Any) -> str:
@@ -82,6 +121,7 @@ def toml_document(document: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ loading, watched
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
@@ -153,17 +193,36 @@ def assert_within_limits(case: Case) -> None:
 
 # ------------------------------------------------------------------------------------------------ strategies
 
-numbers = (st.integers() | st.floats() | st.sampled_from([0, -1, 2**63, -(2**63) - 1, 10**400, -(10**400), 1e308])
-           | st.integers(-2, 300))  # fmt: skip
-hostile_strings = st.sampled_from([
-    *PAYLOADS, *LOOKALIKES, *FIELD_WORDS, "", " ", "x\ny", "sum(x)", "x ** 2", "1if x else 2", "2 ** 2 ** 99",
-    "1e308 * 1e308", "9" * 1000, "sum(x, axis=" + "9" * 40 + ")", "(" * 500 + "x" + ")" * 500,
-    "exp(" * (MAX_DEPTH + 2) + "x" + ")" * (MAX_DEPTH + 2),
-]) | st.text(max_size=12)  # fmt: skip
+numbers = (
+    st.integers()
+    | st.floats()
+    | st.sampled_from([0, -1, 2**63, -(2**63) - 1, 10**400, -(10**400), 1e308])
+    | st.integers(-2, 300)
+)
+hostile_strings = st.sampled_from(
+    [
+        *PAYLOADS,
+        *LOOKALIKES,
+        *FIELD_WORDS,
+        "",
+        " ",
+        "x\ny",
+        "sum(x)",
+        "x ** 2",
+        "1if x else 2",
+        "2 ** 2 ** 99",
+        "1e308 * 1e308",
+        "9" * 1000,
+        "sum(x, axis=" + "9" * 40 + ")",
+        "(" * 500 + "x" + ")" * 500,
+        "exp(" * (MAX_DEPTH + 2) + "x" + ")" * (MAX_DEPTH + 2),
+    ]
+) | st.text(max_size=12)
 scalars = numbers | st.booleans() | hostile_strings | st.dates() | st.datetimes() | st.times()
 keys = st.sampled_from(FIELD_WORDS) | st.text(max_size=6)
 hostile_values = st.recursive(
-    scalars, lambda children: st.lists(children, max_size=5) | st.dictionaries(keys, children, max_size=4),
+    scalars,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(keys, children, max_size=4),
     max_leaves=12,
 )
 
@@ -199,6 +258,7 @@ def scalar_case(**fields: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ fuzz
 
+
 @FUZZ
 @given(content=st.binary(max_size=400) | st.text(max_size=400) | st.text(alphabet="[]{}=\"'.,#\n abx01", max_size=400))
 def test_random_bytes_and_text(folder, content):
@@ -206,8 +266,10 @@ def test_random_bytes_and_text(folder, content):
 
 
 @FUZZ
-@given(over_a_valid_case=st.booleans(), fields=st.dictionaries(st.sampled_from(sorted(TOP_LEVEL_KEYS)) | keys,
-                                                               hostile_values, max_size=3))
+@given(
+    over_a_valid_case=st.booleans(),
+    fields=st.dictionaries(st.sampled_from(sorted(TOP_LEVEL_KEYS)) | keys, hostile_values, max_size=3),
+)
 def test_random_toml_documents(folder, over_a_valid_case, fields):
     """Random fields, alone or over a valid case, so that the checks after the first one are reached too."""
     document = {**(scalar_case() if over_a_valid_case else {}), **fields}
@@ -222,13 +284,17 @@ def test_shipped_cases_mutated_field_by_field(folder, data):
     outcome(written(folder, text))
 
 
-nested_numbers = st.recursive(numbers | st.booleans() | st.text(max_size=2), lambda c: st.lists(c, max_size=4),
-                              max_leaves=30)  # fmt: skip
-tensor_entries = st.fixed_dictionaries({}, optional={
-    "value": nested_numbers,
-    "shape": st.lists(st.integers(-2, 300), max_size=MAX_AXES + 2) | nested_numbers,
-    "range": st.lists(numbers, max_size=3) | nested_numbers,
-})  # fmt: skip
+nested_numbers = st.recursive(
+    numbers | st.booleans() | st.text(max_size=2), lambda c: st.lists(c, max_size=4), max_leaves=30
+)
+tensor_entries = st.fixed_dictionaries(
+    {},
+    optional={
+        "value": nested_numbers,
+        "shape": st.lists(st.integers(-2, 300), max_size=MAX_AXES + 2) | nested_numbers,
+        "range": st.lists(numbers, max_size=3) | nested_numbers,
+    },
+)
 
 
 @FUZZ
@@ -243,8 +309,10 @@ def test_wrong_shapes_values_and_ranges(folder, entry, golden, loss):
 
 
 @FUZZ
-@given(name=st.sampled_from(LOOKALIKES) | st.text(min_size=1, max_size=4),
-       loss=st.sampled_from(LOOKALIKES).map("{} ** 2".format) | st.text(min_size=1, max_size=8))
+@given(
+    name=st.sampled_from(LOOKALIKES) | st.text(min_size=1, max_size=4),
+    loss=st.sampled_from(LOOKALIKES).map("{} ** 2".format) | st.text(min_size=1, max_size=8),
+)
 def test_unicode_names_and_lookalikes(folder, name, loss):
     """A name may only be an ASCII identifier; `ｘ` or `x` with a zero-width space must not silently stand for x."""
     document = scalar_case(variables={"x": {"value": 2.0}, name: {"value": 1.0}}, loss={"expr": loss})
@@ -260,7 +328,7 @@ NESTING_SITES = {
     "value": '[variables.x]\nvalue = @\n[loss]\nexpr = "x"\n',
     "shape": '[variables.x]\nshape = @\nrange = [0.0, 1.0]\n[loss]\nexpr = "x"\n',
     "range": '[variables.x]\nshape = [1]\nrange = @\n[loss]\nexpr = "sum(x)"\n',
-    "loss": '[variables.x]\nvalue = 1.0\n[loss]\nexpr = @\n',
+    "loss": "[variables.x]\nvalue = 1.0\n[loss]\nexpr = @\n",
     "hyperparameter": toml_document(scalar_case()) + '[update]\nrule = "sgd"\nlr = @\n',
     "golden": toml_document(scalar_case()) + "[expect]\nx = @\n",
 }
@@ -276,11 +344,21 @@ def test_deep_nesting(folder, site, nesting, depth):
 
 
 DEEP_EXPRESSIONS = [
-    "(" * 201 + "x" + ")" * 201, "(" * 1999 + "x" + ")" * 1999, "exp(" * 999 + "x" + ")" * 999,
-    "-" * 3999 + "x", "+" * 3999 + "x", "~" * 3999 + "x", "not " * 999 + "x", "lambda: " * 499 + "x",
-    "x" + "[0]" * 1333, "x" + ".a" * 1999, "x" + " ** 1" * 799, "x" + " + x" * 999, "[" * 1999 + "]" * 1999,
+    "(" * 201 + "x" + ")" * 201,
+    "(" * 1999 + "x" + ")" * 1999,
+    "exp(" * 999 + "x" + ")" * 999,
+    "-" * 3999 + "x",
+    "+" * 3999 + "x",
+    "~" * 3999 + "x",
+    "not " * 999 + "x",
+    "lambda: " * 499 + "x",
+    "x" + "[0]" * 1333,
+    "x" + ".a" * 1999,
+    "x" + " ** 1" * 799,
+    "x" + " + x" * 999,
+    "[" * 1999 + "]" * 1999,
     "sum(" * (MAX_DEPTH + 1) + "x" + ", axis=0)" * (MAX_DEPTH + 1),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("expr", DEEP_EXPRESSIONS, ids=[f"{e[:8]}...{len(e)}" for e in DEEP_EXPRESSIONS])
@@ -295,17 +373,24 @@ HUGE_OR_WRONG = {
     "integer past Python's digit limit": ("[variables.x]\nvalue = " + "9" * 5000 + '\n[loss]\nexpr = "x"\n', ""),
     "float overflowing to inf": ('[variables.x]\nvalue = 1.8e308\n[loss]\nexpr = "x"\n', "variables.x.value"),
     "largest float": ('[variables.x]\nvalue = 1e308\n[loss]\nexpr = "x"\n', None),
-    "integer in a range": (f'[variables.x]\nshape = [1]\nrange = [0, {DIGITS}]\n[loss]\nexpr = "sum(x)"\n',
-                           "variables.x.range"),
-    "integer in a shape": (f'[variables.x]\nshape = [{DIGITS}]\nrange = [0, 1]\n[loss]\nexpr = "sum(x)"\n',
-                           "variables.x.shape"),
+    "integer in a range": (
+        f'[variables.x]\nshape = [1]\nrange = [0, {DIGITS}]\n[loss]\nexpr = "sum(x)"\n',
+        "variables.x.range",
+    ),
+    "integer in a shape": (
+        f'[variables.x]\nshape = [{DIGITS}]\nrange = [0, 1]\n[loss]\nexpr = "sum(x)"\n',
+        "variables.x.shape",
+    ),
     "integer hyperparameter": (toml_document(scalar_case()) + f'[update]\nrule = "sgd"\nlr = {DIGITS}\n', "update.lr"),
-    "integer in a hyperparameter range": (toml_document(scalar_case())
-                                          + f'[update]\nrule = "sgd"\nlr = {{ range = [1, {DIGITS}] }}\n',
-                                          "update.lr.range"),
+    "integer in a hyperparameter range": (
+        toml_document(scalar_case()) + f'[update]\nrule = "sgd"\nlr = {{ range = [1, {DIGITS}] }}\n',
+        "update.lr.range",
+    ),
     "integer steps": (toml_document(scalar_case()) + f'[update]\nrule = "sgd"\nsteps = {DIGITS}\n', "update.steps"),
-    "integer micro-batches": (toml_document(scalar_case()) + f"[accumulate]\nmicro_batches = {DIGITS}\n",
-                              "accumulate.micro_batches"),
+    "integer micro-batches": (
+        toml_document(scalar_case()) + f"[accumulate]\nmicro_batches = {DIGITS}\n",
+        "accumulate.micro_batches",
+    ),
     "integer golden": (toml_document(scalar_case()) + f"[expect]\nx = [{DIGITS}]\n", "expect.x"),
     "power tower": (toml_document(scalar_case(loss={"expr": "x * 2 ** 2 ** 99"})), "loss.expr"),
     "overflowing product": (toml_document(scalar_case(loss={"expr": "x * 1e308 * 1e308"})), "loss.expr"),
@@ -316,12 +401,14 @@ HUGE_OR_WRONG = {
     "bool in a value": ('[variables.x]\nvalue = [1.0, true]\n[loss]\nexpr = "sum(x)"\n', "variables.x.value"),
     "number as a string": ('[variables.x]\nvalue = "2.0"\n[loss]\nexpr = "x"\n', "variables.x.value"),
     "empty value": ('[variables.x]\nvalue = [[], []]\n[loss]\nexpr = "sum(x)"\n', "variables.x.value"),
-    "keyword as a name": (toml_document(scalar_case(variables={"x": {"value": 1.0}, "lambda": {"value": 1.0}})),
-                          "variables.lambda"),
+    "keyword as a name": (
+        toml_document(scalar_case(variables={"x": {"value": 1.0}, "lambda": {"value": 1.0}})),
+        "variables.lambda",
+    ),
     "data named as a variable": (toml_document(scalar_case(data={"x": {"value": 1.0}})), "data.x"),
     "newline in a title": (toml_document(scalar_case(title="two\nlines")), "title"),
     "right-to-left mark in a tag": (toml_document(scalar_case(tags=["\u202egnp.exe"])), "tags"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize(("text", "field"), HUGE_OR_WRONG.values(), ids=HUGE_OR_WRONG.keys())

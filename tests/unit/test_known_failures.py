@@ -17,23 +17,32 @@ from conformance.known_failures import KnownFailure, KnownFailureError, load, pa
 from conformance.tolerance import compare, worst
 
 ROOT = Path(__file__).resolve().parents[2]
-ENTRY = {"property": "accumulation.native", "backend": "jax", "dtype": "float64", "where": "accumulated *",
-         "max_relative_error": 1e-6, "reason": "float32 accumulator"}  # fmt: skip
+ENTRY = {
+    "property": "accumulation.native",
+    "backend": "jax",
+    "dtype": "float64",
+    "where": "accumulated *",
+    "max_relative_error": 1e-6,
+    "reason": "float32 accumulator",
+}
 
 
 def test_the_shipped_file_loads():
     assert isinstance(load(ROOT / "conformance" / "known_failures.toml"), list)
 
 
-@pytest.mark.parametrize(("document", "problem"), [
-    ({"known": [{k: v for k, v in ENTRY.items() if k != "where"}]}, "f.toml: known[0].where: missing"),
-    ({"known": [{**ENTRY, "max_relative_error": "big"}]}, "known[0].max_relative_error: has the wrong type"),
-    ({"known": [{**ENTRY, "max_relative_error": 0}]}, "known[0].max_relative_error: must be a positive finite"),
-    ({"known": [{**ENTRY, "colour": "red"}]}, "known[0].colour: unknown field"),
-    ({"known": [ENTRY, 3]}, "known[1]: is not a table"),
-    ({"known": ENTRY}, "known: is not an array of tables"),
-    ({"failures": []}, "failures: unknown field"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ({"known": [{k: v for k, v in ENTRY.items() if k != "where"}]}, "f.toml: known[0].where: missing"),
+        ({"known": [{**ENTRY, "max_relative_error": "big"}]}, "known[0].max_relative_error: has the wrong type"),
+        ({"known": [{**ENTRY, "max_relative_error": 0}]}, "known[0].max_relative_error: must be a positive finite"),
+        ({"known": [{**ENTRY, "colour": "red"}]}, "known[0].colour: unknown field"),
+        ({"known": [ENTRY, 3]}, "known[1]: is not a table"),
+        ({"known": ENTRY}, "known: is not an array of tables"),
+        ({"failures": []}, "failures: unknown field"),
+    ],
+)
 def test_a_malformed_entry_is_one_line_naming_the_field(document, problem):
     with pytest.raises(KnownFailureError, match=problem.replace("[", r"\[").replace("]", r"\]")):
         parse(document, "f.toml")
@@ -61,17 +70,40 @@ def test_the_signature_is_where_and_how_much():
 def _run_with_known(tmp_path: Path, max_relative_error: float) -> tuple[int, list[dict]]:
     """A planted 0.1% gradient error on torch, and a known-failures file whose entry allows `max_relative_error`."""
     known = tmp_path / "known.toml"
-    known.write_text(f'[[known]]\nproperty = "gradient.matches_reference"\nbackend = "torch"\nwhere = "grad *"\n'
-                     f'max_relative_error = {max_relative_error}\nreason = "planted: gradients 0.1% too large"\n',
-                     encoding="utf-8")  # fmt: skip
+    known.write_text(
+        f'[[known]]\nproperty = "gradient.matches_reference"\nbackend = "torch"\nwhere = "grad *"\n'
+        f'max_relative_error = {max_relative_error}\nreason = "planted: gradients 0.1% too large"\n',
+        encoding="utf-8",
+    )
     results = tmp_path / "results.jsonl"
-    environment = {**os.environ, "CONFORMANCE_KNOWN_FAILURES": str(known),
-                   faults.FAULT_ENVIRONMENT: "scaled-gradients:torch"}  # fmt: skip
+    environment = {
+        **os.environ,
+        "CONFORMANCE_KNOWN_FAILURES": str(known),
+        faults.FAULT_ENVIRONMENT: "scaled-gradients:torch",
+    }
     completed = subprocess.run(
-        [sys.executable, "-m", "pytest", str(ROOT / "tests/conformance/test_gradients.py"), "-q", "-p", "no:cacheprovider",
-         "--backend=torch", f"--cases={ROOT / 'conformance/shipped_cases/seed/linear-square.toml'}", "--dtype=float64",
-         "-k", "test_matches_reference", f"--results={results}", "--hypothesis-profile=conformance-ci"],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(ROOT / "tests/conformance/test_gradients.py"),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--backend=torch",
+            f"--cases={ROOT / 'conformance/shipped_cases/seed/linear-square.toml'}",
+            "--dtype=float64",
+            "-k",
+            "test_matches_reference",
+            f"--results={results}",
+            "--hypothesis-profile=conformance-ci",
+        ],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     records = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines()[1:]]
     return completed.returncode, records
 
@@ -92,7 +124,9 @@ def test_every_failing_value_must_have_the_signature():
     large = compare("accumulated b (mean)", np.array([1.5]), np.array([1.0]), 1e-12)
     assert entry.matches(worst([small])) and not entry.matches(worst([small, large]))
     # the element furthest out of bound is 5e-7 off, relatively; another is 50% off
-    mixed = compare("accumulated a (mean)", np.array([1e-6 + 5e-13, 1.5]), np.array([1e-6, 1.0]), np.array([1e-18, 1e-5]))
+    mixed = compare(
+        "accumulated a (mean)", np.array([1e-6 + 5e-13, 1.5]), np.array([1e-6, 1.0]), np.array([1e-18, 1e-5])
+    )
     assert mixed.where == "accumulated a (mean)[0]" and not entry.matches(mixed)
 
 

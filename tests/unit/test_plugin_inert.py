@@ -14,7 +14,7 @@ from hypothesis import settings
 
 from conformance import profiles
 
-UNRELATED_TESTS = '''
+UNRELATED_TESTS = """
 from hypothesis import given, settings, strategies as st
 
 def test_default_profile_is_hypothesis_own():
@@ -25,7 +25,7 @@ def test_default_profile_is_hypothesis_own():
 @given(st.integers())
 def test_a_property(number):
     assert isinstance(number, int)
-'''
+"""
 
 
 def run_pytest(directory: Path, *arguments: str) -> subprocess.CompletedProcess[str]:

@@ -60,6 +60,7 @@ def grad(compiled: CompiledGradient, inputs: dict, conventions: KinkConventions 
 
 # ----------------------------------------------------------------------------------------------------- by hand
 
+
 def test_the_seed_gradient_is_six(compile_case):
     # d/dx (3x + 5 - 10)^2 = 2 (3x - 5) * 3 = 6 (3x - 5), which is 6 at x = 2; the loss there is 1
     result = grad(compile_case(SEED), {"x": 2.0})
@@ -114,8 +115,11 @@ def test_softplus_differentiates_to_sigmoid_without_overflow(compile_case, x, lo
 
 def test_softplus_linear_above_a_threshold_is_exactly_linear(compile_case):
     """torch's softplus returns x, with slope exactly 1, above its threshold (20): the reference follows."""
-    result = grad(compile_case(tensor("x", [], -200.0, 200.0) + loss("softplus(x)")), {"x": 30.0},
-                  KinkConventions(softplus_linear_above=20.0))  # fmt: skip
+    result = grad(
+        compile_case(tensor("x", [], -200.0, 200.0) + loss("softplus(x)")),
+        {"x": 30.0},
+        KinkConventions(softplus_linear_above=20.0),
+    )
     assert (result.loss, float(result.gradients["x"]), float(result.bounds["x"])) == (30.0, 1.0, 0.0)
 
 
@@ -123,8 +127,9 @@ def test_softplus_linear_above_a_threshold_is_exactly_linear(compile_case):
 @given(data=st.data())
 def test_mean_squared_error_gradient_is_the_normal_equations(compile_case, data):
     # d/dw mean((a w - 1)^2) = (2 / n) a^T (a w - 1), with n the number of rows of a
-    compiled = compile_case(tensor("w", [3], -3.0, 3.0) + tensor("a", [6, 3], -2.0, 2.0, "data")
-                            + loss("mean((a @ w - 1) ** 2)"))  # fmt: skip
+    compiled = compile_case(
+        tensor("w", [3], -3.0, 3.0) + tensor("a", [6, 3], -2.0, 2.0, "data") + loss("mean((a @ w - 1) ** 2)")
+    )
     inputs = data.draw(strategies.inputs(compiled.case, "float64"), label="inputs")
     a, w = inputs["a"], inputs["w"]
     expected = 2 / 6 * a.T @ (a @ w - 1)
@@ -153,8 +158,9 @@ def test_abs_and_relu_at_zero_follow_the_convention(compile_case, conventions):
 @pytest.mark.parametrize("share", [0.5, 1.0])
 def test_maximum_and_minimum_split_ties_by_the_convention(compile_case, share):
     # at a tie a == b, d max(a, b) goes `share` to a and 1 - share to b; off a tie, all to the larger one
-    compiled = compile_case(tensor("a", [3], -2.0, 2.0) + tensor("b", [3], -2.0, 2.0)
-                            + loss("sum(maximum(a, b)) + 10 * sum(minimum(a, b))"))  # fmt: skip
+    compiled = compile_case(
+        tensor("a", [3], -2.0, 2.0) + tensor("b", [3], -2.0, 2.0) + loss("sum(maximum(a, b)) + 10 * sum(minimum(a, b))")
+    )
     conventions = KinkConventions(maximum_tie_to_first=share, minimum_tie_to_first=share)
     result = grad(compiled, {"a": [1.0, 1.0, -1.0], "b": [1.0, 0.0, 0.0]}, conventions)
     assert result.gradients["a"].tolist() == [share + 10 * share, 1.0, 10.0]
@@ -162,6 +168,7 @@ def test_maximum_and_minimum_split_ties_by_the_convention(compile_case, share):
 
 
 # ----------------------------------------------------------------------------------- 40-digit finite differences
+
 
 def mp_sigmoid(v):
     return 1 / (1 + mpmath.exp(-v))
@@ -176,28 +183,36 @@ def mp_logsumexp(values):
 
 
 def mp_matvec(matrix, vector):
-    return [mpmath.fsum(m * v for m, v in zip(row, vector)) for row in matrix]
+    return [mpmath.fsum(m * v for m, v in zip(row, vector, strict=True)) for row in matrix]
 
 
 # each: case text, and the same loss evaluated by hand in mpmath from nested lists of mpf
 BY_HAND = {
     "tanh layer": (
-        tensor("w", [2], -2.0, 2.0) + tensor("a", [3, 2], -1.0, 1.0, "data")
+        tensor("w", [2], -2.0, 2.0)
+        + tensor("a", [3, 2], -1.0, 1.0, "data")
         + loss("logsumexp(tanh(a @ w)) + mean(softplus(w) * sigmoid(w))"),
-        lambda w, a: mp_logsumexp([mpmath.tanh(v) for v in mp_matvec(a, w)])
-        + mpmath.fsum(mp_softplus(v) * mp_sigmoid(v) for v in w) / 2,
+        lambda w, a: (
+            mp_logsumexp([mpmath.tanh(v) for v in mp_matvec(a, w)])
+            + mpmath.fsum(mp_softplus(v) * mp_sigmoid(v) for v in w) / 2
+        ),
     ),
     "scalar powers": (
         tensor("x", [], 0.5, 3.0) + loss("(3 * x + 5 - 10) ** 2 + x ** -2 + sqrt(x) * log(x) - exp(-x) / 3"),
         lambda x: (3 * x + 5 - 10) ** 2 + x**-2 + mpmath.sqrt(x) * mpmath.log(x) - mpmath.exp(-x) / 3,
     ),
     "matrix variable": (
-        tensor("W", [2, 3], -2.0, 2.0) + tensor("x", [3], -1.0, 1.0, "data") + tensor("y", [2], -1.0, 1.0, "data")
+        tensor("W", [2, 3], -2.0, 2.0)
+        + tensor("x", [3], -1.0, 1.0, "data")
+        + tensor("y", [2], -1.0, 1.0, "data")
         + loss("sum(square(W @ x - y)) + sum(logsumexp(W, axis=1)) + mean(abs(W) ** 3)"),
-        lambda W, x, y: mpmath.fsum((v - t) ** 2 for v, t in zip(mp_matvec(W, x), y))
-        + mpmath.fsum(mp_logsumexp(row) for row in W) + mpmath.fsum(abs(v) ** 3 for row in W for v in row) / 6,
+        lambda W, x, y: (
+            mpmath.fsum((v - t) ** 2 for v, t in zip(mp_matvec(W, x), y, strict=True))
+            + mpmath.fsum(mp_logsumexp(row) for row in W)
+            + mpmath.fsum(abs(v) ** 3 for row in W for v in row) / 6
+        ),
     ),
-}  # fmt: skip
+}
 
 
 def mp_tree(array: np.ndarray):
@@ -245,6 +260,7 @@ def test_matches_high_precision_finite_differences(compile_case, name, data):
 
 
 # ------------------------------------------------------------------------------------------------ the bound
+
 
 def test_the_bound_is_positive_and_small_enough_to_catch_a_tenth_of_a_percent(compile_case):
     compiled = compile_case(SEED)

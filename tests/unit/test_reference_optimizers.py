@@ -34,6 +34,7 @@ def xs(*values):
 
 # ---------------------------------------------------------------------------------------------------- by hand
 
+
 def test_adam_first_step_is_the_articles():
     params, state = run("adam", {"lr": 0.1}, TORCH, xs(6.0))
     m, v = 0.1 * 6, 0.001 * 36  # (1 - beta1) g, (1 - beta2) g^2
@@ -142,13 +143,15 @@ def test_rmsprop_momentum_three_buffers_one_path():
     s1, s2 = 6 / math.sqrt(0.36), 4 / math.sqrt(0.99 * 0.36 + 0.01 * 16)
     expected = 2 - 0.01 * s1 - 0.01 * (0.9 * s1 + s2)
     forms = ("gradient", "step", "update")
-    runs = {form: run("rmsprop", given, dataclasses.replace(TORCH, rmsprop_momentum=form), xs(6.0, 4.0))
-            for form in forms}  # fmt: skip
+    runs = {
+        form: run("rmsprop", given, dataclasses.replace(TORCH, rmsprop_momentum=form), xs(6.0, 4.0)) for form in forms
+    }
     for params, _ in runs.values():
         assert params["x"] == pytest.approx(expected, rel=1e-14)
     buffers = {name: state["momentum"]["x"] for name, (_, state) in runs.items()}
-    assert buffers == pytest.approx({"gradient": 0.9 * s1 + s2, "step": 0.01 * (0.9 * s1 + s2),
-                                     "update": -0.01 * (0.9 * s1 + s2)})  # fmt: skip
+    assert buffers == pytest.approx(
+        {"gradient": 0.9 * s1 + s2, "step": 0.01 * (0.9 * s1 + s2), "update": -0.01 * (0.9 * s1 + s2)}
+    )
 
 
 def test_adagrad_by_hand():
@@ -186,6 +189,7 @@ def test_step_leaves_its_arguments_alone():
 
 # ---------------------------------------------------------------------------------------------------- tables
 
+
 def test_defaults_fill_what_the_case_leaves():
     assert ref.hyperparameters("rmsprop", "torch", {"lr": 0.1})["rho"] == 0.99
     assert ref.hyperparameters("rmsprop", "tensorflow", {"lr": 0.1})["rho"] == 0.9
@@ -193,12 +197,15 @@ def test_defaults_fill_what_the_case_leaves():
     assert ref.hyperparameters("adamw", "tensorflow", {"lr": 0.1})["weight_decay"] == 0.004
 
 
-@pytest.mark.parametrize("rule, given, problem", [
-    ("adam", {}, "jax has no default"),
-    ("momentum", {"lr": 0.1}, "update.momentum"),
-    ("nesterov", {"lr": 0.1, "momentum": 0.9, "nesterov": False}, "update.nesterov"),
-    ("adagrad", {"lr": 0.1, "momentum": 0.9}, "update.momentum"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "rule, given, problem",
+    [
+        ("adam", {}, "jax has no default"),
+        ("momentum", {"lr": 0.1}, "update.momentum"),
+        ("nesterov", {"lr": 0.1, "momentum": 0.9, "nesterov": False}, "update.nesterov"),
+        ("adagrad", {"lr": 0.1, "momentum": 0.9}, "update.momentum"),
+    ],
+)
 def test_hyperparameters_that_do_not_fit(rule, given, problem):
     with pytest.raises(ValueError, match=problem):
         ref.hyperparameters(rule, "jax", given)
@@ -248,8 +255,10 @@ def test_design_facts_adam_with_tiny_gradients():
 
 
 def test_importing_imports_no_framework():
-    code = ("import sys, conformance.reference.optimizers, conformance.backends.native_optimizers; "
-            "print([m for m in ('torch', 'tensorflow', 'jax', 'optax', 'keras') if m in sys.modules])")
+    code = (
+        "import sys, conformance.reference.optimizers, conformance.backends.native_optimizers; "
+        "print([m for m in ('torch', 'tensorflow', 'jax', 'optax', 'keras') if m in sys.modules])"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -265,22 +274,29 @@ GAP = [{"w": [6.0, -12.0], "b": 2.0}, {"w": [0.5, 3.0], "b": None}, {"w": [0.25,
 def _configs():
     """(rule, hyperparameters) with a description that becomes the test id, as in PyTorch's OptimizerInfo."""
     table = [
-        ("sgd", {"lr": 0.1}, "plain"), ("sgd", {"lr": 0.1, "weight_decay": 0.3}, "weight_decay"),
+        ("sgd", {"lr": 0.1}, "plain"),
+        ("sgd", {"lr": 0.1, "weight_decay": 0.3}, "weight_decay"),
         ("momentum", {"lr": 0.1, "momentum": 0.9}, "momentum"),
         ("momentum", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.3}, "weight_decay"),
         ("momentum", {"lr": 0.1, "momentum": 0.9, "dampening": 0.3}, "dampening"),
         ("nesterov", {"lr": 0.1, "momentum": 0.9}, "nesterov"),
-        ("adam", {"lr": 0.1}, "lr"), ("adam", {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-3}, "betas-eps"),
-        ("adam", {"lr": 0.1, "weight_decay": 0.3}, "weight_decay"), ("adam", {"lr": 0.1, "amsgrad": True}, "amsgrad"),
-        ("adamw", {"lr": 0.1}, "default-decay"), ("adamw", {"lr": 0.1, "weight_decay": 0.3}, "weight_decay"),
+        ("adam", {"lr": 0.1}, "lr"),
+        ("adam", {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-3}, "betas-eps"),
+        ("adam", {"lr": 0.1, "weight_decay": 0.3}, "weight_decay"),
+        ("adam", {"lr": 0.1, "amsgrad": True}, "amsgrad"),
+        ("adamw", {"lr": 0.1}, "default-decay"),
+        ("adamw", {"lr": 0.1, "weight_decay": 0.3}, "weight_decay"),
         ("adamw", {"lr": 0.1, "weight_decay": 0.3, "amsgrad": True}, "amsgrad"),
         ("amsgrad", {"lr": 0.1, "eps": 1e-3}, "amsgrad"),
-        ("rmsprop", {"lr": 0.01}, "lr"), ("rmsprop", {"lr": 0.01, "rho": 0.8, "eps": 1e-3}, "rho-eps"),
-        ("rmsprop", {"lr": 0.01, "centered": True}, "centered"), ("rmsprop", {"lr": 0.01, "momentum": 0.9}, "momentum"),
+        ("rmsprop", {"lr": 0.01}, "lr"),
+        ("rmsprop", {"lr": 0.01, "rho": 0.8, "eps": 1e-3}, "rho-eps"),
+        ("rmsprop", {"lr": 0.01, "centered": True}, "centered"),
+        ("rmsprop", {"lr": 0.01, "momentum": 0.9}, "momentum"),
         ("rmsprop", {"lr": 0.01, "momentum": 0.5, "centered": True, "weight_decay": 0.3}, "all"),
-        ("adagrad", {"lr": 0.1}, "lr"), ("adagrad", {"lr": 0.1, "initial_accumulator": 0.5, "eps": 1e-3}, "init-eps"),
+        ("adagrad", {"lr": 0.1}, "lr"),
+        ("adagrad", {"lr": 0.1, "initial_accumulator": 0.5, "eps": 1e-3}, "init-eps"),
         ("adagrad", {"lr": 0.1, "weight_decay": 0.3}, "weight_decay"),
-    ]  # fmt: skip
+    ]
     for rule, given, desc in table:
         yield pytest.param(rule, given, f"{rule}-{desc}", DENSE, id=f"{rule}-{desc}")
     for rule, given, desc in [table[i] for i in (3, 8, 11, 18, 21)]:
@@ -319,8 +335,10 @@ def run_optax(rule, given, gradients):
         optimizer = native.optax_optimizer(rule, given)
         state = optimizer.init(params)
         for grads in gradients:  # jax.grad gives zeros, never None, for an unused input
-            grads = {name: jax.numpy.zeros_like(params[name]) if g is None else jax.numpy.asarray(g)
-                     for name, g in grads.items()}  # fmt: skip
+            grads = {
+                name: jax.numpy.zeros_like(params[name]) if g is None else jax.numpy.asarray(g)
+                for name, g in grads.items()
+            }
             updates, state = optimizer.update(grads, state, params)
             params = optax.apply_updates(params, updates)
         return {name: np.asarray(p) for name, p in params.items()}, native.optax_state(state, list(params))
@@ -340,8 +358,10 @@ def relative_difference(native_run, reference_run) -> float:
     assert set(native_state) <= set(reference_state), f"native slots {sorted(native_state)} unknown to the reference"
     pairs = [(native_params[n], reference_params[n]) for n in reference_params]
     pairs += [(values[n], reference_state[slot][n]) for slot, values in native_state.items() for n in values]
-    return max(float(np.max(np.abs(np.asarray(a, np.float64) - b) / np.maximum(np.abs(b), 1e-300), initial=0.0))
-               for a, b in pairs)  # fmt: skip
+    return max(
+        float(np.max(np.abs(np.asarray(a, np.float64) - b) / np.maximum(np.abs(b), 1e-300), initial=0.0))
+        for a, b in pairs
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")
@@ -357,14 +377,16 @@ def test_native_optimizer_equals_the_reference_with_its_switches(framework, rule
 
 
 PROBES = {  # a case where each switch changes the parameters or the state
-    "adam_eps": ("adam", {"lr": 0.1, "eps": 0.5}, DENSE), "amsgrad_max": ("amsgrad", {"lr": 0.1}, DENSE),
+    "adam_eps": ("adam", {"lr": 0.1, "eps": 0.5}, DENSE),
+    "amsgrad_max": ("amsgrad", {"lr": 0.1}, DENSE),
     "weight_decay": ("adam", {"lr": 0.1, "weight_decay": 0.5}, DENSE),
     "sgd_momentum": ("momentum", {"lr": 0.1, "momentum": 0.9}, DENSE),
     "rmsprop_momentum": ("rmsprop", {"lr": 0.01, "momentum": 0.9}, DENSE),
     "rmsprop_eps": ("rmsprop", {"lr": 0.01, "eps": 0.5}, DENSE),
     "adagrad_eps": ("adagrad", {"lr": 0.1, "eps": 0.5}, DENSE),
-    "no_gradient": ("adam", {"lr": 0.1}, GAP), "hyperparameter_precision": ("sgd", {"lr": 0.1}, DENSE),
-}  # fmt: skip
+    "no_gradient": ("adam", {"lr": 0.1}, GAP),
+    "hyperparameter_precision": ("sgd", {"lr": 0.1}, DENSE),
+}
 
 
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")

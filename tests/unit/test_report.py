@@ -93,7 +93,7 @@ def synthetic(count: int) -> list[dict]:
         if prop == "update.trajectory" and index % 7 == 0:
             steps = list(range(10))
             reference = [2 - 0.1 * step for step in steps]
-            actual = [value + 1e-7 * step for step, value in zip(steps, reference)]
+            actual = [value + 1e-7 * step for step, value in zip(steps, reference, strict=True)]
             extra["trajectory"] = {"steps": steps, "reference": reference, "actual": actual, "error": [0.04] * 10}
         where = {"run_id": "run-torch", "variant": variant, "dtype": dtype, "property": prop, "tags": ["losses"]}
         records.append(result(case, backend, outcome, title=f"loss number {index // 40}", **where, **extra))
@@ -108,7 +108,7 @@ def test_two_files_merge_into_one_matrix_with_both_backends(tmp_path: Path) -> N
     assert {record.backend for record in results.records} == {"torch", "jax"}
     assert results.warnings == []
     page = render_report(results)
-    matrix = page[page.index('<table class=m>') : page.index("</table>", page.index('<table class=m>'))]
+    matrix = page[page.index("<table class=m>") : page.index("</table>", page.index("<table class=m>"))]
     assert "torch 2.13.0" in matrix and "jax 0.10.2" in matrix
     assert matrix.count("✓ pass") == 2
 
@@ -228,7 +228,7 @@ def test_identical_figures_are_drawn_once_and_reused(tmp_path: Path) -> None:
     records = [header(), result(trajectory=trajectory), result(backend="jax", trajectory=trajectory)]
     page = render_report(load_results([write_lines(tmp_path / "r.jsonl", records)]))
     assert page.count("<svg") == 2 and page.count("<polyline class=ref") == 1
-    assert '<g id=fig0>' in page and '<use href="#fig0"/>' in page
+    assert "<g id=fig0>" in page and '<use href="#fig0"/>' in page
 
 
 @pytest.mark.parametrize(
@@ -256,18 +256,25 @@ def test_odd_trajectories_do_not_crash(tmp_path: Path, trajectory: dict) -> None
 def test_page_shows_explanations_failures_and_reasons(tmp_path: Path) -> None:
     records = [
         header(),
-        result(case="opt/adam", backend="tensorflow", outcome="divergent", max_error=0.29, tolerance=1e-6,
-               explanation="Keras adds eps to sqrt(v)", citation="https://keras.io/api/optimizers/adam/"),
+        result(
+            case="opt/adam",
+            backend="tensorflow",
+            outcome="divergent",
+            max_error=0.29,
+            tolerance=1e-6,
+            explanation="Keras adds eps to sqrt(v)",
+            citation="https://keras.io/api/optimizers/adam/",
+        ),
         result(case="opt/adam", outcome="fail", counterexample={"x": 2.0}, repro=REPRO, message="off by 0.1%"),
         result(case="opt/sgd", backend="tensorflow", outcome="not_applicable", message="no dampening in Keras"),
         result(case="opt/sgd", backend="jax", outcome="error", message="Traceback: boom"),
     ]
     page = render_report(load_results([write_lines(tmp_path / "r.jsonl", records)]))
-    known = page[page.index('id=known'):page.index('id=not-run')]
+    known = page[page.index("id=known") : page.index("id=not-run")]
     assert "Keras adds eps to sqrt(v)" in known and 'href="https://keras.io/api/optimizers/adam/"' in known
     assert "0.29" in known and "2.9e5" in known
-    assert "no dampening in Keras" in page[page.index('id=not-run'):page.index('id=details')]
-    details = page[page.index('id=details'):]
+    assert "no dampening in Keras" in page[page.index("id=not-run") : page.index("id=details")]
+    details = page[page.index("id=details") :]
     assert "x = torch.tensor(2.0, requires_grad=True)" in details and "{&#34;x&#34;: 2.0}" in details
     assert "Traceback: boom" in details
     assert re.search(r'<td class="error[^"]*"><a href="#c\d+-\d+"', page)
@@ -299,10 +306,14 @@ def test_cli_missing_file_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.
 
 
 def test_sensitivity_and_discarded_examples_are_shown_and_escaped(tmp_path: Path) -> None:
-    records = [header(),
-               result(sensitivity=2.5e-4, discarded={"a step's state would be <subnormal>": 3}, examples=7),
-               result(case="seed/adam-step", property="differentiation.values_unchanged", sensitivity=0.0)]
+    records = [
+        header(),
+        result(sensitivity=2.5e-4, discarded={"a step's state would be <subnormal>": 3}, examples=7),
+        result(case="seed/adam-step", property="differentiation.values_unchanged", sensitivity=0.0),
+    ]
     page = render_report(load_results([write_lines(tmp_path / "r.jsonl", records)]))
     assert "≥ 0.00025" in page
-    assert "(+3 discarded)" in page and "Discarded: 3 examples where a step&#39;s state would be &lt;subnormal&gt;" in page
+    assert (
+        "(+3 discarded)" in page and "Discarded: 3 examples where a step&#39;s state would be &lt;subnormal&gt;" in page
+    )
     assert "any change" in page and "<subnormal>" not in page

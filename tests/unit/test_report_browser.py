@@ -18,25 +18,53 @@ from conformance.report import write_report
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "reports" / "test-output" / "report-screenshot.png"
 RUN = {
-    "schema": 1, "kind": "run", "python": "3.11.7", "platform": "Linux-6.1.0-x86_64-with-glibc2.36", "seed": "0",
+    "schema": 1,
+    "kind": "run",
+    "python": "3.11.7",
+    "platform": "Linux-6.1.0-x86_64-with-glibc2.36",
+    "seed": "0",
     "frameworks": {"torch": "2.13.0", "tensorflow": "2.21.0", "jax": "0.10.2", "optax": "0.2.8"},
-    "devices": {"torch": ["cpu"], "tensorflow": ["cpu"], "jax": ["cpu"]}, "profile": "ci",
-    "started": "2026-11-25T10:00:00Z", "git_commit": "abc123", "hostname": "ci-runner",
+    "devices": {"torch": ["cpu"], "tensorflow": ["cpu"], "jax": ["cpu"]},
+    "profile": "ci",
+    "started": "2026-11-25T10:00:00Z",
+    "git_commit": "abc123",
+    "hostname": "ci-runner",
 }
-BACKENDS = (("torch", ("eager", "compiled"), "2.13.0"), ("tensorflow", ("eager", "function"), "2.21.0"),
-            ("jax", ("eager", "jit"), "0.10.2"))
-SEED = [("seed/linear-square", "y = 3x + 5, loss = (y - 10)^2"), ("seed/accumulate-sgd", "three batches, one SGD step"),
-        ("seed/adam-one-step", "one Adam step, lr=0.1")]
-KERAS_EPS = ("Keras adds epsilon to sqrt(v) and folds the bias correction into the step size; "
-             "torch and optax add it to sqrt(v_hat)")
+BACKENDS = (
+    ("torch", ("eager", "compiled"), "2.13.0"),
+    ("tensorflow", ("eager", "function"), "2.21.0"),
+    ("jax", ("eager", "jit"), "0.10.2"),
+)
+SEED = [
+    ("seed/linear-square", "y = 3x + 5, loss = (y - 10)^2"),
+    ("seed/accumulate-sgd", "three batches, one SGD step"),
+    ("seed/adam-one-step", "one Adam step, lr=0.1"),
+]
+KERAS_EPS = (
+    "Keras adds epsilon to sqrt(v) and folds the bias correction into the step size; "
+    "torch and optax add it to sqrt(v_hat)"
+)
 REPRO = "import torch\nw = torch.tensor([88.5, -3.0], requires_grad=True)\n...\n"
 
 
 def record(*parts: dict[str, Any], **fields: Any) -> dict[str, Any]:
     """A result record: defaults, then each part, then the fields."""
-    base = {"schema": 1, "kind": "result", "case": "seed/linear-square", "property": "gradient.matches_reference",
-            "backend": "torch", "variant": "eager", "device": "cpu", "dtype": "float32", "framework_version": "2.13.0",
-            "outcome": "pass", "examples": 100, "elapsed_s": 0.41, "max_error": 1.2e-7, "tolerance": 2.4e-6}
+    base = {
+        "schema": 1,
+        "kind": "result",
+        "case": "seed/linear-square",
+        "property": "gradient.matches_reference",
+        "backend": "torch",
+        "variant": "eager",
+        "device": "cpu",
+        "dtype": "float32",
+        "framework_version": "2.13.0",
+        "outcome": "pass",
+        "examples": 100,
+        "elapsed_s": 0.41,
+        "max_error": 1.2e-7,
+        "tolerance": 2.4e-6,
+    }
     for part in parts:
         base.update(part)
     return base | fields
@@ -80,31 +108,90 @@ def small_results(tmp_path: Path) -> list[Path]:
         target = torch_run if backend == "torch" else other_run
         for variant in variants:
             for dtype in ("float32", "float64"):
-                where = {"run_id": target[0]["run_id"], "backend": backend, "variant": variant, "dtype": dtype,
-                         "framework_version": version}
+                where = {
+                    "run_id": target[0]["run_id"],
+                    "backend": backend,
+                    "variant": variant,
+                    "dtype": dtype,
+                    "framework_version": version,
+                }
                 for case, title in SEED:
                     for prop in ("gradient.matches_reference", "gradient.values_unchanged"):
                         target.append(record(where, case=case, title=title, tags=["seed"], property=prop))
                 if backend == "tensorflow":
-                    target.append(record(where, adam, case="optimizers/adam-tiny-loss", outcome="divergent",
-                                         max_error=0.29, tolerance=1e-6, explanation=KERAS_EPS,
-                                         citation="https://keras.io/api/optimizers/adam/",
-                                         trajectory={"steps": steps, "reference": reference, "actual": keras,
-                                                     "error": [abs(a - r) for a, r in zip(keras, reference)]}))
-                    target.append(record(where, sgd, case="optimizers/sgd-dampening", outcome="not_applicable",
-                                         message="Keras SGD has no dampening", max_error=None, tolerance=None))
+                    target.append(
+                        record(
+                            where,
+                            adam,
+                            case="optimizers/adam-tiny-loss",
+                            outcome="divergent",
+                            max_error=0.29,
+                            tolerance=1e-6,
+                            explanation=KERAS_EPS,
+                            citation="https://keras.io/api/optimizers/adam/",
+                            trajectory={
+                                "steps": steps,
+                                "reference": reference,
+                                "actual": keras,
+                                "error": [abs(a - r) for a, r in zip(keras, reference, strict=True)],
+                            },
+                        )
+                    )
+                    target.append(
+                        record(
+                            where,
+                            sgd,
+                            case="optimizers/sgd-dampening",
+                            outcome="not_applicable",
+                            message="Keras SGD has no dampening",
+                            max_error=None,
+                            tolerance=None,
+                        )
+                    )
                 else:
-                    target.append(record(where, adam, case="optimizers/adam-tiny-loss",
-                                         trajectory={"steps": steps, "reference": reference, "actual": reference,
-                                                     "error": [0.0] * 11}))
+                    target.append(
+                        record(
+                            where,
+                            adam,
+                            case="optimizers/adam-tiny-loss",
+                            trajectory={
+                                "steps": steps,
+                                "reference": reference,
+                                "actual": reference,
+                                "error": [0.0] * 11,
+                            },
+                        )
+                    )
                     target.append(record(where, sgd, case="optimizers/sgd-dampening"))
-    torch_run.append(record({"run_id": "torch-1", "backend": "torch", "variant": "compiled"}, lse, outcome="fail",
-                            max_error=3.1e-3, counterexample={"w": [88.5, -3.0], "a": [1.0, 2.0]}, repro=REPRO,
-                            message="gradient differs from the reference by 3.1e-3"))
-    other_run.append(record({"run_id": "tf-jax-1", "backend": "jax", "variant": "jit", "framework_version": "0.10.2"},
-                            lse, outcome="error", max_error=None, message="XlaRuntimeError: INTERNAL: boom"))
-    other_run.append(record({"run_id": "tf-jax-1", "backend": "tensorflow", "framework_version": "2.21.0"}, lse,
-                            outcome="skip", max_error=None, message="the default profile runs it on float64 only"))
+    torch_run.append(
+        record(
+            {"run_id": "torch-1", "backend": "torch", "variant": "compiled"},
+            lse,
+            outcome="fail",
+            max_error=3.1e-3,
+            counterexample={"w": [88.5, -3.0], "a": [1.0, 2.0]},
+            repro=REPRO,
+            message="gradient differs from the reference by 3.1e-3",
+        )
+    )
+    other_run.append(
+        record(
+            {"run_id": "tf-jax-1", "backend": "jax", "variant": "jit", "framework_version": "0.10.2"},
+            lse,
+            outcome="error",
+            max_error=None,
+            message="XlaRuntimeError: INTERNAL: boom",
+        )
+    )
+    other_run.append(
+        record(
+            {"run_id": "tf-jax-1", "backend": "tensorflow", "framework_version": "2.21.0"},
+            lse,
+            outcome="skip",
+            max_error=None,
+            message="the default profile runs it on float64 only",
+        )
+    )
     torch_file, other_file = tmp_path / "results-torch.jsonl", tmp_path / "results-tf-jax.jsonl"
     torch_file.write_text("".join(json.dumps(line) + "\n" for line in torch_run), encoding="utf-8")
     cut_off = '{"schema": 1, "ki'  # the run was killed while writing

@@ -1,24 +1,23 @@
 """The properties must catch deliberately broken frameworks, or the suite's green cells mean nothing.
 
-Each fault (from `conformance.faults`, which `conformance mutate` plants too) is put into the framework itself
-(torch's `Tensor.backward` and `Tensor.grad`, `tf.GradientTape.gradient`, `jax.value_and_grad`), below the unmodified adapter, so the adapter is exercised as it is in the suite. For each fault the property
-meant to catch it must fail on at least one of a handful of Hypothesis draws (`hypothesis.find`), in float32 and
-float64; without the fault the same checks pass on the same cases.
-"""
+Each fault (from `conformance.faults`, which `conformance mutate` plants too) is put into the framework itself (torch's
+`Tensor.backward` and `Tensor.grad`, `tf.GradientTape.gradient`, `jax.value_and_grad`), below the unmodified adapter, so
+the adapter is exercised as it is in the suite. For each fault the property meant to catch it must fail on at least one
+of a handful of Hypothesis draws (`hypothesis.find`), in float32 and float64; without the fault the same checks pass on
+the same cases."""
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import pytest
 from hypothesis import Phase, find, given, settings
-from hypothesis.errors import NoSuchExample
 from hypothesis import strategies as st
+from hypothesis.errors import NoSuchExample
 
-from conformance.pytest_plugin import SHIPPED_CASES as SHIPPED
 from conformance import faults, properties, strategies
 from conformance.cases import load_case
+from conformance.pytest_plugin import SHIPPED_CASES as SHIPPED
 from conformance.reference.gradients import compiled_gradient
 
 CASES = list(faults.GRADIENT_CASES)
@@ -53,6 +52,7 @@ def assert_caught(property_name: str, backend, case, dtype: str, variant: str) -
 
 
 # --------------------------------------------------------------------------------------------------- torch
+
 
 @pytest.fixture(scope="module")
 def torch():
@@ -95,6 +95,7 @@ def test_the_real_torch_passes_the_same_checks(torch, torch_backend, case_id, dt
 
 
 # ----------------------------------------------------------------------------------------------------- jax
+
 
 @pytest.fixture(scope="module")
 def jax():
@@ -139,6 +140,7 @@ def test_the_real_jax_passes_the_same_checks(jax, jax_backend, case_id, variant,
 
 # ---------------------------------------------------------------------------------------------- tensorflow
 
+
 @pytest.fixture
 def broken_tensorflow_backend():
     """A fresh instance per test: under tf.function the backend caches traced functions, which hold the fault."""
@@ -158,6 +160,8 @@ TENSORFLOW_FAULTS = {
 @pytest.mark.parametrize("variant", ["eager", "function"])
 @pytest.mark.parametrize("case_id", CASES[:2])
 @pytest.mark.parametrize(("fault", "property_name"), TENSORFLOW_FAULTS.values(), ids=TENSORFLOW_FAULTS.keys())
-def test_a_broken_tensorflow_is_caught(broken_tensorflow_backend, planted, fault, property_name, case_id, variant, dtype):
+def test_a_broken_tensorflow_is_caught(
+    broken_tensorflow_backend, planted, fault, property_name, case_id, variant, dtype
+):
     fault(planted)
     assert_caught(property_name, broken_tensorflow_backend, shipped(case_id), dtype, variant)

@@ -76,8 +76,10 @@ def test_identical_requires_the_same_shape_and_dtype(first, second):
     assert not result.ok and "became" in result.detail
 
 
-@pytest.mark.parametrize(("actual", "expected"), [(np.zeros(3), np.zeros(4)), (np.zeros((2, 3)), np.zeros((3, 2))),
-                                                  (np.zeros(()), np.zeros(1))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("actual", "expected"),
+    [(np.zeros(3), np.zeros(4)), (np.zeros((2, 3)), np.zeros((3, 2))), (np.zeros(()), np.zeros(1))],
+)
 def test_compare_rejects_a_shape_mismatch(actual, expected):
     result = compare("g", actual, expected, 1.0)
     assert not result.ok and result.max_error == INF and "shape" in result.detail

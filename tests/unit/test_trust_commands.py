@@ -13,9 +13,11 @@ FAULT = faults.find("longer-step:torch")
 
 
 def test_a_fault_is_caught_only_where_the_baseline_was_healthy():
-    baseline = {("a", "update.matches_reference", "eager", "float32"): "pass",
-                ("a", "accumulation.native", "eager", "float32"): "divergent",  # explained: still healthy
-                ("a", "accumulation.native", "eager", "float64"): "fail"}  # broken without the fault
+    baseline = {
+        ("a", "update.matches_reference", "eager", "float32"): "pass",
+        ("a", "accumulation.native", "eager", "float32"): "divergent",  # explained: still healthy
+        ("a", "accumulation.native", "eager", "float64"): "fail",
+    }  # broken without the fault
     planted = {key: "fail" for key in baseline}
     assert verdict(FAULT, planted, baseline).caught_by == ("accumulation.native", "update.matches_reference")
     only_broken = {("a", "accumulation.native", "eager", "float64"): "fail"}
@@ -37,10 +39,12 @@ def test_every_fault_has_a_distinct_key_and_cases():
 
 
 def test_soak_counts_known_failures_apart_and_skips_a_cut_off_line(tmp_path):
-    records = [{"kind": "run"},
-               {"kind": "result", "outcome": "pass"},
-               {"kind": "result", "outcome": "fail", "message": "known: optax.MultiSteps keeps float32"},
-               {"kind": "result", "outcome": "fail", "message": "gradient.matches_reference: x"}]
+    records = [
+        {"kind": "run"},
+        {"kind": "result", "outcome": "pass"},
+        {"kind": "result", "outcome": "fail", "message": "known: optax.MultiSteps keeps float32"},
+        {"kind": "result", "outcome": "fail", "message": "gradient.matches_reference: x"},
+    ]
     path = tmp_path / "seed-1.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "res', encoding="utf-8")
     assert outcome_counts(path) == {"pass": 1, "known": 1, "fail": 1}

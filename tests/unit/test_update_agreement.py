@@ -24,8 +24,15 @@ def reference_for(switches, conventions):
     return lambda params: (gradient(params), {"x": 1e-15 * np.abs(gradient(params)["x"]) + 1e-300})
 
 
-def run_of(rule: str, hyper: dict, switches, steps: int = 3, gradient_scale: float = 1.0, step_scale: float = 1.0,
-           start_scale: float = 1.0):  # fmt: skip
+def run_of(
+    rule: str,
+    hyper: dict,
+    switches,
+    steps: int = 3,
+    gradient_scale: float = 1.0,
+    step_scale: float = 1.0,
+    start_scale: float = 1.0,
+):
     """A float64 run that follows `switches` exactly, with optionally wrong gradients, steps or start."""
     params = {name: value * start_scale for name, value in START.items()}
     state = optimizers.init(rule, hyper, switches, params)
@@ -42,7 +49,9 @@ def run_of(rule: str, hyper: dict, switches, steps: int = 3, gradient_scale: flo
 def side(framework: str, rule: str, given: dict, **faults) -> update_properties.Side:
     hyper = optimizers.hyperparameters(rule, framework, given)
     switches = optimizers.SWITCHES[framework]
-    return update_properties.Side(framework, hyper, switches, KinkConventions(), run_of(rule, hyper, switches, **faults))
+    return update_properties.Side(
+        framework, hyper, switches, KinkConventions(), run_of(rule, hyper, switches, **faults)
+    )
 
 
 def verdict(rule: str, given: dict, mine, theirs) -> update_properties.Verdict:

@@ -40,27 +40,36 @@ def test_differences_that_matter_only_together_are_both_relevant():
         gradient_at = lambda params: {"x": 2 * (params["x"] - 1)}  # noqa: E731
         return update_properties.reference_trajectory("adam", hyperparameters, switches, start, gradient_at, 2)
 
-    differences = (optimizers.explain("adam", torch_switches, keras_switches, torch_hyper)
-                   + optimizers.explain_defaults("adam", "torch", "tensorflow", hyper))  # fmt: skip
+    differences = optimizers.explain("adam", torch_switches, keras_switches, torch_hyper) + optimizers.explain_defaults(
+        "adam", "torch", "tensorflow", hyper
+    )
     gap = trajectory_of(torch_hyper, torch_switches)["x"] - trajectory_of(keras_hyper, keras_switches)["x"]
     bound = {"x": np.abs(gap) * 0.8}  # the gap exceeds the bound, no single flip does
-    relevant = update_properties.relevant_differences(differences, "adam", torch_hyper, keras_hyper, torch_switches,
-                                                      keras_switches, trajectory_of, bound)  # fmt: skip
+    relevant = update_properties.relevant_differences(
+        differences, "adam", torch_hyper, keras_hyper, torch_switches, keras_switches, trajectory_of, bound
+    )
     assert {d.switch for d in relevant} == {"adam_eps", "eps"}
 
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_no_drift_without_rounding(steps):
     exact = lambda params: (quadratic(params), {"w": np.zeros(2)})  # noqa: E731
-    drift = update_properties.gradient_rounding_drift("sgd", SGD, optimizers.SWITCHES["torch"], {"w": np.ones(2)},
-                                                      exact, steps)  # fmt: skip
+    drift = update_properties.gradient_rounding_drift(
+        "sgd", SGD, optimizers.SWITCHES["torch"], {"w": np.ones(2)}, exact, steps
+    )
     assert np.all(drift["w"] == 0)
 
 
-@pytest.mark.parametrize(("value", "dtype", "underflows"), [
-    (1e-200, "float64", True), (1e-150, "float64", False), (1e-20, "float32", True), (1e-18, "float32", False),
-    (0.0, "float32", False),  # exact zeros square to zero exactly: nothing is flushed
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "dtype", "underflows"),
+    [
+        (1e-200, "float64", True),
+        (1e-150, "float64", False),
+        (1e-20, "float32", True),
+        (1e-18, "float32", False),
+        (0.0, "float32", False),  # exact zeros square to zero exactly: nothing is flushed
+    ],
+)
 def test_steps_with_subnormal_intermediates_are_recognised(value, dtype, underflows):
     """A parameter (or gradient) whose square is subnormal: weight_decay * p, g * g may be flushed to zero."""
     values = [{"w": np.array([value, 1.0], dtype)}, {"w": np.array([value, 0.9], dtype)}]
@@ -68,10 +77,16 @@ def test_steps_with_subnormal_intermediates_are_recognised(value, dtype, underfl
     assert update_properties.near_underflow(values[1:], [{"w": np.array([value, 1.0], dtype)}], [], dtype) is underflows
 
 
-@pytest.mark.parametrize(("value", "dtype", "underflows"), [
-    (1e-39, "float32", True), (1e-37, "float32", False), (1e-309, "float64", True), (1e-307, "float64", False),
-    (0.0, "float64", False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "dtype", "underflows"),
+    [
+        (1e-39, "float32", True),
+        (1e-37, "float32", False),
+        (1e-309, "float64", True),
+        (1e-307, "float64", False),
+        (0.0, "float64", False),
+    ],
+)
 def test_a_subnormal_optimizer_state_is_recognised(value, dtype, underflows):
     """(1 - beta2) g^2 below the smallest normal number, though g^2 is not: a subnormal second moment."""
     state = {"step": {"w": np.asarray(1)}, "exp_avg_sq": {"w": np.array([value, 1.0])}}
@@ -87,15 +102,21 @@ def _accumulated(mean: np.ndarray, held_in: str | None) -> AccumulationRun:
 @pytest.mark.parametrize("held_in", [None, "float64"])
 def test_a_float32_mean_in_a_float64_run_fails_without_a_narrower_accumulator(held_in):
     exact = (np.array([0.1, -3.0]) + np.array([0.1 + 1e-12, 2.0])) / 2
-    comparison, explanations = update_properties.native_accumulation(_accumulated(exact.astype(np.float32), held_in), "float64")
-    assert not comparison.ok and explanations == ["a mechanism averages the micro-batch gradients; torch's .grad accumulation sums them"]
+    comparison, explanations = update_properties.native_accumulation(
+        _accumulated(exact.astype(np.float32), held_in), "float64"
+    )
+    assert not comparison.ok and explanations == [
+        "a mechanism averages the micro-batch gradients; torch's .grad accumulation sums them"
+    ]
 
 
 def test_a_documented_narrower_accumulator_explains_only_its_own_precision():
     """optax.MultiSteps' float32 accumulator in a float64 run: the float32 mean is explained, an error beyond
     float32's rounding (1e-5 relative) is not."""
     exact = (np.array([0.1, -3.0]) + np.array([0.1 + 1e-12, 2.0])) / 2
-    rounded, explanations = update_properties.native_accumulation(_accumulated(exact.astype(np.float32), "float32"), "float64")
+    rounded, explanations = update_properties.native_accumulation(
+        _accumulated(exact.astype(np.float32), "float32"), "float64"
+    )
     assert rounded.ok and "holds its accumulator in float32 in a float64 run" in explanations[-1]
     wrong, _ = update_properties.native_accumulation(_accumulated(exact * (1 + 1e-5), "float32"), "float64")
     assert not wrong.ok

@@ -10,16 +10,15 @@ handful of draws of inputs and hyperparameters, in float32 and float64; without 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from conformance.pytest_plugin import SHIPPED_CASES as SHIPPED
 from conformance import backends, faults, strategies, update_properties
 from conformance.cases import load_case
+from conformance.pytest_plugin import SHIPPED_CASES as SHIPPED
 from conformance.reference import optimizers
 
 UPDATE_CASES = list(faults.UPDATE_CASES)
@@ -47,8 +46,14 @@ def update_check(backend, case, inputs: dict, hyper: dict, dtype: str):
     """`update.matches_reference` as tests/conformance/test_updates.py runs it: steps and fed gradients."""
     complete = optimizers.hyperparameters(case.update.rule, backend.name, hyper)
     run = backend.updates(case, inputs, hyper, dtype, backend.variants[0], "cpu")
-    side = update_properties.Side(backend.name, complete, optimizers.SWITCHES[backend.name], backend.conventions, run,
-                                  backend.decay_rates_in_dtype("cpu"))  # fmt: skip
+    side = update_properties.Side(
+        backend.name,
+        complete,
+        optimizers.SWITCHES[backend.name],
+        backend.conventions,
+        run,
+        backend.decay_rates_in_dtype("cpu"),
+    )
     reference_at = update_properties.summed_reference(case, inputs, dtype)(side.switches, side.conventions)
     start = {spec.name: inputs[spec.name] for spec in case.variables}
     return update_properties.health(case.update.rule, side, reference_at, start, dtype)[0]
@@ -74,12 +79,20 @@ def assert_caught(fails, strategy, what: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- the tests
 
-UPDATE_FAULT_PARAMS = [pytest.param(fault, case_id, dtype, id=f"{fault.key}-{case_id}-{dtype}")
-                       for fault in faults.FAULTS if fault.expected == ("update.matches_reference",)
-                       for case_id in fault.cases for dtype in DTYPES]  # fmt: skip
-ACCUMULATION_FAULT_PARAMS = [pytest.param(fault, case_id, dtype, id=f"{fault.key}-{case_id}-{dtype}")
-                             for fault in faults.FAULTS if fault.expected == ("accumulation.native",)
-                             for case_id in fault.cases for dtype in DTYPES]  # fmt: skip
+UPDATE_FAULT_PARAMS = [
+    pytest.param(fault, case_id, dtype, id=f"{fault.key}-{case_id}-{dtype}")
+    for fault in faults.FAULTS
+    if fault.expected == ("update.matches_reference",)
+    for case_id in fault.cases
+    for dtype in DTYPES
+]
+ACCUMULATION_FAULT_PARAMS = [
+    pytest.param(fault, case_id, dtype, id=f"{fault.key}-{case_id}-{dtype}")
+    for fault in faults.FAULTS
+    if fault.expected == ("accumulation.native",)
+    for case_id in fault.cases
+    for dtype in DTYPES
+]
 
 
 @pytest.mark.parametrize(("fault", "case_id", "dtype"), UPDATE_FAULT_PARAMS)
@@ -87,8 +100,11 @@ def test_a_broken_optimizer_is_caught(planted, fault, case_id, dtype):
     # a fresh adapter: the shared one may hold functions compiled before the fault was planted
     backend, case = type(backend_or_skip(fault.backend))(), shipped(case_id)
     fault.plant(planted)
-    assert_caught(lambda draw: not update_check(backend, case, *draw, dtype).ok, draws(case, dtype),
-                  f"{fault.key} on {case_id} in {dtype}")  # fmt: skip
+    assert_caught(
+        lambda draw: not update_check(backend, case, *draw, dtype).ok,
+        draws(case, dtype),
+        f"{fault.key} on {case_id} in {dtype}",
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -108,8 +124,11 @@ def test_the_real_optimizer_passes_the_same_checks(framework, case_id, dtype, da
 def test_overwriting_accumulation_is_caught(planted, fault, case_id, dtype):
     backend, case = type(backend_or_skip(fault.backend))(), shipped(case_id)
     fault.plant(planted)
-    assert_caught(lambda inputs: not accumulation_check(backend, case, inputs, dtype).ok,
-                  strategies.inputs(case, dtype), f"{fault.key} on {case_id} in {dtype}")  # fmt: skip
+    assert_caught(
+        lambda inputs: not accumulation_check(backend, case, inputs, dtype).ok,
+        strategies.inputs(case, dtype),
+        f"{fault.key} on {case_id} in {dtype}",
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
