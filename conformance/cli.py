@@ -25,6 +25,7 @@ COMMANDS = {  # imported only when called: `report` and `soak` need no framework
     "soak": "conformance.soak:main_soak",
     "mutate": "conformance.mutation:main_mutate",
     "known-differences": "conformance.known_differences:main_known_differences",
+    "bench": "conformance.bench:main_bench",
 }
 
 
@@ -38,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if exit_.code == 0 else 2
     print(
         "usage: conformance run [options] | conformance report FILE... [-o FILE] | conformance soak [options] | "
-        "conformance mutate [options] | conformance known-differences [RESULTS...] [-o FILE]   (-h for each)",
+        "conformance mutate [options] | conformance known-differences [RESULTS...] [-o FILE] | "
+        "conformance bench [options]   (-h for each)",
         file=sys.stderr,
     )
     return 0 if argv[:1] in (["-h"], ["--help"]) else 2

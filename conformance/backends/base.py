@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,11 @@ class Backend:
         return ["cpu"]
 
     def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
+        raise NotImplementedError
+
+    def bare_gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> Callable[[], Any]:
+        """One differentiation as the framework's users write it, with the inputs already in the framework and
+        nothing copied out: what `conformance bench` times as the framework's own cost (optional)."""
         raise NotImplementedError
 
     def updates(self, case: Case, inputs: Arrays, hyper: dict, dtype: str, variant: str, device: str) -> UpdateRun:

@@ -200,6 +200,23 @@ class JaxBackend(Backend):
                 copied(grads, np.asarray),
             )
 
+    def bare_gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str):
+        jax = self.jax
+        placement = jax.devices(device)[0]
+        with self.precision(dtype):
+            jnp_dtype = getattr(jax.numpy, dtype)
+            params = {
+                s.name: jax.device_put(jax.numpy.asarray(inputs[s.name], jnp_dtype), placement) for s in case.variables
+            }
+            data = {s.name: jax.device_put(jax.numpy.asarray(inputs[s.name], jnp_dtype), placement) for s in case.data}
+        value_and_grad = self._value_and_grad(case, dtype, variant)
+
+        def differentiate():
+            with self.precision(dtype):
+                return jax.block_until_ready(value_and_grad(params, data))
+
+        return differentiate
+
     def updates(self, case: Case, inputs: Arrays, hyper: dict, dtype: str, variant: str, device: str) -> UpdateRun:
         """jax.grad per micro-batch, summed, then `optimizer.update` and `optax.apply_updates`."""
         import optax
@@ -289,6 +306,6 @@ class JaxBackend(Backend):
             f"loss, grads = jax.value_and_grad(loss_function, argnums=argnums)({names})",
             "print('loss', loss)",
             f"for name, grad in zip({list(case.variable_names)!r}, grads):",
-            "    print('grad', name, grad)",
+            "    print('grad', name, grad.tolist())  # exact: floats' repr round-trips",
         ]
         return "\n".join(lines) + "\n"

@@ -160,6 +160,14 @@ class TensorFlowBackend(Backend):
             self._compiled[key] = compiled
         return compiled
 
+    def bare_gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str):
+        tf = self.tf
+        variables, differentiate = self._differentiation(case, dtype, variant)
+        for name, variable in variables.items():
+            variable.assign(tf.constant(inputs[name], dtype=getattr(tf, dtype)))
+        data = {spec.name: tf.constant(inputs[spec.name], dtype=getattr(tf, dtype)) for spec in case.data}
+        return lambda: differentiate(data)
+
     def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
         tf = self.tf
         tf_dtype = getattr(tf, dtype)
@@ -252,6 +260,6 @@ class TensorFlowBackend(Backend):
             f"grads = tape.gradient(loss, [{names}])",
             "print('loss', loss.numpy())",
             f"for name, grad in zip({list(case.variable_names)!r}, grads):",
-            "    print('grad', name, grad)",
+            "    print('grad', name, None if grad is None else grad.numpy().tolist())  # exact: repr round-trips",
         ]
         return "\n".join(lines) + "\n"

@@ -162,6 +162,18 @@ class TorchBackend(Backend):
         _, gradients_repeat = differentiate()
         return GradientRun(loss, values_before, values_after, copied(leaves, to_numpy), gradients, gradients_repeat)
 
+    def bare_gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str):
+        leaves, data, target = self._tensors(case, inputs, dtype, device)
+
+        def differentiate():
+            for leaf in leaves.values():
+                leaf.grad = None
+            lower(case.loss, target, {**leaves, **data}).backward()
+            if device != "cpu":
+                self.torch.cuda.synchronize()
+
+        return differentiate
+
     def _tensors(self, case: Case, inputs: Arrays, dtype: str, device: str):
         torch = self.torch
         torch_dtype = getattr(torch, dtype)
@@ -215,6 +227,14 @@ class TorchBackend(Backend):
         for spec in case.tensors:
             grad = ", requires_grad=True" if spec.trainable else ""
             lines.append(f"{spec.name} = torch.tensor({literal(inputs[spec.name])}, dtype=torch.{dtype}{grad})")
-        lines += [f"loss = {source_of(case, SOURCE_FORMATS)}", "loss.backward()", "print('loss', loss.item())"]
-        lines += [f"print('grad {name}', {name}.grad)" for name in case.variable_names]
+        constant = f"torch.tensor({{!r}}, dtype=torch.{dtype})"  # as TorchTarget.constant: torch.minimum needs tensors
+        lines += [
+            f"loss = {source_of(case, SOURCE_FORMATS, constant)}",
+            "loss.backward()",
+            "print('loss', loss.item())",
+        ]
+        lines += [  # exact: floats' repr round-trips
+            f"print('grad {name}', None if {name}.grad is None else {name}.grad.tolist())"
+            for name in case.variable_names
+        ]
         return "\n".join(lines) + "\n"

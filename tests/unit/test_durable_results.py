@@ -47,3 +47,15 @@ def test_an_interrupted_run_leaves_a_readable_results_file(tmp_path, capsys, int
     assert capsys.readouterr().err == ""
     html = report.read_text(encoding="utf-8")
     assert "healthy: the exact answer" in html and "hang: waits forever" not in html
+
+
+def test_the_reader_knows_every_field_the_writer_writes():
+    """One schema: `results.ResultRecord` is what is written; the report's `Record` reads each of its fields."""
+    import dataclasses
+
+    from conformance.report.loader import Record
+    from conformance.results import ResultRecord
+
+    written = {field.name for field in dataclasses.fields(ResultRecord)}
+    read = {field.name for field in dataclasses.fields(Record)}
+    assert written <= read and read - written == {"run_id", "source"}

@@ -1,0 +1,28 @@
+"""`conformance bench` times what it says: the bare loop, the adapter, the reference and the example each cost time,
+and the example, which contains the other two, costs more than the adapter and the reference together."""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance import backends
+from conformance.bench import main_bench
+
+
+def test_bench_splits_an_example_into_its_parts(tmp_path, capsys):
+    if backends.load("torch").unavailable_reason():
+        pytest.skip("torch is not installed")
+    output = tmp_path / "bench.md"
+    assert main_bench(["--backend", "torch", "--case", "losses/tanh-layer", "--dtype", "float64", "--repeats", "5",
+                       "-o", str(output)]) == 0  # fmt: skip
+    rows = [line for line in output.read_text().splitlines() if line.startswith("| torch ")]
+    assert len(rows) == 1
+    bare, adapter, reference, harness, example = (float(cell) for cell in rows[0].split("|")[5:10])
+    assert 0 < bare < adapter and reference > 0 and harness > 0
+    assert example > adapter + reference
+    assert "median over rows" in capsys.readouterr().out
+
+
+def test_bench_refuses_an_unknown_case_in_one_line(capsys):
+    assert main_bench(["--case", "losses/no-such-case"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
