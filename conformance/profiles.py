@@ -4,9 +4,9 @@ The property tests carry their profile as explicit settings, chosen when their m
 profile loaded at that time when it is one of ours (`--hypothesis-profile=conformance-thorough`), else the one
 named by CONFORMANCE_PROFILE (`ci` or `conformance-ci`), else `conformance-default`.
 
-No example database: a verdict depends on the commit and the seed alone, not on what an earlier run left in
-`.hypothesis/`, and nothing is written to the directory the suite runs in. A failure is reproduced from its
-record (the shrunk counterexample and a standalone script) or from the seed.
+No example database: a verdict depends on the commit and the seed alone, not on examples an earlier run left in
+`.hypothesis/`. A failure is reproduced from its record (the shrunk counterexample and a standalone script) or
+from the seed.
 """
 
 from __future__ import annotations

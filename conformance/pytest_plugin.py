@@ -11,7 +11,9 @@ will have if its worker dies, and the controller writes it as an `error` that sa
 
 from __future__ import annotations
 
+import datetime
 import faulthandler
+import functools
 import json
 import os
 import signal
@@ -28,7 +30,7 @@ from conformance import backends as backend_registry
 from conformance import faults, known_failures, profiles
 from conformance.cases import Case, CaseError, load_cases
 from conformance.item import ConformanceItem, ItemSpec
-from conformance.results import ResultRecord, ResultsWriter, clean, new_run_id, run_header
+from conformance.results import ResultRecord, ResultsWriter, clean, new_run_id, now, run_header
 
 SHIPPED_CASES = Path(__file__).resolve().parent / "shipped_cases"
 DTYPES = ("float32", "float64")
@@ -118,7 +120,8 @@ def _start(config: pytest.Config) -> SuiteConfig:
     results = config.getoption("results")
     if results and not hasattr(config, "workerinput"):
         config.pluginmanager.register(
-            _ResultsFile(ResultsWriter(Path(results), _header(suite, config))), "conformance-results"
+            _ResultsFile(ResultsWriter(Path(results), functools.partial(_header, suite, config, now()))),
+            "conformance-results",
         )
     return suite
 
@@ -197,7 +200,7 @@ def _exit_status(worker) -> int | None:
         return None
 
 
-def _header(suite: SuiteConfig, config: pytest.Config) -> dict:
+def _header(suite: SuiteConfig, config: pytest.Config, started: datetime.datetime) -> dict:
     frameworks, devices = {}, {}
     for name in suite.backend_names:
         backend = backend_registry.load(name)
@@ -205,7 +208,8 @@ def _header(suite: SuiteConfig, config: pytest.Config) -> dict:
             frameworks.update(backend.versions())
             devices[name] = backend.devices()
     seed = config.getoption("hypothesis_seed", default=None)
-    return run_header(new_run_id(), frameworks, devices, None if seed is None else str(seed), profiles.chosen_name())
+    seed = None if seed is None else str(seed)
+    return run_header(new_run_id(), frameworks, devices, seed, profiles.chosen_name(), started)
 
 
 def _selected(case: Case, requires: str | None) -> bool:

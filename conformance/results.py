@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,12 @@ def clean(value: Any) -> Any:
 
 
 def run_header(
-    run_id: str, frameworks: dict[str, str], devices: dict[str, list[str]], seed: str | None, profile: str
+    run_id: str,
+    frameworks: dict[str, str],
+    devices: dict[str, list[str]],
+    seed: str | None,
+    profile: str,
+    started: datetime.datetime | None = None,
 ) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
@@ -76,11 +82,15 @@ def run_header(
         "devices": devices,
         "seed": seed,
         "profile": profile,
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "started": (started or now()).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
         "hostname": platform.node(),
         "argv": sys.argv[1:],
     }
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 def new_run_id() -> str:
@@ -98,15 +108,24 @@ def _git_commit() -> str | None:
 
 
 class ResultsWriter:
-    """Appends one line per record and flushes it, so that an interrupted run leaves a readable file."""
+    """Appends one line per record and flushes it, so that an interrupted run leaves a readable file.
 
-    def __init__(self, path: Path, header: dict[str, Any]):
+    The header comes first, made when the first record (or the end of the run) comes: describing the run imports
+    every framework for its version and devices, which would otherwise hold up the start of the run by seconds."""
+
+    def __init__(self, path: Path, header: Callable[[], dict[str, Any]]):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.run_id = path, header["run_id"]
+        self.path, self.run_id, self._header = path, None, header
         self._file = path.open("w", encoding="utf-8")
-        self._write(json.dumps(clean(header), allow_nan=False))
+
+    def _begin(self) -> None:
+        if self.run_id is None:
+            header = self._header()
+            self.run_id = header["run_id"]
+            self._write(json.dumps(clean(header), allow_nan=False))
 
     def write(self, record: ResultRecord) -> None:
+        self._begin()
         self._write(record.to_json(self.run_id))
 
     def _write(self, line: str) -> None:
@@ -114,4 +133,5 @@ class ResultsWriter:
         self._file.flush()
 
     def close(self) -> None:
+        self._begin()
         self._file.close()
