@@ -124,8 +124,13 @@ def table(rows: Sequence[Row]) -> str:
 def main_bench(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="conformance bench", description=__doc__.splitlines()[0])
     parser.add_argument("--backend", action="append", default=[], metavar="NAME", help="repeatable; default: all")
-    parser.add_argument("--case", action="append", default=[], metavar="ID", help=f"a shipped case id, repeatable "
-                        f"(default: {', '.join(DEFAULT_CASES)})")  # fmt: skip
+    parser.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        metavar="ID",
+        help=f"a shipped case id, repeatable (default: {', '.join(DEFAULT_CASES)})",
+    )
     parser.add_argument("--dtype", action="append", default=[], choices=DTYPES, help="default: both")
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per measurement (default 50)")
     parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="also write the table to FILE")

@@ -276,6 +276,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
     class ByCase(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
+            if "@" in nodeid:  # an xdist_group mark, as LoadGroupScheduling reads it
+                return nodeid.rsplit("@", 1)[-1]
             return _case_of(nodeid) or nodeid
 
         def _reschedule(self, node) -> None:

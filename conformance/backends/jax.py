@@ -176,15 +176,16 @@ class JaxBackend(Backend):
             self._compiled[key] = jax.jit(jax.value_and_grad(loss_function))
         return self._compiled[key]
 
-    def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
+    def _placed(self, case: Case, inputs: Arrays, dtype: str, device: str) -> tuple[dict, dict]:
+        """The case's parameters and data as arrays of `dtype` on `device` (inside `precision(dtype)`)."""
         jax = self.jax
-        placement = jax.devices(device)[0]
+        placement, jnp_dtype = jax.devices(device)[0], getattr(jax.numpy, dtype)
+        placed = {name: jax.device_put(jax.numpy.asarray(inputs[name], jnp_dtype), placement) for name in inputs}
+        return {s.name: placed[s.name] for s in case.variables}, {s.name: placed[s.name] for s in case.data}
+
+    def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
         with self.precision(dtype):
-            jnp_dtype = getattr(jax.numpy, dtype)
-            params = {
-                s.name: jax.device_put(jax.numpy.asarray(inputs[s.name], jnp_dtype), placement) for s in case.variables
-            }
-            data = {s.name: jax.device_put(jax.numpy.asarray(inputs[s.name], jnp_dtype), placement) for s in case.data}
+            params, data = self._placed(case, inputs, dtype, device)
             value_and_grad = self._value_and_grad(case, dtype, variant)
             values_before = copied(params, np.asarray)
             loss, grads = value_and_grad(params, data)
@@ -202,13 +203,8 @@ class JaxBackend(Backend):
 
     def bare_gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str):
         jax = self.jax
-        placement = jax.devices(device)[0]
         with self.precision(dtype):
-            jnp_dtype = getattr(jax.numpy, dtype)
-            params = {
-                s.name: jax.device_put(jax.numpy.asarray(inputs[s.name], jnp_dtype), placement) for s in case.variables
-            }
-            data = {s.name: jax.device_put(jax.numpy.asarray(inputs[s.name], jnp_dtype), placement) for s in case.data}
+            params, data = self._placed(case, inputs, dtype, device)
         value_and_grad = self._value_and_grad(case, dtype, variant)
 
         def differentiate():

@@ -13,8 +13,23 @@ def test_bench_splits_an_example_into_its_parts(tmp_path, capsys):
     if backends.load("torch").unavailable_reason():
         pytest.skip("torch is not installed")
     output = tmp_path / "bench.md"
-    assert main_bench(["--backend", "torch", "--case", "losses/tanh-layer", "--dtype", "float64", "--repeats", "5",
-                       "-o", str(output)]) == 0  # fmt: skip
+    assert (
+        main_bench(
+            [
+                "--backend",
+                "torch",
+                "--case",
+                "losses/tanh-layer",
+                "--dtype",
+                "float64",
+                "--repeats",
+                "5",
+                "-o",
+                str(output),
+            ]
+        )
+        == 0
+    )
     rows = [line for line in output.read_text().splitlines() if line.startswith("| torch ")]
     assert len(rows) == 1
     bare, adapter, reference, harness, example = (float(cell) for cell in rows[0].split("|")[5:10])

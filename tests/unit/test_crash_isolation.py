@@ -19,9 +19,9 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CRASHING = "crashing=crashing_backend:CrashingBackend"
 
 
-def run_conformance(*arguments: str) -> subprocess.Popen:
+def run_conformance(*arguments: str, environment: dict[str, str] | None = None) -> subprocess.Popen:
     """`conformance run` with the crashing backend registered, in its own process group (tests may signal it)."""
-    environment = {**os.environ, "CONFORMANCE_BACKENDS": CRASHING, "PYTHONPATH": str(FIXTURES)}
+    environment = {**os.environ, "CONFORMANCE_BACKENDS": CRASHING, "PYTHONPATH": str(FIXTURES), **(environment or {})}
     command = [
         sys.executable,
         "-c",

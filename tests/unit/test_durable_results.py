@@ -18,20 +18,28 @@ from test_crash_isolation import run_conformance
 from conformance.report.cli import main_report
 
 
-def wait_for_results(run: subprocess.Popen, path: Path, count: int, seconds: float = 60) -> None:
+def wait_until(condition, run: subprocess.Popen, what: str, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
-    while not (path.is_file() and path.read_text(encoding="utf-8").count('"kind": "result"') >= count):
+    while not condition():
         assert run.poll() is None, f"the run ended early:\n{run.communicate()[0]}"
-        assert time.monotonic() < deadline, f"{path}: fewer than {count} records after {seconds} s"
+        assert time.monotonic() < deadline, f"not {what} after {seconds} s"
         time.sleep(0.1)
+
+
+def records_in(path: Path) -> int:
+    return path.read_text(encoding="utf-8").count('"kind": "result"') if path.is_file() else 0
 
 
 @pytest.mark.parametrize("interruption", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_an_interrupted_run_leaves_a_readable_results_file(tmp_path, capsys, interruption):
-    results, report = tmp_path / "results.jsonl", tmp_path / "report.html"
-    run = run_conformance("-k", "values_unchanged and (1-healthy or 4-hang)", "--results", str(results))
+    results, report, hanging = tmp_path / "results.jsonl", tmp_path / "report.html", tmp_path / "hanging"
+    marker = {"CRASHING_BACKEND_HANGING_MARKER": str(hanging)}
+    run = run_conformance(
+        "-k", "values_unchanged and (1-healthy or 4-hang)", "--results", str(results), environment=marker
+    )
     try:
-        wait_for_results(run, results, 2)
+        wait_until(lambda: records_in(results) >= 2, run, "two records")
+        wait_until(hanging.exists, run, "hanging")  # interrupted inside the hang, not between items
         os.killpg(run.pid, interruption)
         output, _ = run.communicate(timeout=60)
     finally:

@@ -15,8 +15,14 @@ from conformance.cases import load_case
 from conformance.pytest_plugin import SHIPPED_CASES
 
 # every function of the expression language, kinks, data tensors, broadcasting and an unused variable among them
-CASES = ["losses/kitchen-sink", "losses/linear-regression", "losses/softmax-cross-entropy", "losses/unused-variable",
-         "losses/maximum-minimum", "losses/logsumexp-axis0"]  # fmt: skip
+CASES = [
+    "losses/kitchen-sink",
+    "losses/linear-regression",
+    "losses/softmax-cross-entropy",
+    "losses/unused-variable",
+    "losses/maximum-minimum",
+    "losses/logsumexp-axis0",
+]
 EAGER = {"torch": "eager", "tensorflow": "eager", "jax": "eager"}  # the reproducers differentiate op by op
 
 
@@ -34,8 +40,13 @@ def printed_gradients(scripts: list[str], directory) -> list[dict[str, object]]:
     for index, script in enumerate(scripts):
         paths.append(directory / f"repro_{index}.py")
         paths[-1].write_text(script, encoding="utf-8")
-    completed = subprocess.run([sys.executable, "-c", RUNNER, *map(str, paths)], capture_output=True, text=True,
-                               timeout=300, env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": ""})  # fmt: skip
+    completed = subprocess.run(
+        [sys.executable, "-c", RUNNER, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": ""},
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     printed: list[dict[str, object]] = []
     for line in completed.stdout.splitlines():
@@ -57,8 +68,12 @@ def test_reproducer_prints_the_adapters_gradients(name, dtype, tmp_path):
     runs, scripts = {}, []
     for case_id in CASES:
         case = load_case(SHIPPED_CASES / f"{case_id}.toml", SHIPPED_CASES)
-        inputs = {spec.name: spec.value.astype(dtype) if spec.value is not None
-                  else rng.uniform(*spec.range, spec.shape).astype(dtype) for spec in case.tensors}  # fmt: skip
+        inputs = {
+            spec.name: spec.value.astype(dtype)
+            if spec.value is not None
+            else rng.uniform(*spec.range, spec.shape).astype(dtype)
+            for spec in case.tensors
+        }
         inputs[case.variables[0].name].flat[0] = 0.0  # a kink or tie where the case has one
         runs[case_id] = backend.gradients(case, inputs, dtype, EAGER[name], "cpu")
         scripts.append(backend.repro(case, inputs, dtype))
