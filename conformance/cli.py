@@ -111,6 +111,8 @@ def main_run(argv: Sequence[str]) -> int:
         "no:cacheprovider",
         "-W",
         "ignore::DeprecationWarning",
+        "-W",  # this process imported the package and Hypothesis before pytest could rewrite their asserts
+        "ignore::pytest.PytestAssertRewriteWarning",
         f"--hypothesis-profile={profiles.PREFIX}{profile}",
         f"--results={arguments.results}",
         "-o",
