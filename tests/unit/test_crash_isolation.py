@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,8 +37,20 @@ def run_conformance(*arguments: str, environment: dict[str, str] | None = None) 
         *arguments,
     ]
     return subprocess.Popen(
-        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        command,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_interrupt,
     )
+
+
+def default_interrupt() -> None:
+    """Ctrl-C as in a terminal: a process inherits an ignored SIGINT, and the test's own may be (in a pytest-xdist
+    worker that earlier tests left so, the run ignored the test's Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def result_records(path: Path) -> dict[str, dict]:
