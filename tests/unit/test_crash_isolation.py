@@ -51,6 +51,7 @@ def default_interrupt() -> None:
     """Ctrl-C as in a terminal: a process inherits an ignored SIGINT, and the test's own may be (in a pytest-xdist
     worker that earlier tests left so, the run ignored the test's Ctrl-C)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def result_records(path: Path) -> dict[str, dict]:
