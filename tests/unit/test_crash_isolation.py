@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,10 @@ def run_conformance(*arguments: str, environment: dict[str, str] | None = None) 
     command = [
         sys.executable,
         "-c",
+        # Ctrl-C as in a terminal: the run may inherit it ignored or blocked from this process (a pytest-xdist worker
+        # that earlier tests left so ignored the SIGINT test's Ctrl-C), and its workers inherit it from the run
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM}); "
         "from conformance.cli import main; raise SystemExit(main())",
         "run",
         "--backend",
@@ -43,15 +46,7 @@ def run_conformance(*arguments: str, environment: dict[str, str] | None = None) 
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        preexec_fn=default_interrupt,
     )
-
-
-def default_interrupt() -> None:
-    """Ctrl-C as in a terminal: a process inherits an ignored SIGINT, and the test's own may be (in a pytest-xdist
-    worker that earlier tests left so, the run ignored the test's Ctrl-C)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def result_records(path: Path) -> dict[str, dict]:
