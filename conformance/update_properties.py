@@ -5,19 +5,20 @@ weight decay: about 12), so a step computed in the dtype differs from the float6
 parameters, gradient and state by at most u (|p_k| + |p_k+1|) + (STEP_ROUNDINGS (k + 1) + c) u |update_k|abs (u (2 |p_k|
 + |p_k+1|) with decoupled weight decay, whose factor 1 - lr wd is rounded to the dtype), where |update|abs is the larger
 of the step itself and the step the reference takes on absolute values (|g|, |p|, |state|: "the same expression on
-absolute values", which bounds the intermediate magnitudes of rules that only add; Keras' m = mu m - lr g subtracts by
-design, hence the larger of the two) and the factor (k + 1) covers the state's own rounding carried from the k earlier
-steps. c is the conditioning of Adam's bias corrections, for a framework that casts beta1 and beta2 to the dtype and
-computes 1 - b^t there (Keras, optax; torch keeps Python floats): b's rounding and pow's (within an ulp) give 1 - b^t a
-relative error of at most 2 u b / (1 - b) at any step t (t b^t / (1 - b^t) <= b / (1 - b)), not accumulated; the step
-divides by 1 - beta1^t and by sqrt(1 - beta2^t), so c = 2 beta1 / (1 - beta1) + beta2 / (1 - beta2) (10,018 u for beta2
-= 0.9999). The moments' own 1 - b is a Python float everywhere (double precision), and RMSprop has no bias correction. A
-trajectory compared with another backend's carries each step's error through at most `steps` later steps: the agreement
-tolerance is the sum of both backends' step bounds, times the number of steps. The two backends' gradients also differ
-by their own rounding: where the steps alone do not cover a gap, the bound adds, for each backend, how far the reference
-trajectory moves when every gradient is off by its rounding bound (`gradient_rounding_drift`). Where the dynamics
-amplify the gradients' own rounding further (Adam near a zero gradient divides by sqrt(v)), two backends still agree
-when each matches its reference step by step and the references with both backends' formulas agree."""
+absolute values", which bounds the intermediate magnitudes of rules that only add; Keras' m = mu m - lr g is taken there
+as mu m + lr g, whose terms have the same magnitudes and do not cancel) and the factor (k + 1) covers the state's own
+rounding carried from the k earlier steps. c is the conditioning of Adam's bias corrections, for a framework that casts
+beta1 and beta2 to the dtype and computes 1 - b^t there (Keras, optax; torch keeps Python floats): b's rounding and
+pow's (within an ulp) give 1 - b^t a relative error of at most 2 u b / (1 - b) at any step t (t b^t / (1 - b^t) <= b /
+(1 - b)), not accumulated; the step divides by 1 - beta1^t and by sqrt(1 - beta2^t), so c = 2 beta1 / (1 - beta1) +
+beta2 / (1 - beta2) (10,018 u for beta2 = 0.9999). The moments' own 1 - b is a Python float everywhere (double
+precision), and RMSprop has no bias correction. A trajectory compared with another backend's carries each step's error
+through at most `steps` later steps: the agreement tolerance is the sum of both backends' step bounds, times the number
+of steps. The two backends' gradients also differ by their own rounding: where the steps alone do not cover a gap, the
+bound adds, for each backend, how far the reference trajectory moves when every gradient is off by its rounding bound
+(`gradient_rounding_drift`). Where the dynamics amplify the gradients' own rounding further (Adam near a zero gradient
+divides by sqrt(v)), two backends still agree when each matches its reference step by step and the references with both
+backends' formulas agree."""
 
 from __future__ import annotations
 
@@ -56,11 +57,22 @@ def step_roundings(hyper: dict, steps: int, decay_rates_in_dtype: bool = True) -
     return STEP_ROUNDINGS * steps + conditioning
 
 
+def _without_cancellation(switches):
+    """The same rule with a momentum buffer that holds lr * g with its sign flipped (Keras' m = mu m - lr g becomes
+    mu m + lr g): the same magnitudes, so that on absolute values every term adds and none cancels."""
+    return dataclasses.replace(
+        switches,
+        sgd_momentum="step" if switches.sgd_momentum == "update" else switches.sgd_momentum,
+        rmsprop_momentum="step" if switches.rmsprop_momentum == "update" else switches.rmsprop_momentum,
+    )
+
+
 def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, decay_rates_in_dtype: bool = True):
     """The reference driven by the backend: from each of its parameter values and gradients, one reference step.
 
     Returns the reference's values after each step, their bounds, and the reference's final state."""
     u = unit_roundoff(dtype)
+    magnitude_switches = _without_cancellation(switches)
     state = optimizers.init(rule, hyper, switches, run.values[0])
     absolute_state = optimizers.init(rule, hyper, switches, run.values[0])
     # decoupled weight decay scales p by 1 - lr * weight_decay first: that factor, rounded to the dtype, and the
@@ -77,7 +89,7 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
         absolute_following, absolute_state = optimizers.step(
             rule,
             hyper,
-            switches,
+            magnitude_switches,
             magnitudes,
             _absolute(gradients),
             {slot: _absolute(v) for slot, v in absolute_state.items()},

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conformance import update_properties
-from conformance.backends.base import AccumulationRun
+from conformance.backends.base import AccumulationRun, UpdateRun
 from conformance.reference import optimizers
 
 SGD = optimizers.hyperparameters("sgd", "torch", {"lr": 0.1})
@@ -130,6 +130,33 @@ def test_a_tenth_of_a_percent_step_error_is_outside_the_float32_step_bound(beta2
     relative = update_properties.step_roundings(hyper, steps=6) * update_properties.unit_roundoff("float32")
     assert relative < 1e-3 / 1.5
     assert update_properties.step_roundings(hyper, 6, decay_rates_in_dtype=False) == 16 * 6
+
+
+def test_keras_momentum_step_bound_covers_its_terms_when_they_cancel():
+    """Keras' Nesterov step mu m - lr g, with m = mu m - lr g: the second gradient is chosen so that the step is
+    zero while both terms are about 0.043. The bound is on the terms' magnitudes (the buffer's included), not on
+    the step's."""
+    hyper = optimizers.hyperparameters("nesterov", "tensorflow", {"lr": 0.1, "momentum": 0.9})
+    lr, mu = 0.1, float(np.float32(0.9))  # Keras casts the momentum to float32
+    g1, g2 = 1.0, -0.081 / 0.19
+    m1 = -lr * g1
+    p1 = 1.0 + mu * m1 - lr * g1
+    m2 = mu * m1 - lr * g2
+    p2 = p1 + mu * m2 - lr * g2
+    run = UpdateRun(
+        values=[{"w": np.array(1.0)}, {"w": np.array(p1)}, {"w": np.array(p2)}],
+        gradients=[{"w": np.array(g1)}, {"w": np.array(g2)}],
+        state={},
+    )
+    _, bounds, _, _ = update_properties.step_by_step(
+        "nesterov", hyper, optimizers.SWITCHES["tensorflow"], run, "float32"
+    )
+    terms = mu * abs(mu * m1) + mu * lr * abs(g2) + lr * abs(g2)  # mu |m2| + lr |g2|, m2's own terms apart
+    assert abs(p2 - p1) < 1e-4 * terms
+    assert (
+        bounds[1]["w"]
+        >= update_properties.step_roundings(hyper, 2) * update_properties.unit_roundoff("float32") * terms
+    )
 
 
 def test_only_the_documented_multisteps_accumulator_explains():
