@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import keyword
 import math
 import stat
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,7 @@ class Case:
     expect_dtypes: dict[str, str] = field(
         default_factory=dict, compare=False
     )  # a golden stated to one dtype's precision
+    digest: str = ""  # of the file's bytes: two runs compare observations only of the same case file
 
     @property
     def tensors(self) -> tuple[TensorSpec, ...]:
@@ -145,7 +147,7 @@ def load_case(path: Path, root: Path | None = None) -> Case:
     except RecursionError:
         raise CaseError(path, "", "nests arrays or tables too deeply to be read") from None
     default_id = path.with_suffix("").relative_to(root).as_posix() if root else path.stem
-    return _CaseReader(path, document).read(default_id)
+    return replace(_CaseReader(path, document).read(default_id), digest=hashlib.sha256(raw).hexdigest()[:16])
 
 
 def load_cases(directories: list[Path]) -> list[Case]:

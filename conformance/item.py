@@ -63,6 +63,8 @@ class ConformanceItem:
     citation: str | None = None
     repro: str | None = None
     trajectory: dict | None = None
+    probe_seed: int = 0  # see observations.probe_inputs
+    observations: dict | None = None  # what the backend computed at the run's probe inputs (observations.py)
     example_ratio: float | None = None  # the current example's largest finite error / tolerance, Hypothesis' target
 
     @property
@@ -183,6 +185,7 @@ class ConformanceItem:
             repro=self.repro if outcome == "fail" else None,
             message=message,
             trajectory=self.trajectory,
+            observations=self.observations,
         )
 
     def _outcome(self, report: pytest.TestReport, call: pytest.CallInfo) -> tuple[str, str | None]:

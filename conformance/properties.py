@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from conformance.backends.base import GradientRun
+from conformance.reference.conventions import KinkConventions
 from conformance.reference.gradients import ReferenceGradient
 from conformance.tolerance import Comparison, compare, identical, worst
 
@@ -74,3 +77,49 @@ def agrees(
 
 def missing_gradients(run: GradientRun) -> set[str]:
     return {name for name, gradient in run.gradients.items() if gradient is None}
+
+
+@dataclass(frozen=True)
+class GradientSide:
+    """One backend's part in a gradient agreement: its run, the reference under its own conventions, and those."""
+
+    name: str
+    run: GradientRun
+    reference: ReferenceGradient
+    conventions: KinkConventions
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`comparison` holds (pass) or fails; a failing one is explained (divergent) when `explanation` is set."""
+
+    comparison: Comparison
+    explanation: str | None = None
+    citation: str | None = None
+
+
+def gradient_agreement(mine: GradientSide, theirs: GradientSide) -> Verdict:
+    """Whether two backends' gradients agree, and if not, whether a documented kink convention explains the gap:
+    only when each matches the reference under its own conventions, and those differ."""
+    agreement = agrees(mine.run, theirs.run, mine.reference.bounds, theirs.reference.bounds, theirs.name)
+    missing = missing_gradients(mine.run) ^ missing_gradients(theirs.run)
+    if agreement.ok:
+        if not missing:
+            return Verdict(agreement)
+        return Verdict(
+            agreement,
+            f"{', '.join(sorted(missing))}: the loss does not use it; torch and TensorFlow give no gradient "
+            "(None), JAX gives zeros, and an optimizer treats both as zero",
+            "https://pytorch.org/docs/stable/generated/torch.Tensor.grad.html",
+        )
+    switches = mine.conventions.differences(theirs.conventions)
+    own, other = matches_reference(mine.run, mine.reference), matches_reference(theirs.run, theirs.reference)
+    if not (own.ok and other.ok and switches):
+        return Verdict(agreement)
+    citations = {**theirs.conventions.citations, **mine.conventions.citations}
+    differing = ", ".join(f"{s}: {getattr(mine.conventions, s)} vs {getattr(theirs.conventions, s)}" for s in switches)
+    return Verdict(
+        agreement,
+        f"{mine.name} and {theirs.name} differ at a kink or tie ({differing}): {agreement.where} is {agreement.detail}",
+        "; ".join(citations[s].url for s in switches if s in citations),
+    )

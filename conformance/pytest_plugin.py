@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from conformance import backends as backend_registry
-from conformance import faults, known_failures, profiles
+from conformance import faults, known_failures, observations, profiles
 from conformance.cases import Case, CaseError, load_cases
 from conformance.item import ConformanceItem, ItemSpec
 from conformance.results import ResultRecord, ResultsWriter, clean, new_run_id, now, run_header
@@ -209,7 +209,8 @@ def _header(suite: SuiteConfig, config: pytest.Config, started: datetime.datetim
             devices[name] = backend.devices()
     seed = config.getoption("hypothesis_seed", default=None)
     seed = None if seed is None else str(seed)
-    return run_header(new_run_id(), frameworks, devices, seed, profiles.chosen_name(), started)
+    header = run_header(new_run_id(), frameworks, devices, seed, profiles.chosen_name(), started)
+    return {**header, "probe_seed": observations.probe_seed(seed)}
 
 
 def _selected(case: Case, requires: str | None) -> bool:
@@ -261,6 +262,7 @@ def conformance_item(request: pytest.FixtureRequest) -> ConformanceItem:
         spec,
         other_backends=[n for n in suite.backend_names if n != spec.backend],
         known=[k for k in suite.known if k.applies_to(spec.property, spec.backend, spec.dtype, spec.case.id)],
+        probe_seed=observations.probe_seed(request.config.getoption("hypothesis_seed", default=None)),
     )
     request.node._conformance_item = item
     return item

@@ -42,6 +42,7 @@ class ResultRecord:
     repro: str | None = None
     message: str | None = None
     trajectory: dict[str, list[float]] | None = None
+    observations: dict[str, Any] | None = None  # at the run's probe inputs, for comparing runs (observations.py)
 
     def to_json(self, run_id: str) -> str:
         return json.dumps(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance import backends, properties
+from conformance import backends, observations, properties
 from conformance.property_tests import property_test
 from conformance.tolerance import compare, worst
 
@@ -30,6 +30,25 @@ def test_matches_reference(conformance_item, data):
     conformance_item.check(properties.matches_reference(run, reference), expected=reference.gradients)
 
 
+@pytest.mark.conformance("gradient.at_probes", requires="no_update")
+def test_gradients_at_probes(conformance_item):
+    """The gradients at the run's probe inputs (observations.py), against the reference there and recorded, so
+    that runs made apart can be compared: no Hypothesis, the probes are the same in every run."""
+    item = conformance_item
+    probes = observations.probe_inputs(item.case, item.spec.dtype, item.probe_seed)
+    runs, references = [], []
+    for inputs in probes:
+        item.last_inputs, item.examples = inputs, item.examples + 1
+        runs.append(item.gradients(inputs))
+        references.append(item.reference(inputs))
+    item.observations = observations.gradient_observation(
+        item.case, item.probe_seed, probes, runs, references, item.backend.conventions
+    )
+    for inputs, run, reference in zip(probes, runs, references, strict=True):
+        item.last_inputs = inputs
+        item.check(properties.matches_reference(run, reference), expected=reference.gradients)
+
+
 @property_test("gradient.agrees_across_backends", requires="no_update")
 def test_agrees_across_backends(conformance_item, data):
     item = conformance_item
@@ -39,37 +58,19 @@ def test_agrees_across_backends(conformance_item, data):
         pytest.skip("needs a second installed backend in the run")
     inputs = item.draw_inputs(data)
     run, reference = item.gradients(inputs), item.reference(inputs)
+    mine = properties.GradientSide(item.backend.name, run, reference, item.backend.conventions)
     for other in others:
-        other_run = item.gradients(inputs, backend=other)
-        other_reference = item.reference(inputs, other.conventions)
-        agreement = properties.agrees(run, other_run, reference.bounds, other_reference.bounds, other.name)
-        missing = properties.missing_gradients(run) ^ properties.missing_gradients(other_run)
-        if missing:
-            item.explain(
-                f"{', '.join(sorted(missing))}: the loss does not use it; torch and TensorFlow give no gradient "
-                "(None), JAX gives zeros, and an optimizer treats both as zero",
-                "https://pytorch.org/docs/stable/generated/torch.Tensor.grad.html",
-            )
-        if agreement.ok:
-            item.check(agreement)
-            continue
-        # A difference is explained only when each backend matches the reference under its own conventions.
-        own = properties.matches_reference(run, reference)
-        theirs = properties.matches_reference(other_run, other_reference)
-        switches = item.backend.conventions.differences(other.conventions)
-        if own.ok and theirs.ok and switches:
-            citations = {**other.conventions.citations, **item.backend.conventions.citations}
-            differing = ", ".join(
-                f"{s}: {getattr(item.backend.conventions, s)} vs {getattr(other.conventions, s)}" for s in switches
-            )
-            item.explain(
-                f"{item.backend.name} and {other.name} differ at a kink or tie ({differing}): "
-                f"{agreement.where} is {agreement.detail}",
-                "; ".join(citations[s].url for s in switches if s in citations),
-                agreement,
-            )
-            continue
-        item.check(agreement)
+        theirs = properties.GradientSide(
+            other.name,
+            item.gradients(inputs, backend=other),
+            item.reference(inputs, other.conventions),
+            other.conventions,
+        )
+        verdict = properties.gradient_agreement(mine, theirs)
+        if verdict.explanation:
+            item.explain(verdict.explanation, verdict.citation, None if verdict.comparison.ok else verdict.comparison)
+        if verdict.explanation is None or verdict.comparison.ok:
+            item.check(verdict.comparison)
 
 
 @property_test("expect.goldens", requires="expect")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from conformance.report import cross_run
 from conformance.report.loader import Record, Results, Run, load_results
 from conformance.report.render import render_report
+from conformance.results import SCHEMA, clean
 
 __all__ = ["Record", "ReportSummary", "Results", "Run", "load_results", "render_report", "write_report"]
 
@@ -21,13 +24,32 @@ class ReportSummary:
     counts: dict[str, int]
     warnings: list[str]
     size_bytes: int
+    unexplained_across_runs: int  # cross_run comparisons that failed
 
 
-def write_report(paths: list[Path], output: Path) -> ReportSummary:
-    """Reads `paths`, writes the page to `output` (creating its folder); OSError if a file cannot be read."""
+def write_report(paths: list[Path], output: Path, merged: Path | None = None) -> ReportSummary:
+    """Reads `paths`, compares their observations (cross_run), writes the page to `output` and, when asked, every
+    record to `merged` (JSON Lines); OSError if a file cannot be read or written."""
     results = load_results(paths)
+    kept = [record for record in results.records if record.property != cross_run.PROPERTY]  # derived: made anew
+    compared = cross_run.compare_observations(kept)
+    results.records = kept + compared
+    if merged is not None:
+        write_merged(results, merged)
     page = render_report(results).encode("utf-8")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(page)
     counts = Counter(record.outcome for record in results.records)
-    return ReportSummary(output, len(results.records), dict(counts), list(results.warnings), len(page))
+    failed = sum(record.outcome == "fail" for record in compared)
+    return ReportSummary(output, len(results.records), dict(counts), list(results.warnings), len(page), failed)
+
+
+def write_merged(results: Results, path: Path) -> None:
+    """Every run's header, then every record (the comparisons' included), readable by `load_results`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as file:
+        for run in results.runs:
+            file.write(json.dumps(clean({**run.header, "schema": SCHEMA, "kind": "run", "run_id": run.run_id})) + "\n")
+        for record in results.records:
+            raw = {key: value for key, value in asdict(record).items() if key != "source"}
+            file.write(json.dumps(clean({"schema": SCHEMA, "kind": "result", **raw}), allow_nan=False) + "\n")

@@ -14,13 +14,17 @@ DEFAULT_OUTPUT = Path("reports/index.html")
 
 
 def main_report(argv: Sequence[str] | None = None) -> int:
-    """0 when the report was written; 2, with one line on stderr, when an input cannot be read."""
+    """0 when the report was written; 1 when it was, and columns compared across runs differ unexplained; 2, with one
+    line on stderr, when an input cannot be read."""
     parser = argparse.ArgumentParser(
         prog="conformance report", description="Merge result files (JSON Lines) into one HTML report."
     )
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="result files written by `conformance run`")
     parser.add_argument(
         "-o", "--output", type=Path, default=DEFAULT_OUTPUT, metavar="FILE", help=f"default: {DEFAULT_OUTPUT}"
+    )
+    parser.add_argument(
+        "--results", type=Path, metavar="FILE", help="also write every record, the comparisons' included (JSON Lines)"
     )
     try:
         arguments = parser.parse_args(argv)
@@ -31,7 +35,7 @@ def main_report(argv: Sequence[str] | None = None) -> int:
             print(f"conformance report: {path}: {'not a file' if path.exists() else 'no such file'}", file=sys.stderr)
             return 2
     try:
-        summary = write_report(arguments.files, arguments.output)
+        summary = write_report(arguments.files, arguments.output, arguments.results)
     except OSError as error:
         print(f"conformance report: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return 2
@@ -40,4 +44,7 @@ def main_report(argv: Sequence[str] | None = None) -> int:
     counts = ", ".join(f"{summary.counts[outcome]} {outcome}" for outcome in ORDER if outcome in summary.counts)
     results = f"{summary.records} result{'s' if summary.records != 1 else ''}"
     print(f"{summary.output}: {results} ({counts or 'none'}), {summary.size_bytes // 1024} KiB")
+    if summary.unexplained_across_runs:
+        print(f"{summary.unexplained_across_runs} unexplained difference(s) between columns compared at probes")
+        return 1
     return 0

@@ -46,6 +46,7 @@ class Record:
     repro: str | None
     message: str | None
     trajectory: dict[str, list[Any]] | None
+    observations: dict[str, Any] | None  # read back by observations.read_gradient_observation when compared
     run_id: str | None
     source: str  # "file:line", so that a reader can find the raw record
 
@@ -204,6 +205,7 @@ def _record(raw: dict[str, Any], run_id: str | None, where: str) -> tuple[Record
         repro=_text(raw.get("repro")),
         message=_text(raw.get("message")),
         trajectory=raw["trajectory"] if isinstance(raw.get("trajectory"), dict) else None,
+        observations=raw["observations"] if isinstance(raw.get("observations"), dict) else None,
         run_id=run_id,
         source=where,
     )

@@ -1,0 +1,122 @@
+"""Comparison after the fact (`conformance report` over files of runs made apart): the same verdicts as one run
+with every backend, a planted fault found from the files alone, and files that cannot be compared said so."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import replace
+
+import pytest
+
+from conformance import backends, faults, observations
+from conformance.cases import load_case
+from conformance.pytest_plugin import SHIPPED_CASES
+from conformance.reference.gradients import exact_gradient
+from conformance.report import cross_run, load_results
+from conformance.report.cli import main_report
+from conformance.results import SCHEMA, ResultRecord
+
+CASES = ["losses/maximum-minimum", "losses/tanh-layer", "losses/unused-variable", "losses/kitchen-sink"]
+COLUMNS = [("torch", "eager"), ("jax", "jit"), ("jax", "eager")]
+
+
+@functools.cache
+def shipped(case_id: str):
+    return load_case(SHIPPED_CASES / f"{case_id}.toml", SHIPPED_CASES)
+
+
+def observed(name: str, variant: str, case_id: str, dtype: str, seed: int = 0) -> ResultRecord:
+    """The record `gradient.at_probes` writes, made here without pytest."""
+    backend, case = backends.load(name), shipped(case_id)
+    if backend.unavailable_reason():
+        pytest.skip(backend.unavailable_reason())
+    probes = observations.probe_inputs(case, dtype, seed)
+    runs = [backend.gradients(case, probe, dtype, variant, "cpu") for probe in probes]
+    references = [exact_gradient(case, probe, backend.conventions, dtype) for probe in probes]
+    observation = observations.gradient_observation(case, seed, probes, runs, references, backend.conventions)
+    return ResultRecord(
+        case_id, cross_run.OBSERVED, name, variant, "cpu", dtype, "1.0", "pass", observations=observation
+    )
+
+
+def write_run(path, run_id: str, records: list[ResultRecord]):
+    lines = [json.dumps({"schema": SCHEMA, "kind": "run", "run_id": run_id, "frameworks": {}, "probe_seed": 0})]
+    lines += [record.to_json(run_id) for record in records]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def verdicts(paths) -> dict[tuple, tuple]:
+    compared = cross_run.compare_observations(load_results(paths).records)
+    return {(r.case, r.backend, r.variant, r.dtype): (r.outcome, r.explanation is None) for r in compared}
+
+
+@pytest.fixture(scope="module")
+def healthy() -> list[ResultRecord]:
+    return [
+        observed(name, variant, case_id, dtype)
+        for case_id in CASES
+        for dtype in ("float32", "float64")
+        for name, variant in COLUMNS
+    ]
+
+
+def test_runs_made_apart_compare_as_one_run_with_every_backend(healthy, tmp_path):
+    alone = [
+        write_run(tmp_path / f"{name}.jsonl", f"run-{name}", [r for r in healthy if r.backend == name])
+        for name in ("torch", "jax")
+    ]
+    together = write_run(tmp_path / "both.jsonl", "run-both", healthy)
+    apart, one = verdicts(alone), verdicts([together])
+    assert apart == one
+    assert len(one) == len(healthy)
+    outcomes = {outcome for outcome, _ in one.values()}
+    assert "pass" in outcomes and "divergent" in outcomes  # the probe at zero meets maximum's tie and abs' kink
+    assert "fail" not in outcomes
+
+
+def test_a_planted_fault_is_found_from_the_files_alone(healthy, planted, tmp_path):
+    torch_files = [r for r in healthy if r.backend == "torch"]
+    faults.torch_scaled_gradients(planted)
+    broken = [observed("torch", "eager", r.case, r.dtype) for r in torch_files]
+    planted.undo()
+    jax_file = write_run(tmp_path / "jax.jsonl", "run-jax", [r for r in healthy if r.backend == "jax"])
+    torch_file = write_run(tmp_path / "torch.jsonl", "run-torch", broken)
+    merged = tmp_path / "merged.jsonl"
+    code = main_report([str(torch_file), str(jax_file), "-o", str(tmp_path / "index.html"), "--results", str(merged)])
+    assert code == 1
+    compared = [r for r in load_results([merged]).records if r.property == cross_run.PROPERTY]
+    failed = [r for r in compared if r.outcome == "fail"]
+    assert {r.backend for r in failed} >= {"torch"} and all("against" in r.message for r in failed)
+    assert all(r.counterexample for r in failed)
+    # the merged file merges again to the same verdicts, its comparisons made anew, not doubled
+    assert verdicts([merged]) == verdicts([torch_file, jax_file])
+    assert len(compared) == len(cross_run.compare_observations(load_results([torch_file, jax_file]).records))
+
+
+def test_other_case_files_other_probes_and_malformed_observations_are_not_comparable(healthy, tmp_path):
+    mine = next(r for r in healthy if r.backend == "torch" and r.case == "losses/tanh-layer" and r.dtype == "float32")
+    theirs = next(r for r in healthy if r.backend == "jax" and r.case == mine.case and r.dtype == "float32")
+    edited = replace(theirs, observations={**theirs.observations, "case_digest": "0123456789abcdef"})
+    reseeded = replace(theirs, variant="eager", observations={**theirs.observations, "probe_digest": "ffff"})
+    broken = replace(theirs, backend="tensorflow", observations={**theirs.observations, "probes": [{"inputs": 1}]})
+    path = write_run(tmp_path / "mixed.jsonl", "run", [mine, edited, reseeded, broken])
+    compared = {r.backend + r.variant: r for r in cross_run.compare_observations(load_results([path]).records)}
+    torch = compared["torcheager"]
+    assert torch.outcome == "not_applicable" and torch.examples == 0
+    assert "case files differ" in torch.message and "other probe inputs" in torch.message
+    assert "malformed gradient observation" in torch.message
+
+
+def test_the_comparison_needs_no_framework(tmp_path):
+    """The merge runs where only the results files are: reading and comparing imports no framework."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from conformance.report import cross_run, write_report; "
+        "print(sorted(m for m in ('torch', 'tensorflow', 'jax') if m in sys.modules))"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert completed.stdout.strip() == "[]", completed.stderr[-1000:]
