@@ -43,6 +43,7 @@ class ResultRecord:
     message: str | None = None
     trajectory: dict[str, list[float]] | None = None
     observations: dict[str, Any] | None = None  # at the run's probe inputs, for comparing runs (observations.py)
+    pairs: list[dict[str, Any]] | None = None  # a comparison's verdict against each other column (report.cross_run)
 
     def to_json(self, run_id: str) -> str:
         return json.dumps(

@@ -47,6 +47,7 @@ class Record:
     message: str | None
     trajectory: dict[str, list[Any]] | None
     observations: dict[str, Any] | None  # read back by observations.read_gradient_observation when compared
+    pairs: tuple[dict[str, Any], ...]  # a comparison's verdict against each other column (cross_run.Pair)
     run_id: str | None
     source: str  # "file:line", so that a reader can find the raw record
 
@@ -206,6 +207,7 @@ def _record(raw: dict[str, Any], run_id: str | None, where: str) -> tuple[Record
         message=_text(raw.get("message")),
         trajectory=raw["trajectory"] if isinstance(raw.get("trajectory"), dict) else None,
         observations=raw["observations"] if isinstance(raw.get("observations"), dict) else None,
+        pairs=tuple(pair for pair in _listed(raw.get("pairs")) if isinstance(pair, dict)),
         run_id=run_id,
         source=where,
     )

@@ -11,6 +11,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from conformance.report import formatting, outcomes, summaries
 from conformance.report.loader import Results
 from conformance.report.matrix import build_matrix
+from conformance.report.pairwise import pair_tables
 from conformance.report.plots import Figure, trajectory_figure
 
 
@@ -34,6 +35,7 @@ def _environment() -> Environment:
         meaning=outcomes.MEANING,
         order=outcomes.ORDER,
         trajectory_figure=trajectory_figure,
+        pair_tables=pair_tables,
     )
     return environment
 

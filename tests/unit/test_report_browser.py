@@ -45,6 +45,33 @@ KERAS_EPS = (
     "torch and optax add it to sqrt(v_hat)"
 )
 REPRO = "import torch\nw = torch.tensor([88.5, -3.0], requires_grad=True)\n...\n"
+CONVENTIONS = {
+    "abs_slope_at_zero": 0.0,
+    "maximum_tie_to_first": 0.5,
+    "minimum_tie_to_first": 0.5,
+    "softplus_linear_above": "inf",
+}
+
+
+def observed(run_id: str, backend: str, version: str, gradient: float) -> dict[str, Any]:
+    """A `gradient.at_probes` record of seed/linear-square at one probe, x = 2, where the gradient is -6."""
+    probe = {
+        "inputs": {"x": [2.0]},
+        "gradients": {"x": [gradient]},
+        "reference": {"x": [-6.0]},
+        "bounds": {"x": [1e-6]},
+    }
+    observation = {
+        "kind": "gradients",
+        "case_digest": "5eed",
+        "probe_seed": 0,
+        "probe_digest": "0b5e",
+        "conventions": CONVENTIONS,
+        "citations": {},
+        "probes": [probe],
+    }
+    where = {"run_id": run_id, "backend": backend, "variant": "eager", "framework_version": version}
+    return record(where, case="seed/linear-square", property="gradient.at_probes", observations=observation)
 
 
 def record(*parts: dict[str, Any], **fields: Any) -> dict[str, Any]:
@@ -192,6 +219,9 @@ def small_results(tmp_path: Path) -> list[Path]:
             message="the default profile runs it on float64 only",
         )
     )
+    torch_run.append(observed("torch-1", "torch", "2.13.0", -6.0))  # compared with the other run after the fact
+    other_run.append(observed("tf-jax-1", "tensorflow", "2.21.0", -6.0))
+    other_run.append(observed("tf-jax-1", "jax", "0.10.2", -6.1))
     torch_file, other_file = tmp_path / "results-torch.jsonl", tmp_path / "results-tf-jax.jsonl"
     torch_file.write_text("".join(json.dumps(line) + "\n" for line in torch_run), encoding="utf-8")
     cut_off = '{"schema": 1, "ki'  # the run was killed while writing
@@ -215,3 +245,6 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     cells = re.findall(r'<td class="[a-z_ ]+"><a href="#c\d+-\d+"', matrix)
     assert "seed/linear-square" in matrix and len(cells) == 5 * 12 + 3  # 5 cases on all 12 columns, one on 3
     assert dom.stdout.count("<svg") >= 2 and "Keras adds epsilon" in dom.stdout
+    pairs = dom.stdout.split('<table class="d pairs">')[1].split("</table>")[0]
+    assert "Compared at probes, float32" in pairs
+    assert pairs.count('<td class="pass"') == 2 and pairs.count('<td class="fail"') == 4  # jax differs from both
