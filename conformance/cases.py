@@ -16,6 +16,7 @@ import numpy as np
 from conformance import expressions
 from conformance.numpy_target import TooLarge, result_shape
 
+SHIPPED = Path(__file__).resolve().parent / "shipped_cases"  # the cases that come with the package
 RULES = ("sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop", "adagrad")
 HYPERPARAMETERS = (
     "lr",

@@ -132,7 +132,8 @@ def main_run(argv: Sequence[str]) -> int:
     os.environ[profiles.ENVIRONMENT_VARIABLE] = profile
     code = int(pytest.main(pytest_args))
     if arguments.report and arguments.results.is_file():
-        report_code = main_report([str(arguments.results), "-o", str(arguments.report)])
+        case_dirs = [f"--cases={path}" for path in arguments.cases if path != "shipped"]
+        report_code = main_report([str(arguments.results), "-o", str(arguments.report), *case_dirs])
         code = code if report_code == 0 and code != 5 else max(code, report_code)
     return {0: 0, 1: 1, 5: 0}.get(code, 2 if code == 4 else 1)
 

@@ -28,11 +28,11 @@ import pytest
 
 from conformance import backends as backend_registry
 from conformance import faults, known_failures, observations, profiles
-from conformance.cases import Case, CaseError, load_cases
+from conformance.cases import SHIPPED, Case, CaseError, load_cases
 from conformance.item import ConformanceItem, ItemSpec
 from conformance.results import ResultRecord, ResultsWriter, clean, new_run_id, now, run_header
 
-SHIPPED_CASES = Path(__file__).resolve().parent / "shipped_cases"
+SHIPPED_CASES = SHIPPED
 DTYPES = ("float32", "float64")
 RECORD_KEY = "conformance_record"
 STARTED_KEY = "conformance_record_if_crashed"

@@ -177,6 +177,13 @@ def near_underflow(values: list[dict], gradients: list[dict], states: list[dict]
     )
 
 
+def path_near_underflow(rule: str, hyper: dict, switches, start: dict, reference_at: Callable, steps: int, dtype: str):
+    """Whether the reference's own trajectory from `start` comes near underflow (see near_underflow): a filter on
+    the inputs and the reference, never on a framework's output."""
+    values, gradients, states = reference_path(rule, hyper, switches, start, reference_at, steps)
+    return near_underflow(values, gradients, states, dtype)
+
+
 def summed_reference(case: Case, inputs: dict, dtype: str) -> Callable:
     """`reference_for(switches, conventions)`: a function of the parameters giving the exact gradient summed over the
     case's micro-batches (the explicit accumulator) and the bound on its rounding in `dtype`, the micro-batch sum's

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance import backends, strategies, update_properties
+from conformance import backends, observations, strategies, update_properties
 from conformance.backends.base import micro_batches
 from conformance.property_tests import property_test
 from conformance.reference import optimizers
@@ -19,16 +19,27 @@ def _complete(item, hyper: dict, framework: str) -> dict:
         pytest.skip(f"not applicable: {problem}")
 
 
-def _discard_near_underflow(item, inputs: dict, hyper: dict, reference_for, backend) -> None:
-    """Only where no step comes near underflow, which some platforms flush to zero (see near_underflow): judged on
-    the reference's trajectory from the drawn inputs with `backend`'s formulas, never on its output."""
-    rule, switches = item.case.update.rule, optimizers.SWITCHES[backend.name]
-    start = {spec.name: inputs[spec.name] for spec in item.case.variables}
-    values, gradients, states = update_properties.reference_path(
-        rule, hyper, switches, start, reference_for(switches, backend.conventions), item.case.update.steps
+NEAR_UNDERFLOW = "a step's intermediates or state would be subnormal (flushed to zero by XLA and oneDNN)"
+
+
+def _near_underflow(item, inputs: dict, hyper: dict, reference_for, backend) -> bool:
+    """Whether a step comes near underflow, which some platforms flush to zero (see near_underflow): judged on the
+    reference's trajectory from the inputs with `backend`'s formulas, never on its output."""
+    switches = optimizers.SWITCHES[backend.name]
+    return update_properties.path_near_underflow(
+        item.case.update.rule,
+        hyper,
+        switches,
+        {spec.name: inputs[spec.name] for spec in item.case.variables},
+        reference_for(switches, backend.conventions),
+        item.case.update.steps,
+        item.spec.dtype,
     )
-    if update_properties.near_underflow(values, gradients, states, item.spec.dtype):
-        item.discard("a step's intermediates or state would be subnormal (flushed to zero by XLA and oneDNN)")
+
+
+def _discard_near_underflow(item, inputs: dict, hyper: dict, reference_for, backend) -> None:
+    if _near_underflow(item, inputs, hyper, reference_for, backend):
+        item.discard(NEAR_UNDERFLOW)
 
 
 @property_test("update.matches_reference", requires="update")
@@ -55,6 +66,48 @@ def test_update_matches_reference(conformance_item, data):
     )
     item.trajectory = update_properties.trajectory(run, steps["expected"])
     item.check(comparison, expected=steps["expected"][-1])
+
+
+@pytest.mark.conformance("update.at_probes", requires="update")
+def test_updates_at_probes(conformance_item):
+    """The native steps at the run's probe inputs and hyperparameters (observations.py), recorded so that runs
+    made apart can be compared, and each checked as update.matches_reference checks a drawn example."""
+    item, dtype = conformance_item, conformance_item.spec.dtype
+    probes = observations.probe_inputs(item.case, dtype, item.probe_seed)
+    hypers = observations.probe_hyperparameters(item.case, dtype, item.probe_seed)
+    runs = []
+    for inputs, hyper in zip(probes, hypers, strict=True):
+        item.last_inputs, item.examples = inputs, item.examples + 1
+        runs.append(item.call("updates", inputs, hyper))
+    item.observations = observations.update_observation(
+        item.case,
+        item.probe_seed,
+        probes,
+        hypers,
+        runs,
+        item.backend.conventions,
+        item.backend.decay_rates_in_dtype(item.spec.device),
+    )
+    for inputs, hyper, run in zip(probes, hypers, runs, strict=True):
+        complete = _complete(item, hyper, item.backend.name)
+        reference_for = update_properties.summed_reference(item.case, inputs, dtype)
+        if _near_underflow(item, inputs, complete, reference_for, item.backend):
+            item.discarded[NEAR_UNDERFLOW] = item.discarded.get(NEAR_UNDERFLOW, 0) + 1
+            continue
+        side = update_properties.Side(
+            item.backend.name,
+            complete,
+            optimizers.SWITCHES[item.backend.name],
+            item.backend.conventions,
+            run,
+            item.backend.decay_rates_in_dtype(item.spec.device),
+        )
+        start = {spec.name: inputs[spec.name] for spec in item.case.variables}
+        comparison, steps = update_properties.health(
+            item.case.update.rule, side, reference_for(side.switches, side.conventions), start, dtype
+        )
+        item.last_inputs = inputs
+        item.check(comparison, expected=steps["expected"][-1])
 
 
 @property_test("update.agrees_across_backends", requires="update")

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from conformance.cases import SHIPPED, load_cases
 from conformance.report import cross_run
 from conformance.report.loader import Record, Results, Run, load_results
 from conformance.report.render import render_report
@@ -27,12 +28,17 @@ class ReportSummary:
     unexplained_across_runs: int  # cross_run comparisons that failed
 
 
-def write_report(paths: list[Path], output: Path, merged: Path | None = None) -> ReportSummary:
-    """Reads `paths`, compares their observations (cross_run), writes the page to `output` and, when asked, every
-    record to `merged` (JSON Lines); OSError if a file cannot be read or written."""
+def write_report(
+    paths: list[Path], output: Path, merged: Path | None = None, case_dirs: tuple[Path, ...] = ()
+) -> ReportSummary:
+    """Reads `paths`, compares their observations (cross_run, with the shipped cases and those of `case_dirs`),
+    writes the page to `output` and, when asked, every record to `merged` (JSON Lines); OSError if a file cannot
+    be read or written, CaseError if a case file is invalid."""
     results = load_results(paths)
-    kept = [record for record in results.records if record.property != cross_run.PROPERTY]  # derived: made anew
-    compared = cross_run.compare_observations(kept)
+    derived = set(cross_run.COMPARED.values())
+    kept = [record for record in results.records if record.property not in derived]  # comparisons are made anew
+    cases = [case for directory in (SHIPPED, *case_dirs) for case in load_cases([directory])]
+    compared = cross_run.compare_observations(kept, cases)
     results.records = kept + compared
     if merged is not None:
         write_merged(results, merged)

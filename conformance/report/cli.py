@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from conformance.cases import CaseError
 from conformance.report import write_report
 from conformance.report.outcomes import ORDER
 
@@ -26,6 +27,14 @@ def main_report(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--results", type=Path, metavar="FILE", help="also write every record, the comparisons' included (JSON Lines)"
     )
+    parser.add_argument(
+        "--cases",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="case files of the runs besides the shipped ones (repeatable): updates are compared with them",
+    )
     try:
         arguments = parser.parse_args(argv)
     except SystemExit as exit_:
@@ -35,7 +44,10 @@ def main_report(argv: Sequence[str] | None = None) -> int:
             print(f"conformance report: {path}: {'not a file' if path.exists() else 'no such file'}", file=sys.stderr)
             return 2
     try:
-        summary = write_report(arguments.files, arguments.output, arguments.results)
+        summary = write_report(arguments.files, arguments.output, arguments.results, tuple(arguments.cases))
+    except CaseError as error:
+        print(f"conformance report: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         print(f"conformance report: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return 2

@@ -1,23 +1,33 @@
 """Comparison after the fact: the agreement of every two columns (backend, variant, device, version, run) that
-observed the same case file at the same probe inputs, decided as within one run (`properties.gradient_agreement`:
-the same derived bounds, the same executable explanations), from the results files alone.
+observed the same case file at the same probe inputs, decided as within one run (`properties.gradient_agreement`,
+`update_properties.agreement`: the same derived bounds, the same executable explanations), from the results files
+alone; updates also need the case file, to derive the exact gradients along each trajectory.
 
-Each observing record gains one `gradient.agrees_at_probes` record: `pass` when it agrees with every other column,
-`divergent` when each gap is explained, `fail` when one is not, `not_applicable` when no other column is
-comparable (another case file, other probes), with the reason."""
+Each observing record gains one `gradient.agrees_at_probes` (or `update.agrees_at_probes`) record: `pass` when it
+agrees with every other column, `divergent` when each gap is explained, `fail` when one is not, `not_applicable`
+when no other column is comparable (another case file, other probes), with the reason."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
-from conformance import properties
-from conformance.observations import GradientObservation, Unreadable, read_gradient_observation
+from conformance import properties, update_properties
+from conformance.cases import Case
+from conformance.observations import (
+    GradientObservation,
+    Unreadable,
+    UpdateObservation,
+    read_gradient_observation,
+    read_update_observation,
+)
+from conformance.reference import optimizers
 from conformance.report.loader import Record
 from conformance.tolerance import Comparison
 
-OBSERVED = "gradient.at_probes"
-PROPERTY = "gradient.agrees_at_probes"
+COMPARED = {"gradient.at_probes": "gradient.agrees_at_probes", "update.at_probes": "update.agrees_at_probes"}
+READERS = {"gradient.at_probes": read_gradient_observation, "update.at_probes": read_update_observation}
+Observation = GradientObservation | UpdateObservation | str  # str: why it cannot be read
 
 
 def column(record: Record) -> str:
@@ -25,23 +35,30 @@ def column(record: Record) -> str:
     return f"{record.backend} {record.framework_version} {record.variant} {record.device} (run {record.run_id})"
 
 
-def compare_observations(records: list[Record]) -> list[Record]:
-    """One PROPERTY record per observing record that has another column to compare with."""
-    groups: dict[tuple[str, str], list[tuple[Record, GradientObservation | str]]] = defaultdict(list)
+def compare_observations(records: list[Record], cases: list[Case] = ()) -> list[Record]:
+    """One comparison record per observing record that has another column to compare with; update comparisons
+    need the case file the runs observed, found among `cases` by id and digest (else they are not comparable)."""
+    by_file = {(case.id, case.digest): case for case in cases}
+    groups: dict[tuple[str, str, str], list[tuple[Record, Observation]]] = defaultdict(list)
     for record in records:
-        if record.property != OBSERVED or record.observations is None:
+        if record.property not in COMPARED or record.observations is None:
             continue
         try:
-            observed: GradientObservation | str = read_gradient_observation(record.observations, record.dtype)
+            observed: Observation = READERS[record.property](record.observations, record.dtype)
         except Unreadable as problem:
             observed = str(problem)
-        groups[(record.case, record.dtype)].append((record, observed))
+        groups[(record.property, record.case, record.dtype)].append((record, observed))
     compared = []
-    for group in groups.values():
+    for (observed_property, case_id, _), group in groups.items():
         for record, observed in group:
-            others = [(other, theirs) for other, theirs in group if column(other) != column(record)]
-            if others:
-                compared.append(_compare(record, observed, others))
+            case = by_file.get((case_id, getattr(observed, "case_digest", None)))
+            pairs = [
+                _pair(record, observed, other, theirs, case)
+                for other, theirs in group
+                if column(other) != column(record)
+            ]
+            if pairs:
+                compared.append(_summarise(record, COMPARED[observed_property], pairs))
     return compared
 
 
@@ -61,12 +78,16 @@ class Pair:
         return {"with": self.other, "outcome": self.outcome, "ratio": ratio, "why": self.why}
 
 
-def compare_pair(
-    record: Record, mine: GradientObservation | str, other: Record, theirs: GradientObservation | str
-) -> Pair:
+def _pair(record: Record, mine: Observation, other: Record, theirs: Observation, case: Case | None) -> Pair:
     reason = _not_comparable(mine, theirs)
     if reason:
         return Pair(column(other), "not_comparable", why=reason)
+    if isinstance(mine, UpdateObservation):
+        return _update_pair(record, mine, other, theirs, case)
+    return _gradient_pair(record, mine, other, theirs)
+
+
+def _gradient_pair(record: Record, mine: GradientObservation, other: Record, theirs: GradientObservation) -> Pair:
     worst: Comparison | None = None
     explained: Pair | None = None
     for index, (my_probe, their_probe) in enumerate(zip(mine.probes, theirs.probes, strict=True)):
@@ -91,12 +112,67 @@ def compare_pair(
     return Pair(column(other), "pass", worst)
 
 
-def _compare(
-    record: Record,
-    mine: GradientObservation | str,
-    others: list[tuple[Record, GradientObservation | str]],
-) -> Record:
-    pairs = [compare_pair(record, mine, other, theirs) for other, theirs in others]
+def _update_pair(
+    record: Record, mine: UpdateObservation, other: Record, theirs: UpdateObservation, case: Case | None
+) -> Pair:
+    """The trajectories at each probe, as update.agrees_across_backends judges a drawn example; a probe whose
+    reference path comes near underflow for either backend is left out, as a drawn one is discarded."""
+    if case is None or case.update is None:
+        why = f"no case file here has digest {mine.case_digest} (conformance report --cases DIR)"
+        return Pair(column(other), "not_comparable", why=why)
+    rule, dtype, names = case.update.rule, record.dtype, (record.backend, other.backend)
+    if any(name not in optimizers.SWITCHES for name in names):
+        return Pair(column(other), "not_comparable", why="the reference has no switches for this backend")
+    worst: Comparison | None = None
+    explained: Pair | None = None
+    for index, (my_probe, their_probe) in enumerate(zip(mine.probes, theirs.probes, strict=True)):
+        start = {spec.name: my_probe.inputs[spec.name] for spec in case.variables}
+        reference_for = update_properties.summed_reference(case, my_probe.inputs, dtype)
+        try:
+            sides = [
+                update_properties.Side(
+                    name,
+                    optimizers.hyperparameters(rule, name, probe.hyper),
+                    optimizers.SWITCHES[name],
+                    observed.conventions,
+                    probe.run,
+                    observed.decay_rates_in_dtype,
+                )
+                for name, probe, observed in zip(names, (my_probe, their_probe), (mine, theirs), strict=True)
+            ]
+            if any(
+                update_properties.path_near_underflow(
+                    rule,
+                    side.hyper,
+                    side.switches,
+                    start,
+                    reference_for(side.switches, side.conventions),
+                    case.update.steps,
+                    dtype,
+                )
+                for side in sides
+            ):
+                continue
+            verdict = update_properties.agreement(rule, my_probe.hyper, *sides, start, reference_for, dtype)
+        except (ValueError, KeyError, IndexError) as error:  # not the same case's shapes and names after all
+            return Pair(column(other), "not_comparable", why=f"probe {index} cannot be compared ({error})")
+        if verdict.outcome == "fail":
+            where = f"probe {index}: {verdict.comparison.where}: {verdict.comparison.detail}"
+            return Pair(column(other), "fail", verdict.comparison, where, inputs=my_probe.inputs)
+        if worst is None or verdict.comparison.ratio >= worst.ratio:
+            worst = verdict.comparison
+        if verdict.outcome == "divergent" and explained is None:
+            explained = Pair(
+                column(other), "divergent", None, f"probe {index}: {verdict.explanation}", verdict.citation
+            )
+    if worst is None:
+        return Pair(column(other), "not_comparable", why="every probe comes near underflow")
+    if explained is not None:
+        return replace(explained, comparison=worst)
+    return Pair(column(other), "pass", worst)
+
+
+def _summarise(record: Record, compared_property: str, pairs: list[Pair]) -> Record:
     compared = [pair for pair in pairs if pair.outcome != "not_comparable"]
     failed = [pair for pair in compared if pair.outcome == "fail"]
     explained = [pair for pair in compared if pair.outcome == "divergent"]
@@ -104,11 +180,11 @@ def _compare(
     comparison = None if shown is None else shown.comparison
     base = replace(
         record,
-        property=PROPERTY,
+        property=compared_property,
         outcome="pass",
         explanation=None,
         citation=None,
-        examples=sum(len(mine.probes) for _ in compared) if compared else 0,
+        examples=len(compared),
         discarded={},
         sensitivity=None,
         elapsed_s=None,
@@ -134,7 +210,7 @@ def _compare(
     return replace(base, message=message)
 
 
-def _not_comparable(mine: GradientObservation | str, theirs: GradientObservation | str) -> str | None:
+def _not_comparable(mine: Observation, theirs: Observation) -> str | None:
     if isinstance(mine, str):
         return f"this record's {mine}"
     if isinstance(theirs, str):

@@ -8,8 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from conformance.report.cross_run import PROPERTY, column
-from conformance.report.loader import Record
+from conformance.report.cross_run import COMPARED, column
 from conformance.report.matrix import Row
 
 
@@ -22,28 +21,27 @@ class PairCell:
 
 @dataclass(frozen=True)
 class PairTable:
+    property: str
     dtype: str
     columns: tuple[str, ...]
     cells: tuple[tuple[PairCell | None, ...], ...]  # [i][j]: columns[i] against columns[j]; None on the diagonal
 
 
 def pair_tables(row: Row) -> list[PairTable]:
-    records: list[Record] = [
-        record for cell in row.cells if cell for record in cell.records if record.property == PROPERTY
-    ]
-    by_dtype: dict[str, dict[str, dict[str, PairCell]]] = defaultdict(dict)
-    for record in records:
-        by_dtype[record.dtype][column(record)] = {
-            str(pair.get("with")): PairCell(
-                str(pair.get("outcome")), _number(pair.get("ratio")), _text(pair.get("why"))
-            )
-            for pair in record.pairs
-        }
+    observed: dict[tuple[str, str], dict[str, dict[str, PairCell]]] = defaultdict(dict)
+    for record in (record for cell in row.cells if cell for record in cell.records):
+        if record.property in COMPARED.values():
+            observed[(record.property, record.dtype)][column(record)] = {
+                str(pair.get("with")): PairCell(
+                    str(pair.get("outcome")), _number(pair.get("ratio")), _text(pair.get("why"))
+                )
+                for pair in record.pairs
+            }
     tables = []
-    for dtype, observed in sorted(by_dtype.items()):
-        columns = tuple(sorted(observed))
-        cells = tuple(tuple(observed[mine].get(theirs) for theirs in columns) for mine in columns)
-        tables.append(PairTable(dtype, _shown(columns), cells))
+    for (compared, dtype), pairs in sorted(observed.items()):
+        columns = tuple(sorted(pairs))
+        cells = tuple(tuple(pairs[mine].get(theirs) for theirs in columns) for mine in columns)
+        tables.append(PairTable(compared, dtype, _shown(columns), cells))
     return tables
 
 

@@ -19,6 +19,8 @@ from conformance.results import SCHEMA, ResultRecord
 
 CASES = ["losses/maximum-minimum", "losses/tanh-layer", "losses/unused-variable", "losses/kitchen-sink"]
 COLUMNS = [("torch", "eager"), ("jax", "jit"), ("jax", "eager")]
+UPDATE_CASES = ["seed/adam-step", "optimizers/adam-small-gradients", "optimizers/sgd-nesterov"]
+UPDATE_COLUMNS = [("torch", "eager"), ("tensorflow", "eager"), ("jax", "jit")]
 
 
 @functools.cache
@@ -36,7 +38,25 @@ def observed(name: str, variant: str, case_id: str, dtype: str, seed: int = 0) -
     references = [exact_gradient(case, probe, backend.conventions, dtype) for probe in probes]
     observation = observations.gradient_observation(case, seed, probes, runs, references, backend.conventions)
     return ResultRecord(
-        case_id, cross_run.OBSERVED, name, variant, "cpu", dtype, "1.0", "pass", observations=observation
+        case_id, "gradient.at_probes", name, variant, "cpu", dtype, "1.0", "pass", observations=observation
+    )
+
+
+def observed_update(name: str, variant: str, case_id: str, dtype: str, seed: int = 0) -> ResultRecord:
+    """The record `update.at_probes` writes, made here without pytest."""
+    backend, case = backends.load(name), shipped(case_id)
+    if backend.unavailable_reason():
+        pytest.skip(backend.unavailable_reason())
+    probes = observations.probe_inputs(case, dtype, seed)
+    hypers = observations.probe_hyperparameters(case, dtype, seed)
+    runs = [
+        backend.updates(case, probe, hyper, dtype, variant, "cpu") for probe, hyper in zip(probes, hypers, strict=True)
+    ]
+    observation = observations.update_observation(
+        case, seed, probes, hypers, runs, backend.conventions, backend.decay_rates_in_dtype("cpu")
+    )
+    return ResultRecord(
+        case_id, "update.at_probes", name, variant, "cpu", dtype, "1.0", "pass", observations=observation
     )
 
 
@@ -48,8 +68,8 @@ def write_run(path, run_id: str, records: list[ResultRecord]):
 
 
 def verdicts(paths) -> dict[tuple, tuple]:
-    compared = cross_run.compare_observations(load_results(paths).records)
-    return {(r.case, r.backend, r.variant, r.dtype): (r.outcome, r.explanation is None) for r in compared}
+    compared = cross_run.compare_observations(load_results(paths).records, [shipped(c) for c in UPDATE_CASES])
+    return {(r.property, r.case, r.backend, r.variant, r.dtype): (r.outcome, r.explanation is None) for r in compared}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +79,16 @@ def healthy() -> list[ResultRecord]:
         for case_id in CASES
         for dtype in ("float32", "float64")
         for name, variant in COLUMNS
+    ]
+
+
+@pytest.fixture(scope="module")
+def healthy_updates() -> list[ResultRecord]:
+    return [
+        observed_update(name, variant, case_id, dtype)
+        for case_id in UPDATE_CASES
+        for dtype in ("float32", "float64")
+        for name, variant in UPDATE_COLUMNS
     ]
 
 
@@ -76,6 +106,39 @@ def test_runs_made_apart_compare_as_one_run_with_every_backend(healthy, tmp_path
     assert "fail" not in outcomes
 
 
+def test_update_runs_made_apart_compare_as_one_run(healthy_updates, tmp_path):
+    alone = [
+        write_run(tmp_path / f"{name}.jsonl", f"run-{name}", [r for r in healthy_updates if r.backend == name])
+        for name, _ in UPDATE_COLUMNS
+    ]
+    one = verdicts([write_run(tmp_path / "all.jsonl", "run-all", healthy_updates)])
+    assert verdicts(alone) == one and len(one) == len(healthy_updates)
+    assert one[("update.agrees_at_probes", "optimizers/adam-small-gradients", "tensorflow", "eager", "float32")] == (
+        "divergent",
+        False,
+    )  # Keras adds epsilon to sqrt(v): explained from the files
+    assert "fail" not in {outcome for outcome, _ in one.values()}
+
+
+def test_a_planted_adam_fault_is_an_unexplained_difference_across_runs(healthy_updates, planted, tmp_path):
+    faults.torch_uncorrected_adam(planted)
+    broken = [observed_update("torch", "eager", "seed/adam-step", dtype) for dtype in ("float32", "float64")]
+    planted.undo()
+    jax = [r for r in healthy_updates if r.backend == "jax"]
+    files = [write_run(tmp_path / "torch.jsonl", "t", broken), write_run(tmp_path / "jax.jsonl", "j", jax)]
+    assert main_report([*map(str, files), "-o", str(tmp_path / "index.html")]) == 1
+    found = verdicts(files)
+    assert found[("update.agrees_at_probes", "seed/adam-step", "torch", "eager", "float32")] == ("fail", True)
+    assert found[("update.agrees_at_probes", "seed/adam-step", "jax", "jit", "float64")] == ("fail", True)
+
+
+def test_an_update_comparison_needs_the_case_file_it_observed(healthy_updates, tmp_path):
+    path = write_run(tmp_path / "all.jsonl", "run", [r for r in healthy_updates if r.case == "seed/adam-step"])
+    compared = cross_run.compare_observations(load_results([path]).records, cases=[])
+    assert compared and all(r.outcome == "not_applicable" for r in compared)
+    assert all("no case file here has digest" in r.message for r in compared)
+
+
 def test_a_planted_fault_is_found_from_the_files_alone(healthy, planted, tmp_path):
     torch_files = [r for r in healthy if r.backend == "torch"]
     faults.torch_scaled_gradients(planted)
@@ -86,7 +149,7 @@ def test_a_planted_fault_is_found_from_the_files_alone(healthy, planted, tmp_pat
     merged = tmp_path / "merged.jsonl"
     code = main_report([str(torch_file), str(jax_file), "-o", str(tmp_path / "index.html"), "--results", str(merged)])
     assert code == 1
-    compared = [r for r in load_results([merged]).records if r.property == cross_run.PROPERTY]
+    compared = [r for r in load_results([merged]).records if r.property == "gradient.agrees_at_probes"]
     failed = [r for r in compared if r.outcome == "fail"]
     assert {r.backend for r in failed} >= {"torch"} and all("against" in r.message for r in failed)
     assert all(r.counterexample for r in failed)

@@ -246,5 +246,5 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert "seed/linear-square" in matrix and len(cells) == 5 * 12 + 3  # 5 cases on all 12 columns, one on 3
     assert dom.stdout.count("<svg") >= 2 and "Keras adds epsilon" in dom.stdout
     pairs = dom.stdout.split('<table class="d pairs">')[1].split("</table>")[0]
-    assert "Compared at probes, float32" in pairs
+    assert "gradient.agrees_at_probes, float32" in pairs
     assert pairs.count('<td class="pass"') == 2 and pairs.count('<td class="fail"') == 4  # jax differs from both
