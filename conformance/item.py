@@ -25,6 +25,15 @@ from conformance.tolerance import Comparison
 NOT_APPLICABLE = "not applicable: "
 
 
+def framework_version(versions: dict[str, str]) -> str:
+    """The framework's version, then its companions' (`0.10.2 (optax 0.2.8)`): two optax releases on one jax are
+    two columns of the report."""
+    if not versions:
+        return "not installed"
+    first, *companions = versions.items()
+    return first[1] + (f" ({', '.join(f'{name} {version}' for name, version in companions)})" if companions else "")
+
+
 class PropertyFailed(AssertionError):
     """A property does not hold; the message says where and by how much."""
 
@@ -159,7 +168,7 @@ class ConformanceItem:
     def record(self, report: pytest.TestReport, call: pytest.CallInfo) -> ResultRecord:
         spec, backend = self.spec, backend_registry.load(self.spec.backend)
         reason = backend.unavailable_reason()
-        versions = backend.versions() if reason is None else {}
+        versions = backend_registry.versions(backend) if reason is None else {}
         outcome, message = self._outcome(report, call)
         shown = self.failure if outcome == "fail" else self.worst
         return ResultRecord(
@@ -169,7 +178,7 @@ class ConformanceItem:
             variant=spec.variant,
             device=spec.device,
             dtype=spec.dtype,
-            framework_version=next(iter(versions.values()), "not installed"),
+            framework_version=framework_version(versions),
             outcome=outcome,
             title=spec.case.title,
             tags=list(spec.case.tags),

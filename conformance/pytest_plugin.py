@@ -205,7 +205,7 @@ def _header(suite: SuiteConfig, config: pytest.Config, started: datetime.datetim
     for name in suite.backend_names:
         backend = backend_registry.load(name)
         if backend.unavailable_reason() is None:
-            frameworks.update(backend.versions())
+            frameworks.update(backend_registry.versions(backend))
             devices[name] = backend.devices()
     seed = config.getoption("hypothesis_seed", default=None)
     seed = None if seed is None else str(seed)

@@ -20,7 +20,7 @@ BUILTIN = {
 ENTRY_POINT_GROUP = "conformance.backends"
 ENVIRONMENT_VARIABLE = "CONFORMANCE_BACKENDS"
 
-__all__ = ["Backend", "GradientRun", "NotApplicable", "UnknownBackend", "known_names", "load"]
+__all__ = ["Backend", "GradientRun", "NotApplicable", "UnknownBackend", "known_names", "load", "versions"]
 
 
 class UnknownBackend(LookupError):
@@ -75,3 +75,13 @@ def load(name: str) -> Backend:
             raise UnknownBackend(f"backend {name!r}: conventions: {problem}")
         _loaded[name] = backend
     return _loaded[name]
+
+
+def versions(backend: Backend) -> dict[str, str]:
+    """`backend.versions()`, or what went wrong, in one line: a framework that is installed but cannot be imported
+    (a release that does not fit the others) must not end the run; its items say so as errors."""
+    try:
+        return dict(backend.versions())
+    except Exception as error:  # noqa: BLE001 - any import-time crash of a framework is a result
+        first_line = str(error).splitlines()[0][:200] if str(error) else ""
+        return {backend.name: f"cannot be imported ({type(error).__name__}: {first_line})"}

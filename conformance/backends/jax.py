@@ -149,9 +149,12 @@ class JaxBackend(Backend):
     def versions(self):
         versions = {"jax": self.jax.__version__}
         if importlib.util.find_spec("optax") is not None:
-            import optax
-
-            versions["optax"] = optax.__version__
+            try:
+                import optax
+            except Exception as error:  # noqa: BLE001 - a release that does not fit this jax: the updates say so
+                versions["optax"] = f"cannot be imported ({type(error).__name__})"
+            else:
+                versions["optax"] = optax.__version__
         return versions
 
     def devices(self):

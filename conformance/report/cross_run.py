@@ -66,7 +66,7 @@ def compare_observations(records: list[Record], cases: list[Case] = ()) -> list[
 class Pair:
     """One column against another, over every probe: the worst comparison, and the first explanation or failure."""
 
-    other: str
+    other: Record
     outcome: str  # pass, divergent, fail, or not_comparable
     comparison: Comparison | None = None
     why: str | None = None  # the explanation, the failure's place, or why the two cannot be compared
@@ -75,13 +75,23 @@ class Pair:
 
     def to_json(self) -> dict:
         ratio = None if self.comparison is None else self.comparison.ratio
-        return {"with": self.other, "outcome": self.outcome, "ratio": ratio, "why": self.why}
+        other = self.other
+        return {
+            "with": column(other),
+            "backend": other.backend,
+            "version": other.framework_version,
+            "variant": other.variant,
+            "device": other.device,
+            "outcome": self.outcome,
+            "ratio": ratio,
+            "why": self.why,
+        }
 
 
 def _pair(record: Record, mine: Observation, other: Record, theirs: Observation, case: Case | None) -> Pair:
     reason = _not_comparable(mine, theirs)
     if reason:
-        return Pair(column(other), "not_comparable", why=reason)
+        return Pair(other, "not_comparable", why=reason)
     if isinstance(mine, UpdateObservation):
         return _update_pair(record, mine, other, theirs, case)
     return _gradient_pair(record, mine, other, theirs)
@@ -97,19 +107,17 @@ def _gradient_pair(record: Record, mine: GradientObservation, other: Record, the
                 properties.GradientSide(column(other), their_probe.run, their_probe.reference, theirs.conventions),
             )
         except (ValueError, KeyError) as error:  # shapes or names that do not match: not the same case after all
-            return Pair(column(other), "not_comparable", why=f"probe {index} cannot be compared ({error})")
+            return Pair(other, "not_comparable", why=f"probe {index} cannot be compared ({error})")
         if not verdict.comparison.ok and not verdict.explanation:
             where = f"probe {index}: {verdict.comparison.where}: {verdict.comparison.detail}"
-            return Pair(column(other), "fail", verdict.comparison, where, inputs=my_probe.inputs)
+            return Pair(other, "fail", verdict.comparison, where, inputs=my_probe.inputs)
         if worst is None or verdict.comparison.ratio >= worst.ratio:
             worst = verdict.comparison
         if verdict.explanation and explained is None:
-            explained = Pair(
-                column(other), "divergent", None, f"probe {index}: {verdict.explanation}", verdict.citation
-            )
+            explained = Pair(other, "divergent", None, f"probe {index}: {verdict.explanation}", verdict.citation)
     if explained is not None:
         return replace(explained, comparison=worst)
-    return Pair(column(other), "pass", worst)
+    return Pair(other, "pass", worst)
 
 
 def _update_pair(
@@ -119,10 +127,10 @@ def _update_pair(
     reference path comes near underflow for either backend is left out, as a drawn one is discarded."""
     if case is None or case.update is None:
         why = f"no case file here has digest {mine.case_digest} (conformance report --cases DIR)"
-        return Pair(column(other), "not_comparable", why=why)
+        return Pair(other, "not_comparable", why=why)
     rule, dtype, names = case.update.rule, record.dtype, (record.backend, other.backend)
     if any(name not in optimizers.SWITCHES for name in names):
-        return Pair(column(other), "not_comparable", why="the reference has no switches for this backend")
+        return Pair(other, "not_comparable", why="the reference has no switches for this backend")
     worst: Comparison | None = None
     explained: Pair | None = None
     for index, (my_probe, their_probe) in enumerate(zip(mine.probes, theirs.probes, strict=True)):
@@ -155,21 +163,19 @@ def _update_pair(
                 continue
             verdict = update_properties.agreement(rule, my_probe.hyper, *sides, start, reference_for, dtype)
         except (ValueError, KeyError, IndexError) as error:  # not the same case's shapes and names after all
-            return Pair(column(other), "not_comparable", why=f"probe {index} cannot be compared ({error})")
+            return Pair(other, "not_comparable", why=f"probe {index} cannot be compared ({error})")
         if verdict.outcome == "fail":
             where = f"probe {index}: {verdict.comparison.where}: {verdict.comparison.detail}"
-            return Pair(column(other), "fail", verdict.comparison, where, inputs=my_probe.inputs)
+            return Pair(other, "fail", verdict.comparison, where, inputs=my_probe.inputs)
         if worst is None or verdict.comparison.ratio >= worst.ratio:
             worst = verdict.comparison
         if verdict.outcome == "divergent" and explained is None:
-            explained = Pair(
-                column(other), "divergent", None, f"probe {index}: {verdict.explanation}", verdict.citation
-            )
+            explained = Pair(other, "divergent", None, f"probe {index}: {verdict.explanation}", verdict.citation)
     if worst is None:
-        return Pair(column(other), "not_comparable", why="every probe comes near underflow")
+        return Pair(other, "not_comparable", why="every probe comes near underflow")
     if explained is not None:
         return replace(explained, comparison=worst)
-    return Pair(column(other), "pass", worst)
+    return Pair(other, "pass", worst)
 
 
 def _summarise(record: Record, compared_property: str, pairs: list[Pair]) -> Record:
@@ -198,10 +204,14 @@ def _summarise(record: Record, compared_property: str, pairs: list[Pair]) -> Rec
         pairs=tuple(pair.to_json() for pair in pairs),
         source=f"compared from {record.source}",
     )
-    not_comparable = "; ".join(f"{pair.other}: {pair.why}" for pair in pairs if pair.outcome == "not_comparable")
+    not_comparable = "; ".join(
+        f"{column(pair.other)}: {pair.why}" for pair in pairs if pair.outcome == "not_comparable"
+    )
     if failed:
         inputs = {name: value.tolist() for name, value in failed[0].inputs.items()}
-        return replace(base, outcome="fail", counterexample=inputs, message=f"against {shown.other}: {shown.why}")
+        return replace(
+            base, outcome="fail", counterexample=inputs, message=f"against {column(shown.other)}: {shown.why}"
+        )
     if not compared:
         return replace(base, outcome="not_applicable", message=f"not comparable: {not_comparable}")
     message = f"not comparable: {not_comparable}" if not_comparable else None

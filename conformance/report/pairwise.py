@@ -1,6 +1,6 @@
-"""The pairwise view of one case: for each dtype, every column compared at probes against every other, from the
-`gradient.agrees_at_probes` records' pairs (report.cross_run), so that a reader sees which pairs agree, which
-differ and why, rather than one backend against all the others."""
+"""The pairwise views, from the comparisons at probes (report.cross_run): for one case, every column against every
+other, so that a reader sees which pairs agree, which differ and why, rather than one backend against all the
+others; and for one backend, its versions (or devices) side by side, with the first where a difference appears."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from conformance.report.cross_run import COMPARED, column
-from conformance.report.matrix import Row
+from conformance.report.loader import Record
+from conformance.report.matrix import Row, natural
 
 
 @dataclass(frozen=True)
@@ -57,3 +58,79 @@ def _number(value: Any) -> float | None:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+@dataclass(frozen=True)
+class Change:
+    """The first step along an axis (version, device) where a comparison at probes stops passing."""
+
+    case: str
+    property: str
+    dtype: str
+    where: str  # the column's other coordinates (variant, and device or version)
+    before: str
+    after: str
+    outcome: str
+    why: str | None
+
+
+@dataclass(frozen=True)
+class AxisView:
+    """One backend along one axis: its values in order, how many comparisons between them, and the changes."""
+
+    backend: str
+    axis: str  # "version" or "device"
+    values: tuple[str, ...]
+    comparisons: int
+    changes: tuple[Change, ...]
+
+
+AXES = {"version": ("framework_version", "device"), "device": ("device", "framework_version")}
+
+
+def axis_views(records: list[Record]) -> list[AxisView]:
+    """For each backend seen at two or more versions (or devices) with the rest of its column alike, the first
+    version (or device) where a comparison at probes differs, per case, property, dtype and column."""
+    views = []
+    for axis, (field, held) in AXES.items():
+        outcomes: dict[tuple, dict[tuple[str, str], PairCell]] = defaultdict(dict)
+        values: dict[str, set[str]] = defaultdict(set)
+        for record in records:
+            if record.property not in COMPARED.values():
+                continue
+            mine = getattr(record, field)
+            for pair in record.pairs:
+                theirs = str(pair.get(field.removeprefix("framework_")))
+                same = pair.get("backend") == record.backend and pair.get("variant") == record.variant
+                if (
+                    not same
+                    or theirs == mine
+                    or str(pair.get(held.removeprefix("framework_"))) != getattr(record, held)
+                ):
+                    continue
+                values[record.backend] |= {mine, theirs}
+                key = (
+                    record.backend,
+                    record.case,
+                    record.property,
+                    record.dtype,
+                    record.variant,
+                    getattr(record, held),
+                )
+                outcomes[key][(mine, theirs)] = PairCell(
+                    str(pair.get("outcome")), _number(pair.get("ratio")), _text(pair.get("why"))
+                )
+        for backend in sorted(values):
+            ordered = tuple(sorted(values[backend], key=natural))
+            keys = [key for key in outcomes if key[0] == backend]
+            changes = []
+            for key in sorted(keys):
+                for before, after in zip(ordered, ordered[1:], strict=False):
+                    cell = outcomes[key].get((before, after))
+                    if cell is not None and cell.outcome != "pass":
+                        _, case, compared, dtype, variant, other = key
+                        where = f"{variant} · {other}"
+                        changes.append(Change(case, compared, dtype, where, before, after, cell.outcome, cell.why))
+                        break
+            views.append(AxisView(backend, axis, ordered, sum(len(outcomes[key]) for key in keys), tuple(changes)))
+    return views

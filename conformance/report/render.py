@@ -11,7 +11,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from conformance.report import formatting, outcomes, summaries
 from conformance.report.loader import Results
 from conformance.report.matrix import build_matrix
-from conformance.report.pairwise import pair_tables
+from conformance.report.pairwise import axis_views, pair_tables
 from conformance.report.plots import Figure, trajectory_figure
 
 
@@ -72,6 +72,7 @@ def render_report(results: Results) -> str:
             matrix=matrix,
             known=summaries.known_differences(matrix),
             not_run=summaries.not_run(matrix),
+            axes=axis_views(results.records),
             shared=SharedFigures(),
         )
     )

@@ -15,6 +15,7 @@ from conformance.pytest_plugin import SHIPPED_CASES
 from conformance.reference.gradients import exact_gradient
 from conformance.report import cross_run, load_results
 from conformance.report.cli import main_report
+from conformance.report.pairwise import axis_views
 from conformance.results import SCHEMA, ResultRecord
 
 CASES = ["losses/maximum-minimum", "losses/tanh-layer", "losses/unused-variable", "losses/kitchen-sink"]
@@ -183,3 +184,18 @@ def test_the_comparison_needs_no_framework(tmp_path):
     )
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert completed.stdout.strip() == "[]", completed.stderr[-1000:]
+
+
+def test_the_version_view_shows_the_first_version_that_differs(healthy, planted, tmp_path):
+    torch = [r for r in healthy if r.backend == "torch"]
+    faults.torch_scaled_gradients(planted)
+    newest = [observed("torch", "eager", r.case, r.dtype) for r in torch]
+    planted.undo()
+    files = [
+        write_run(tmp_path / f"{version}.jsonl", f"run-{version}", [replace(r, framework_version=version) for r in rs])
+        for version, rs in (("2.9.1", torch), ("2.10.0", torch), ("2.11.0", newest))
+    ]
+    records = load_results(files).records
+    view = next(v for v in axis_views(records + cross_run.compare_observations(records)) if v.axis == "version")
+    assert view.backend == "torch" and view.values == ("2.9.1", "2.10.0", "2.11.0")  # in version order, not text
+    assert view.changes and {(c.before, c.after, c.outcome) for c in view.changes} == {("2.10.0", "2.11.0", "fail")}
