@@ -19,6 +19,25 @@ def _complete(item, hyper: dict, framework: str) -> dict:
         pytest.skip(f"not applicable: {problem}")
 
 
+def _own_side(item, complete: dict, run) -> update_properties.Side:
+    backend = item.backend
+    return update_properties.Side(
+        backend.name,
+        complete,
+        optimizers.SWITCHES[backend.name],
+        backend.conventions,
+        run,
+        backend.decay_rates_in_dtype(item.spec.device),
+    )
+
+
+def _health(item, side: update_properties.Side, inputs: dict, reference_for):
+    """The side's steps and fed gradients against the reference from `inputs` (update_properties.health)."""
+    start = {spec.name: inputs[spec.name] for spec in item.case.variables}
+    reference_at = reference_for(side.switches, side.conventions)
+    return update_properties.health(item.case.update.rule, side, reference_at, start, item.spec.dtype)
+
+
 NEAR_UNDERFLOW = "a step's intermediates or state would be subnormal (flushed to zero by XLA and oneDNN)"
 
 
@@ -52,18 +71,7 @@ def test_update_matches_reference(conformance_item, data):
     reference_for = update_properties.summed_reference(item.case, inputs, item.spec.dtype)
     _discard_near_underflow(item, inputs, complete, reference_for, item.backend)
     run = item.call("updates", inputs, hyper)
-    side = update_properties.Side(
-        item.backend.name,
-        complete,
-        optimizers.SWITCHES[item.backend.name],
-        item.backend.conventions,
-        run,
-        item.backend.decay_rates_in_dtype(item.spec.device),
-    )
-    start = {spec.name: inputs[spec.name] for spec in item.case.variables}
-    comparison, steps = update_properties.health(
-        item.case.update.rule, side, reference_for(side.switches, side.conventions), start, item.spec.dtype
-    )
+    comparison, steps = _health(item, _own_side(item, complete, run), inputs, reference_for)
     item.trajectory = update_properties.trajectory(run, steps["expected"])
     item.check(comparison, expected=steps["expected"][-1])
 
@@ -94,18 +102,7 @@ def test_updates_at_probes(conformance_item):
         if _near_underflow(item, inputs, complete, reference_for, item.backend):
             item.discarded[NEAR_UNDERFLOW] = item.discarded.get(NEAR_UNDERFLOW, 0) + 1
             continue
-        side = update_properties.Side(
-            item.backend.name,
-            complete,
-            optimizers.SWITCHES[item.backend.name],
-            item.backend.conventions,
-            run,
-            item.backend.decay_rates_in_dtype(item.spec.device),
-        )
-        start = {spec.name: inputs[spec.name] for spec in item.case.variables}
-        comparison, steps = update_properties.health(
-            item.case.update.rule, side, reference_for(side.switches, side.conventions), start, dtype
-        )
+        comparison, steps = _health(item, _own_side(item, complete, run), inputs, reference_for)
         item.last_inputs = inputs
         item.check(comparison, expected=steps["expected"][-1])
 
@@ -125,18 +122,9 @@ def test_update_agrees_across_backends(conformance_item, data):
     for backend, hyperparameters in sides:  # platforms differ in flushing subnormals, not in formulas
         _discard_near_underflow(item, inputs, hyperparameters, reference_for, backend)
     start = {spec.name: inputs[spec.name] for spec in item.case.variables}
-    own = update_properties.Side(
-        mine.name,
-        complete,
-        optimizers.SWITCHES[mine.name],
-        mine.conventions,
-        item.call("updates", inputs, hyper),
-        mine.decay_rates_in_dtype(item.spec.device),
-    )
+    own = _own_side(item, complete, item.call("updates", inputs, hyper))
     # this backend's own steps and fed gradients first: a wrong training step fails here whatever the others do
-    item.check(
-        update_properties.health(rule, own, reference_for(own.switches, own.conventions), start, item.spec.dtype)[0]
-    )
+    item.check(_health(item, own, inputs, reference_for)[0])
     for other, other_complete in sides[1:]:
         theirs = update_properties.Side(
             other.name,
