@@ -18,9 +18,11 @@ UNRELATED_TESTS = """
 from hypothesis import given, settings, strategies as st
 
 def test_default_profile_is_hypothesis_own():
-    assert settings.get_current_profile_name() == "default"
+    # Hypothesis' own choice: "default", or its "ci" profile where the CI variable is set
+    name = settings.get_current_profile_name()
+    assert name in ("default", "ci")
     assert settings.default.max_examples == 100
-    assert settings.default.database is not None
+    assert (settings.default.database is None) == (name == "ci")
 
 @given(st.integers())
 def test_a_property(number):
