@@ -19,7 +19,7 @@ import numpy as np
 from conformance.backends.base import GradientRun, UpdateRun
 from conformance.cases import Case
 from conformance.reference.conventions import SWITCH_NAMES, KinkConventions
-from conformance.reference.gradients import ReferenceGradient
+from conformance.reference.gradients import ReferenceGradient, exact_gradient
 from conformance.strategies import representable_range
 
 PROBES = 3
@@ -162,18 +162,64 @@ class GradientObservation:
     probes: tuple[Probe, ...]
 
 
-def read_gradient_observation(raw: Any, dtype: str) -> GradientObservation:
-    """An observation as `gradient_observation` wrote it, read back in `dtype`; Unreadable if it is not one."""
+def read_gradient_observation(raw: Any, dtype: str, case: Case) -> GradientObservation:
+    """An observation as `gradient_observation` wrote it, read back in `dtype` and checked against `case`, the file
+    it observed: its probes must be the ones this seed draws, its gradients the case's variables; the reference and
+    its bounds are derived here again, under the recorded conventions (if admissible), not taken from the file.
+    Unreadable, with the reason, otherwise."""
     if not isinstance(raw, dict) or raw.get("kind") != KIND_GRADIENTS:
         raise Unreadable("no gradient observation")
     try:
-        conventions = _conventions(raw)
-        probes = tuple(_probe(entry, dtype) for entry in raw["probes"])
-        return GradientObservation(
-            str(raw["case_digest"]), int(raw["probe_seed"]), str(raw["probe_digest"]), conventions, probes
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        seed, conventions, probes = _checked(raw, dtype, case)
+        read = []
+        for entry, inputs in zip(raw["probes"], probes, strict=True):
+            gradients = _variables(entry["gradients"], case, dtype, missing_allowed=True)
+            values = {name: inputs[name] for name in case.variable_names}
+            run = GradientRun(float("nan"), values, values, values, gradients, gradients)
+            read.append(Probe(run, exact_gradient(case, inputs, conventions, dtype), inputs))
+        return GradientObservation(case.digest, seed, str(raw["probe_digest"]), conventions, tuple(read))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise Unreadable(f"malformed gradient observation ({type(error).__name__}: {error})") from None
+
+
+def _checked(raw: dict[str, Any], dtype: str, case: Case) -> tuple[int, KinkConventions, list[dict]]:
+    """The seed, the conventions and the probe inputs, once they are what this case file and seed give."""
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype {dtype!r} is not one the suite runs")
+    if raw["case_digest"] != case.digest:
+        raise ValueError(f"observed case file {raw['case_digest']!r}, not {case.digest!r}")
+    conventions = _conventions(raw)
+    problem = conventions.inadmissible()
+    if problem:
+        raise ValueError(f"conventions: {problem}")
+    seed = raw["probe_seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError("probe_seed is not an integer")
+    probes = probe_inputs(case, dtype, seed)
+    entries = raw["probes"]
+    if not isinstance(entries, list) or len(entries) != len(probes):
+        raise ValueError(f"{PROBES} probes expected")
+    for entry, probe in zip(entries, probes, strict=True):
+        read = {name: _array(value, dtype) for name, value in dict(entry["inputs"]).items()}
+        if read.keys() != probe.keys() or any(not np.array_equal(read[name], probe[name]) for name in probe):
+            raise ValueError(f"the probe inputs are not those of seed {seed}")
+    return seed, conventions, probes
+
+
+def _variables(values: Any, case: Case, dtype: str, missing_allowed: bool) -> dict[str, np.ndarray | None]:
+    """One array per variable of the case, of its shape (None, where allowed, for no gradient)."""
+    values = dict(values)
+    if set(values) != set(case.variable_names):
+        raise ValueError(f"variables {sorted(values)}, not {sorted(case.variable_names)}")
+    read: dict[str, np.ndarray | None] = {}
+    for spec in case.variables:
+        if values[spec.name] is None and missing_allowed:
+            read[spec.name] = None
+            continue
+        read[spec.name] = _array(values[spec.name], dtype)
+        if read[spec.name].shape != spec.shape:
+            raise ValueError(f"{spec.name} has shape {read[spec.name].shape}, not {spec.shape}")
+    return read
 
 
 @dataclass(frozen=True)
@@ -199,21 +245,6 @@ def _array(value: Any, dtype: str) -> np.ndarray:
     return np.asarray(value, dtype=np.float64).astype(dtype)
 
 
-def _probe(entry: dict[str, Any], dtype: str) -> Probe:
-    inputs = {name: _array(value, dtype) for name, value in entry["inputs"].items()}
-    gradients = {name: None if value is None else _array(value, dtype) for name, value in entry["gradients"].items()}
-    values = {name: inputs[name] for name in gradients}
-    run = GradientRun(float("nan"), values, values, values, gradients, gradients)
-    reference = ReferenceGradient(
-        float("nan"),
-        {name: _array(value, "float64") for name, value in entry["reference"].items()},
-        {name: _array(value, "float64") for name, value in entry["bounds"].items()},
-    )
-    if set(reference.gradients) != set(gradients) or set(reference.bounds) != set(gradients):
-        raise ValueError("gradients, reference and bounds name different variables")
-    return Probe(run, reference, inputs)
-
-
 @dataclass(frozen=True)
 class UpdateProbe:
     inputs: dict[str, np.ndarray]
@@ -231,37 +262,38 @@ class UpdateObservation:
     probes: tuple[UpdateProbe, ...]
 
 
-def read_update_observation(raw: Any, dtype: str) -> UpdateObservation:
-    """An observation as `update_observation` wrote it, read back in `dtype`; Unreadable if it is not one."""
+def read_update_observation(raw: Any, dtype: str, case: Case) -> UpdateObservation:
+    """An observation as `update_observation` wrote it, read back in `dtype` and checked against `case` as
+    `read_gradient_observation` checks: the probes and their hyperparameters must be the ones this seed draws,
+    each step's values, gradients and the final state the case's variables. Unreadable, with the reason, else."""
     if not isinstance(raw, dict) or raw.get("kind") != KIND_UPDATES:
         raise Unreadable("no update observation")
     try:
-        probes = tuple(
-            UpdateProbe(
-                {name: _array(value, dtype) for name, value in entry["inputs"].items()},
-                {str(name): _hyperparameter(value) for name, value in entry["hyper"].items()},
-                UpdateRun(
-                    [_arrays(values, dtype) for values in entry["values"]],
-                    [_arrays(gradients, dtype) for gradients in entry["gradients"]],
-                    {str(slot): _arrays(values, "float64") for slot, values in entry["state"].items()},
-                ),
-            )
-            for entry in raw["probes"]
-        )
+        seed, conventions, probes = _checked(raw, dtype, case)
+        hypers = probe_hyperparameters(case, dtype, seed)
+        steps = case.update.steps
+        read = []
+        for entry, inputs, hyper in zip(raw["probes"], probes, hypers, strict=True):
+            if {str(name): _hyperparameter(value) for name, value in dict(entry["hyper"]).items()} != hyper:
+                raise ValueError(f"the probe hyperparameters are not those of seed {seed}")
+            values = [_variables(step, case, dtype, missing_allowed=False) for step in entry["values"]]
+            gradients = [_variables(step, case, dtype, missing_allowed=True) for step in entry["gradients"]]
+            if len(values) != steps + 1 or len(gradients) != steps:
+                raise ValueError(f"{len(values) - 1} steps recorded, not {steps}")
+            state = {str(slot): _arrays(dict(arrays), "float64") for slot, arrays in dict(entry["state"]).items()}
+            read.append(UpdateProbe(inputs, hyper, UpdateRun(values, gradients, state)))
+        decay_rates_in_dtype = raw["decay_rates_in_dtype"]
+        if not isinstance(decay_rates_in_dtype, bool):
+            raise ValueError("decay_rates_in_dtype is not true or false")
         return UpdateObservation(
-            str(raw["case_digest"]),
-            int(raw["probe_seed"]),
-            str(raw["probe_digest"]),
-            _conventions(raw),
-            bool(raw["decay_rates_in_dtype"]),
-            probes,
+            case.digest, seed, str(raw["probe_digest"]), conventions, decay_rates_in_dtype, tuple(read)
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise Unreadable(f"malformed update observation ({type(error).__name__}: {error})") from None
 
 
-def _arrays(values: dict[str, Any], dtype: str) -> dict[str, np.ndarray | None]:
-    return {str(name): None if value is None else _array(value, dtype) for name, value in values.items()}
+def _arrays(values: dict[str, Any], dtype: str) -> dict[str, np.ndarray]:
+    return {str(name): _array(value, dtype) for name, value in values.items()}
 
 
 def _hyperparameter(value: Any) -> float | bool:

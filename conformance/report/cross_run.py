@@ -28,6 +28,7 @@ from conformance.tolerance import Comparison
 COMPARED = {"gradient.at_probes": "gradient.agrees_at_probes", "update.at_probes": "update.agrees_at_probes"}
 READERS = {"gradient.at_probes": read_gradient_observation, "update.at_probes": read_update_observation}
 Observation = GradientObservation | UpdateObservation | str  # str: why it cannot be read
+COMPARISON_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError, ArithmeticError)
 
 
 def column(record: Record) -> str:
@@ -39,22 +40,25 @@ def compare_observations(records: list[Record], cases: list[Case] = ()) -> list[
     """One comparison record per observing record that has another column to compare with; update comparisons
     need the case file the runs observed, found among `cases` by id and digest (else they are not comparable)."""
     by_file = {(case.id, case.digest): case for case in cases}
-    groups: dict[tuple[str, str, str], list[tuple[Record, Observation]]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[tuple[Record, tuple[Observation, Case | None]]]] = defaultdict(list)
     for record in records:
         if record.property not in COMPARED or record.observations is None:
             continue
+        digest = record.observations.get("case_digest")
+        case = by_file.get((record.case, digest)) if isinstance(digest, str) else None
         try:
-            observed: Observation = READERS[record.property](record.observations, record.dtype)
+            if case is None:
+                raise Unreadable(f"no case file here has digest {digest} (conformance report --cases DIR)")
+            observed: Observation = READERS[record.property](record.observations, record.dtype, case)
         except Unreadable as problem:
             observed = str(problem)
-        groups[(record.property, record.case, record.dtype)].append((record, observed))
+        groups[(record.property, record.case, record.dtype)].append((record, (observed, case)))
     compared = []
-    for (observed_property, case_id, _), group in groups.items():
-        for record, observed in group:
-            case = by_file.get((case_id, getattr(observed, "case_digest", None)))
+    for (observed_property, _, _), group in groups.items():
+        for record, (observed, case) in group:
             pairs = [
                 _pair(record, observed, other, theirs, case)
-                for other, theirs in group
+                for other, (theirs, _) in group
                 if column(other) != column(record)
             ]
             if pairs:
@@ -88,7 +92,7 @@ class Pair:
         }
 
 
-def _pair(record: Record, mine: Observation, other: Record, theirs: Observation, case: Case | None) -> Pair:
+def _pair(record: Record, mine: Observation, other: Record, theirs: Observation, case: Case) -> Pair:
     reason = _not_comparable(mine, theirs)
     if reason:
         return Pair(other, "not_comparable", why=reason)
@@ -106,7 +110,7 @@ def _gradient_pair(record: Record, mine: GradientObservation, other: Record, the
                 properties.GradientSide(column(record), my_probe.run, my_probe.reference, mine.conventions),
                 properties.GradientSide(column(other), their_probe.run, their_probe.reference, theirs.conventions),
             )
-        except (ValueError, KeyError) as error:  # shapes or names that do not match: not the same case after all
+        except COMPARISON_ERRORS as error:  # a value no comparison expects, e.g. from a hand-edited file
             return Pair(other, "not_comparable", why=f"probe {index} cannot be compared ({error})")
         if not verdict.comparison.ok and not verdict.explanation:
             where = f"probe {index}: {verdict.comparison.where}: {verdict.comparison.detail}"
@@ -120,14 +124,9 @@ def _gradient_pair(record: Record, mine: GradientObservation, other: Record, the
     return Pair(other, "pass", worst)
 
 
-def _update_pair(
-    record: Record, mine: UpdateObservation, other: Record, theirs: UpdateObservation, case: Case | None
-) -> Pair:
+def _update_pair(record: Record, mine: UpdateObservation, other: Record, theirs: UpdateObservation, case: Case) -> Pair:
     """The trajectories at each probe, as update.agrees_across_backends judges a drawn example; a probe whose
     reference path comes near underflow for either backend is left out, as a drawn one is discarded."""
-    if case is None or case.update is None:
-        why = f"no case file here has digest {mine.case_digest} (conformance report --cases DIR)"
-        return Pair(other, "not_comparable", why=why)
     rule, dtype, names = case.update.rule, record.dtype, (record.backend, other.backend)
     if any(name not in optimizers.SWITCHES for name in names):
         return Pair(other, "not_comparable", why="the reference has no switches for this backend")
@@ -162,7 +161,7 @@ def _update_pair(
             ):
                 continue
             verdict = update_properties.agreement(rule, my_probe.hyper, *sides, start, reference_for, dtype)
-        except (ValueError, KeyError, IndexError) as error:  # not the same case's shapes and names after all
+        except COMPARISON_ERRORS as error:  # a value no comparison expects, e.g. from a hand-edited file
             return Pair(other, "not_comparable", why=f"probe {index} cannot be compared ({error})")
         if verdict.outcome == "fail":
             where = f"probe {index}: {verdict.comparison.where}: {verdict.comparison.detail}"
@@ -227,6 +226,6 @@ def _not_comparable(mine: Observation, theirs: Observation) -> str | None:
         return theirs
     if mine.case_digest != theirs.case_digest:
         return f"the case files differ (digest {mine.case_digest} vs {theirs.case_digest})"
-    if mine.probe_digest != theirs.probe_digest or len(mine.probes) != len(theirs.probes):
+    if mine.probe_seed != theirs.probe_seed:  # each was checked to hold the probes its seed draws
         return f"other probe inputs (probe seed {mine.probe_seed} vs {theirs.probe_seed})"
     return None

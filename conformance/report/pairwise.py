@@ -85,6 +85,7 @@ class AxisView:
     changes: tuple[Change, ...]
 
 
+SEVERITY = {"pass": 0, "divergent": 1, "fail": 2}
 AXES = {"version": ("framework_version", "device"), "device": ("device", "framework_version")}
 
 
@@ -109,6 +110,8 @@ def axis_views(records: list[Record]) -> list[AxisView]:
                 ):
                     continue
                 values[record.backend] |= {mine, theirs}
+                if pair.get("outcome") not in SEVERITY:  # not comparable: says nothing about a change
+                    continue
                 key = (
                     record.backend,
                     record.case,
@@ -117,9 +120,10 @@ def axis_views(records: list[Record]) -> list[AxisView]:
                     record.variant,
                     getattr(record, held),
                 )
-                outcomes[key][(mine, theirs)] = PairCell(
-                    str(pair.get("outcome")), _number(pair.get("ratio")), _text(pair.get("why"))
-                )
+                cell = PairCell(str(pair.get("outcome")), _number(pair.get("ratio")), _text(pair.get("why")))
+                known = outcomes[key].get((mine, theirs))  # several runs of one version: the worst of them counts
+                if known is None or SEVERITY[cell.outcome] > SEVERITY[known.outcome]:
+                    outcomes[key][(mine, theirs)] = cell
         for backend in sorted(values):
             ordered = tuple(sorted(values[backend], key=natural))
             keys = [key for key in outcomes if key[0] == backend]

@@ -7,6 +7,7 @@ import functools
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from conformance import backends, faults, observations
@@ -61,6 +62,10 @@ def observed_update(name: str, variant: str, case_id: str, dtype: str, seed: int
     )
 
 
+def ALL_CASES() -> list:  # noqa: N802 - a constant, made when first needed
+    return [shipped(case_id) for case_id in CASES + UPDATE_CASES]
+
+
 def write_run(path, run_id: str, records: list[ResultRecord]):
     lines = [json.dumps({"schema": SCHEMA, "kind": "run", "run_id": run_id, "frameworks": {}, "probe_seed": 0})]
     lines += [record.to_json(run_id) for record in records]
@@ -69,7 +74,7 @@ def write_run(path, run_id: str, records: list[ResultRecord]):
 
 
 def verdicts(paths) -> dict[tuple, tuple]:
-    compared = cross_run.compare_observations(load_results(paths).records, [shipped(c) for c in UPDATE_CASES])
+    compared = cross_run.compare_observations(load_results(paths).records, ALL_CASES())
     return {(r.property, r.case, r.backend, r.variant, r.dtype): (r.outcome, r.explanation is None) for r in compared}
 
 
@@ -133,8 +138,8 @@ def test_a_planted_adam_fault_is_an_unexplained_difference_across_runs(healthy_u
     assert found[("update.agrees_at_probes", "seed/adam-step", "jax", "jit", "float64")] == ("fail", True)
 
 
-def test_an_update_comparison_needs_the_case_file_it_observed(healthy_updates, tmp_path):
-    path = write_run(tmp_path / "all.jsonl", "run", [r for r in healthy_updates if r.case == "seed/adam-step"])
+def test_a_comparison_needs_the_case_file_it_observed(healthy, healthy_updates, tmp_path):
+    path = write_run(tmp_path / "all.jsonl", "run", [r for r in healthy + healthy_updates if r.dtype == "float32"])
     compared = cross_run.compare_observations(load_results([path]).records, cases=[])
     assert compared and all(r.outcome == "not_applicable" for r in compared)
     assert all("no case file here has digest" in r.message for r in compared)
@@ -161,16 +166,66 @@ def test_a_planted_fault_is_found_from_the_files_alone(healthy, planted, tmp_pat
 
 def test_other_case_files_other_probes_and_malformed_observations_are_not_comparable(healthy, tmp_path):
     mine = next(r for r in healthy if r.backend == "torch" and r.case == "losses/tanh-layer" and r.dtype == "float32")
-    theirs = next(r for r in healthy if r.backend == "jax" and r.case == mine.case and r.dtype == "float32")
-    edited = replace(theirs, observations={**theirs.observations, "case_digest": "0123456789abcdef"})
-    reseeded = replace(theirs, variant="eager", observations={**theirs.observations, "probe_digest": "ffff"})
-    broken = replace(theirs, backend="tensorflow", observations={**theirs.observations, "probes": [{"inputs": 1}]})
-    path = write_run(tmp_path / "mixed.jsonl", "run", [mine, edited, reseeded, broken])
-    compared = {r.backend + r.variant: r for r in cross_run.compare_observations(load_results([path]).records)}
+    theirs = next(r for r in healthy if r.backend == "jax" and r.case == mine.case and r.variant == "jit")
+    reseeded = observed("jax", "eager", mine.case, "float32", seed=5)
+    edited = replace(theirs, backend="a", observations={**theirs.observations, "case_digest": "0123456789abcdef"})
+    broken = replace(theirs, backend="b", observations={**theirs.observations, "probes": [{"inputs": 1}]})
+    path = write_run(tmp_path / "mixed.jsonl", "run", [mine, reseeded, edited, broken])
+    compared = {
+        r.backend + r.variant: r for r in cross_run.compare_observations(load_results([path]).records, ALL_CASES())
+    }
     torch = compared["torcheager"]
     assert torch.outcome == "not_applicable" and torch.examples == 0
-    assert "case files differ" in torch.message and "other probe inputs" in torch.message
+    assert "other probe inputs (probe seed 0 vs 5)" in torch.message
+    assert "no case file here has digest 0123456789abcdef" in torch.message
     assert "malformed gradient observation" in torch.message
+
+
+def _hostile(record: ResultRecord, **changes) -> ResultRecord:
+    """The record with its observation edited: each probe's entries changed by `changes` (functions of the entry)."""
+    observation = json.loads(json.dumps(record.observations, default=lambda value: value.tolist()))
+    for entry in observation["probes"]:
+        for key, change in changes.items():
+            entry[key] = change(entry)
+    return replace(record, observations=observation)
+
+
+def _scaled(values: dict, factor: float) -> dict:
+    return {name: None if value is None else (np.asarray(value) * factor).tolist() for name, value in values.items()}
+
+
+def test_a_file_cannot_bring_its_own_reference_bounds_conventions_or_probes(healthy, tmp_path):
+    """The merge derives the reference and bounds again from the case file and checks the probes against the seed:
+    a file whose gradients are off passes neither with a reference and bounds of its own, nor with conventions
+    outside the admissible range, nor with inputs of its own choosing, nor in another dtype."""
+    mine = next(r for r in healthy if r.backend == "torch" and r.case == "losses/tanh-layer" and r.dtype == "float64")
+    theirs = next(r for r in healthy if r.backend == "jax" and r.case == mine.case and r.dtype == "float64")
+    off = _hostile(
+        theirs,
+        gradients=lambda entry: _scaled(entry["gradients"], 1.5),
+        reference=lambda entry: _scaled(entry["gradients"], 1.5),
+        bounds=lambda entry: _scaled(entry["bounds"], 1e300),
+    )
+    loose = replace(
+        off,
+        variant="loose",
+        observations={**off.observations, "conventions": {**off.observations["conventions"], "abs_slope_at_zero": 7.0}},
+    )
+    moved = replace(_hostile(theirs, inputs=lambda entry: _scaled(entry["inputs"], 0.5)), variant="moved")
+    other_dtype = replace(theirs, variant="bool", dtype="bool")
+    path = write_run(tmp_path / "hostile.jsonl", "run", [mine, off, loose, moved])
+    compared = {r.variant: r for r in cross_run.compare_observations(load_results([path]).records, ALL_CASES())}
+    assert compared["jit"].outcome == "fail" and "grad" in compared["jit"].message
+    assert compared["loose"].outcome == "not_applicable" and "outside [-1, 1]" in compared["loose"].message
+    assert compared["moved"].outcome == "not_applicable" and "not those of seed 0" in compared["moved"].message
+    assert compared["eager"].outcome == "fail"  # torch against the file that is off
+    empty = replace(theirs, observations={**theirs.observations, "probes": []})
+    path = write_run(tmp_path / "empty.jsonl", "run", [mine, empty])
+    assert {r.outcome for r in cross_run.compare_observations(load_results([path]).records, ALL_CASES())} == {
+        "not_applicable"
+    }
+    with pytest.raises(observations.Unreadable, match="not one the suite runs"):
+        observations.read_gradient_observation(other_dtype.observations, "bool", shipped(mine.case))
 
 
 def test_the_comparison_needs_no_framework(tmp_path):
@@ -196,6 +251,7 @@ def test_the_version_view_shows_the_first_version_that_differs(healthy, planted,
         for version, rs in (("2.9.1", torch), ("2.10.0", torch), ("2.11.0", newest))
     ]
     records = load_results(files).records
-    view = next(v for v in axis_views(records + cross_run.compare_observations(records)) if v.axis == "version")
+    compared = cross_run.compare_observations(records, ALL_CASES())
+    view = next(v for v in axis_views(records + compared) if v.axis == "version")
     assert view.backend == "torch" and view.values == ("2.9.1", "2.10.0", "2.11.0")  # in version order, not text
     assert view.changes and {(c.before, c.after, c.outcome) for c in view.changes} == {("2.10.0", "2.11.0", "fail")}

@@ -14,6 +14,11 @@ from typing import Any
 
 import pytest
 
+from conformance import observations
+from conformance.backends.base import GradientRun
+from conformance.cases import SHIPPED, load_case
+from conformance.reference.conventions import KinkConventions
+from conformance.reference.gradients import exact_gradient
 from conformance.report import write_report
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "reports" / "test-output" / "report-screenshot.png"
@@ -45,33 +50,6 @@ KERAS_EPS = (
     "torch and optax add it to sqrt(v_hat)"
 )
 REPRO = "import torch\nw = torch.tensor([88.5, -3.0], requires_grad=True)\n...\n"
-CONVENTIONS = {
-    "abs_slope_at_zero": 0.0,
-    "maximum_tie_to_first": 0.5,
-    "minimum_tie_to_first": 0.5,
-    "softplus_linear_above": "inf",
-}
-
-
-def observed(run_id: str, backend: str, version: str, gradient: float) -> dict[str, Any]:
-    """A `gradient.at_probes` record of seed/linear-square at one probe, x = 2, where the gradient is -6."""
-    probe = {
-        "inputs": {"x": [2.0]},
-        "gradients": {"x": [gradient]},
-        "reference": {"x": [-6.0]},
-        "bounds": {"x": [1e-6]},
-    }
-    observation = {
-        "kind": "gradients",
-        "case_digest": "5eed",
-        "probe_seed": 0,
-        "probe_digest": "0b5e",
-        "conventions": CONVENTIONS,
-        "citations": {},
-        "probes": [probe],
-    }
-    where = {"run_id": run_id, "backend": backend, "variant": "eager", "framework_version": version}
-    return record(where, case="seed/linear-square", property="gradient.at_probes", observations=observation)
 
 
 def record(*parts: dict[str, Any], **fields: Any) -> dict[str, Any]:
@@ -95,6 +73,27 @@ def record(*parts: dict[str, Any], **fields: Any) -> dict[str, Any]:
     for part in parts:
         base.update(part)
     return base | fields
+
+
+def observed(run_id: str, backend: str, version: str, scale: float) -> dict[str, Any]:
+    """A `gradient.at_probes` record of the shipped seed/linear-square case: the exact gradient at its probes,
+    times `scale` (no framework needed)."""
+    case = load_case(SHIPPED / "seed/linear-square.toml", SHIPPED)
+    probes = observations.probe_inputs(case, "float32", 0)
+    references = [exact_gradient(case, probe, KinkConventions(), "float32") for probe in probes]
+    runs = []
+    for probe, reference in zip(probes, references, strict=True):
+        gradients = {name: (value * scale).astype("float32") for name, value in reference.gradients.items()}
+        values = {name: probe[name] for name in gradients}
+        runs.append(GradientRun(0.0, values, values, values, gradients, gradients))
+    observation = observations.gradient_observation(case, 0, probes, runs, references, KinkConventions())
+    where = {"run_id": run_id, "backend": backend, "variant": "eager", "framework_version": version}
+    return record(
+        where,
+        case=case.id,
+        property="gradient.at_probes",
+        observations=json.loads(json.dumps(observation, default=lambda value: value.tolist())),
+    )
 
 
 def chromium() -> str:
@@ -219,9 +218,9 @@ def small_results(tmp_path: Path) -> list[Path]:
             message="the default profile runs it on float64 only",
         )
     )
-    torch_run.append(observed("torch-1", "torch", "2.13.0", -6.0))  # compared with the other run after the fact
-    other_run.append(observed("tf-jax-1", "tensorflow", "2.21.0", -6.0))
-    other_run.append(observed("tf-jax-1", "jax", "0.10.2", -6.1))
+    torch_run.append(observed("torch-1", "torch", "2.13.0", 1.0))  # compared with the other run after the fact
+    other_run.append(observed("tf-jax-1", "tensorflow", "2.21.0", 1.0))
+    other_run.append(observed("tf-jax-1", "jax", "0.10.2", 1.01))
     torch_file, other_file = tmp_path / "results-torch.jsonl", tmp_path / "results-tf-jax.jsonl"
     torch_file.write_text("".join(json.dumps(line) + "\n" for line in torch_run), encoding="utf-8")
     cut_off = '{"schema": 1, "ki'  # the run was killed while writing
