@@ -1,6 +1,8 @@
 """Observations: what a backend computed at probe inputs that every run draws alike for the same case file, dtype
 and seed, recorded with the result so that runs made apart (another backend, version, device or machine) can be
-compared after the fact, with the bounds and conventions each run derived, and no framework installed.
+compared after the fact, with no framework installed. An observation holds only what the backend computed and
+what describes it (conventions, whether it holds decay rates in the dtype): the merge derives the reference and
+its bounds again from the case file, and checks the probes against the seed (report/cross_run.py).
 
 The probes: the point of the declared ranges nearest zero (where kinks and ties sit), then random points drawn
 from a generator seeded by the case id, the case file's digest, the dtype and the probe seed (the run's
@@ -76,44 +78,21 @@ def probe_hyperparameters(case: Case, dtype: str, seed: int) -> list[dict[str, f
     return probes
 
 
-def digest(probes: list[dict[str, np.ndarray]], hyperparameters: list[dict] | None = None) -> str:
-    """Of the probe inputs' names, dtypes, shapes and bytes: two runs compare only what they computed alike."""
-    hashed = hashlib.sha256()
-    for probe in probes:
-        for name in sorted(probe):
-            value = np.ascontiguousarray(probe[name])
-            hashed.update(f"{name}|{value.dtype}|{value.shape}|".encode())
-            hashed.update(value.tobytes())
-    for hyper in hyperparameters or []:
-        hashed.update(repr(sorted(hyper.items())).encode())
-    return hashed.hexdigest()[:16]
-
-
 def gradient_observation(
     case: Case,
     seed: int,
     probes: list[dict[str, np.ndarray]],
     runs: list[GradientRun],
-    references: list[ReferenceGradient],
     conventions: KinkConventions,
 ) -> dict[str, Any]:
-    """The JSON-ready observation of one item: its probes, gradients, and the reference under its conventions."""
+    """The JSON-ready observation of one item: its probes and gradients."""
     return {
         "kind": KIND_GRADIENTS,
         "case_digest": case.digest,
         "probe_seed": seed,
-        "probe_digest": digest(probes),
         "conventions": {name: getattr(conventions, name) for name in SWITCH_NAMES},
         "citations": {name: citation.url for name, citation in conventions.citations.items()},
-        "probes": [
-            {
-                "inputs": probe,
-                "gradients": run.gradients,
-                "reference": reference.gradients,
-                "bounds": reference.bounds,
-            }
-            for probe, run, reference in zip(probes, runs, references, strict=True)
-        ],
+        "probes": [{"inputs": probe, "gradients": run.gradients} for probe, run in zip(probes, runs, strict=True)],
     }
 
 
@@ -131,7 +110,6 @@ def update_observation(
         "kind": KIND_UPDATES,
         "case_digest": case.digest,
         "probe_seed": seed,
-        "probe_digest": digest(probes, hyperparameters),
         "conventions": {name: getattr(conventions, name) for name in SWITCH_NAMES},
         "citations": {name: citation.url for name, citation in conventions.citations.items()},
         "decay_rates_in_dtype": decay_rates_in_dtype,
@@ -157,7 +135,6 @@ class Probe:
 class GradientObservation:
     case_digest: str
     probe_seed: int
-    probe_digest: str
     conventions: KinkConventions
     probes: tuple[Probe, ...]
 
@@ -177,7 +154,7 @@ def read_gradient_observation(raw: Any, dtype: str, case: Case) -> GradientObser
             values = {name: inputs[name] for name in case.variable_names}
             run = GradientRun(float("nan"), values, values, values, gradients, gradients)
             read.append(Probe(run, exact_gradient(case, inputs, conventions, dtype), inputs))
-        return GradientObservation(case.digest, seed, str(raw["probe_digest"]), conventions, tuple(read))
+        return GradientObservation(case.digest, seed, conventions, tuple(read))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise Unreadable(f"malformed gradient observation ({type(error).__name__}: {error})") from None
 
@@ -256,7 +233,6 @@ class UpdateProbe:
 class UpdateObservation:
     case_digest: str
     probe_seed: int
-    probe_digest: str
     conventions: KinkConventions
     decay_rates_in_dtype: bool
     probes: tuple[UpdateProbe, ...]
@@ -285,9 +261,7 @@ def read_update_observation(raw: Any, dtype: str, case: Case) -> UpdateObservati
         decay_rates_in_dtype = raw["decay_rates_in_dtype"]
         if not isinstance(decay_rates_in_dtype, bool):
             raise ValueError("decay_rates_in_dtype is not true or false")
-        return UpdateObservation(
-            case.digest, seed, str(raw["probe_digest"]), conventions, decay_rates_in_dtype, tuple(read)
-        )
+        return UpdateObservation(case.digest, seed, conventions, decay_rates_in_dtype, tuple(read))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise Unreadable(f"malformed update observation ({type(error).__name__}: {error})") from None
 

@@ -42,7 +42,7 @@ def test_gradients_at_probes(conformance_item):
         runs.append(item.gradients(inputs))
         references.append(item.reference(inputs))
     item.observations = observations.gradient_observation(
-        item.case, item.probe_seed, probes, runs, references, item.backend.conventions
+        item.case, item.probe_seed, probes, runs, item.backend.conventions
     )
     for inputs, run, reference in zip(probes, runs, references, strict=True):
         item.last_inputs = inputs

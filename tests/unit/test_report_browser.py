@@ -86,7 +86,7 @@ def observed(run_id: str, backend: str, version: str, scale: float) -> dict[str,
         gradients = {name: (value * scale).astype("float32") for name, value in reference.gradients.items()}
         values = {name: probe[name] for name in gradients}
         runs.append(GradientRun(0.0, values, values, values, gradients, gradients))
-    observation = observations.gradient_observation(case, 0, probes, runs, references, KinkConventions())
+    observation = observations.gradient_observation(case, 0, probes, runs, KinkConventions())
     where = {"run_id": run_id, "backend": backend, "variant": "eager", "framework_version": version}
     return record(
         where,
