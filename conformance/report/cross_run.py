@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
-from conformance import properties, update_properties
+from conformance import backends, properties, update_properties
 from conformance.cases import Case
 from conformance.observations import (
     GradientObservation,
@@ -22,6 +22,7 @@ from conformance.observations import (
     read_update_observation,
 )
 from conformance.reference import optimizers
+from conformance.reference.conventions import SWITCH_NAMES
 from conformance.report.loader import Record
 from conformance.tolerance import Comparison
 
@@ -49,7 +50,9 @@ def compare_observations(records: list[Record], cases: list[Case] = ()) -> list[
         try:
             if case is None:
                 raise Unreadable(f"no case file here has digest {digest} (conformance report --cases DIR)")
-            observed: Observation = READERS[record.property](record.observations, record.dtype, case)
+            observed: Observation = _as_declared(
+                READERS[record.property](record.observations, record.dtype, case), record
+            )
         except Unreadable as problem:
             observed = str(problem)
         groups[(record.property, record.case, record.dtype)].append((record, (observed, case)))
@@ -90,6 +93,22 @@ class Pair:
             "ratio": ratio,
             "why": self.why,
         }
+
+
+def _as_declared(observed: GradientObservation | UpdateObservation, record: Record):
+    """Where the backend's adapter is here, what it declares rules, not what the file says: a file may not claim
+    other conventions, and the decay rates' precision (which widens Adam's step bound) is the adapter's for the
+    record's device. A backend whose adapter is not here keeps the file's conventions, checked admissible."""
+    if record.backend not in backends.known_names():
+        return observed
+    adapter = backends.load(record.backend)
+    declared = {name: getattr(adapter.conventions, name) for name in SWITCH_NAMES}
+    if {name: getattr(observed.conventions, name) for name in SWITCH_NAMES} != declared:
+        raise Unreadable(f"conventions other than those the {record.backend} adapter here declares")
+    observed = replace(observed, conventions=adapter.conventions)
+    if isinstance(observed, UpdateObservation):
+        observed = replace(observed, decay_rates_in_dtype=adapter.decay_rates_in_dtype(record.device))
+    return observed
 
 
 def _pair(record: Record, mine: Observation, other: Record, theirs: Observation, case: Case) -> Pair:

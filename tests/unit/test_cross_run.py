@@ -210,12 +210,15 @@ def test_a_file_cannot_bring_its_own_reference_bounds_conventions_or_probes(heal
         observations={**off.observations, "conventions": {**off.observations["conventions"], "abs_slope_at_zero": 7.0}},
     )
     moved = replace(_hostile(theirs, inputs=lambda entry: _scaled(entry["inputs"], 0.5)), variant="moved")
+    conventions = {**theirs.observations["conventions"], "abs_slope_at_zero": 0.5}  # admissible, not jax's
+    claimed = replace(theirs, variant="claimed", observations={**theirs.observations, "conventions": conventions})
     other_dtype = replace(theirs, variant="bool", dtype="bool")
-    path = write_run(tmp_path / "hostile.jsonl", "run", [mine, off, loose, moved])
+    path = write_run(tmp_path / "hostile.jsonl", "run", [mine, off, loose, moved, claimed])
     compared = {r.variant: r for r in cross_run.compare_observations(load_results([path]).records, ALL_CASES())}
     assert compared["jit"].outcome == "fail" and "grad" in compared["jit"].message
     assert compared["loose"].outcome == "not_applicable" and "outside [-1, 1]" in compared["loose"].message
     assert compared["moved"].outcome == "not_applicable" and "not those of seed 0" in compared["moved"].message
+    assert "other than those the jax adapter here declares" in compared["claimed"].message
     assert compared["eager"].outcome == "fail"  # torch against the file that is off
     empty = replace(theirs, observations={**theirs.observations, "probes": []})
     path = write_run(tmp_path / "empty.jsonl", "run", [mine, empty])

@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 
-from conformance import observations
+from conformance import backends, observations
 from conformance.backends.base import GradientRun
 from conformance.cases import SHIPPED, load_case
-from conformance.reference.conventions import KinkConventions
 from conformance.reference.gradients import exact_gradient
 from conformance.report import write_report
 
@@ -80,13 +79,14 @@ def observed(run_id: str, backend: str, version: str, scale: float) -> dict[str,
     times `scale` (no framework needed)."""
     case = load_case(SHIPPED / "seed/linear-square.toml", SHIPPED)
     probes = observations.probe_inputs(case, "float32", 0)
-    references = [exact_gradient(case, probe, KinkConventions(), "float32") for probe in probes]
+    conventions = backends.load(backend).conventions  # what the merge holds a built-in backend to
+    references = [exact_gradient(case, probe, conventions, "float32") for probe in probes]
     runs = []
     for probe, reference in zip(probes, references, strict=True):
         gradients = {name: (value * scale).astype("float32") for name, value in reference.gradients.items()}
         values = {name: probe[name] for name in gradients}
         runs.append(GradientRun(0.0, values, values, values, gradients, gradients))
-    observation = observations.gradient_observation(case, 0, probes, runs, KinkConventions())
+    observation = observations.gradient_observation(case, 0, probes, runs, conventions)
     where = {"run_id": run_id, "backend": backend, "variant": "eager", "framework_version": version}
     return record(
         where,
