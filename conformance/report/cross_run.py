@@ -1,7 +1,8 @@
 """Comparison after the fact: the agreement of every two columns (backend, variant, device, version, run) that
 observed the same case file at the same probe inputs, decided as within one run (`properties.gradient_agreement`,
 `update_properties.agreement`: the same derived bounds, the same executable explanations), from the results files
-alone; updates also need the case file, to derive the exact gradients along each trajectory.
+and the case files: the merge derives the reference and its bounds from the case file again, and holds each
+observation to its seed's probes, its case's variables and, for a built-in backend, its adapter's declarations.
 
 Each observing record gains one `gradient.agrees_at_probes` (or `update.agrees_at_probes`) record: `pass` when it
 agrees with every other column, `divergent` when each gap is explained, `fail` when one is not, `not_applicable`
@@ -38,8 +39,8 @@ def column(record: Record) -> str:
 
 
 def compare_observations(records: list[Record], cases: list[Case] = ()) -> list[Record]:
-    """One comparison record per observing record that has another column to compare with; update comparisons
-    need the case file the runs observed, found among `cases` by id and digest (else they are not comparable)."""
+    """One comparison record per observing record that has another column to compare with. Each needs the case
+    file its run observed, found among `cases` by id and digest (else it is not comparable)."""
     by_file = {(case.id, case.digest): case for case in cases}
     groups: dict[tuple[str, str, str], list[tuple[Record, tuple[Observation, Case | None]]]] = defaultdict(list)
     for record in records:
