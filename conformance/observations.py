@@ -78,6 +78,17 @@ def probe_hyperparameters(case: Case, dtype: str, seed: int) -> list[dict[str, f
     return probes
 
 
+def _described(kind: str, case: Case, seed: int, conventions: KinkConventions) -> dict[str, Any]:
+    """What every observation starts with: its kind, the case file and seed of its probes, the conventions."""
+    return {
+        "kind": kind,
+        "case_digest": case.digest,
+        "probe_seed": seed,
+        "conventions": {name: getattr(conventions, name) for name in SWITCH_NAMES},
+        "citations": {name: citation.url for name, citation in conventions.citations.items()},
+    }
+
+
 def gradient_observation(
     case: Case,
     seed: int,
@@ -87,11 +98,7 @@ def gradient_observation(
 ) -> dict[str, Any]:
     """The JSON-ready observation of one item: its probes and gradients."""
     return {
-        "kind": KIND_GRADIENTS,
-        "case_digest": case.digest,
-        "probe_seed": seed,
-        "conventions": {name: getattr(conventions, name) for name in SWITCH_NAMES},
-        "citations": {name: citation.url for name, citation in conventions.citations.items()},
+        **_described(KIND_GRADIENTS, case, seed, conventions),
         "probes": [{"inputs": probe, "gradients": run.gradients} for probe, run in zip(probes, runs, strict=True)],
     }
 
@@ -107,11 +114,7 @@ def update_observation(
 ) -> dict[str, Any]:
     """The JSON-ready observation of an update item: each probe's trajectory, fed gradients and final state."""
     return {
-        "kind": KIND_UPDATES,
-        "case_digest": case.digest,
-        "probe_seed": seed,
-        "conventions": {name: getattr(conventions, name) for name in SWITCH_NAMES},
-        "citations": {name: citation.url for name, citation in conventions.citations.items()},
+        **_described(KIND_UPDATES, case, seed, conventions),
         "decay_rates_in_dtype": decay_rates_in_dtype,
         "probes": [
             {"inputs": probe, "hyper": hyper, "values": run.values, "gradients": run.gradients, "state": run.state}
