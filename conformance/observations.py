@@ -7,7 +7,9 @@ its bounds again from the case file, and checks the probes against the seed (rep
 The probes: the point of the declared ranges nearest zero (where kinks and ties sit), then random points drawn
 from a generator seeded by the case id, the case file's digest, the dtype and the probe seed (the run's
 `--hypothesis-seed`, else 0); an update case's probes carry hyperparameters drawn from their ranges too (the
-lower end first)."""
+lower end first). An accumulation observation holds each micro-batch's gradient and what the native mechanism made
+of them, with what the mechanism documents (its reduction, whether the result is a step read back, the accumulator
+dtype its state showed)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.backends.base import GradientRun, UpdateRun
+from conformance.backends.base import AccumulationRun, GradientRun, UpdateRun, micro_batches, step_resolution
 from conformance.cases import Case
 from conformance.reference.conventions import SWITCH_NAMES, KinkConventions
 from conformance.reference.gradients import ReferenceGradient, exact_gradient
@@ -27,6 +29,8 @@ from conformance.strategies import representable_range
 PROBES = 3
 KIND_GRADIENTS = "gradients"
 KIND_UPDATES = "updates"
+KIND_ACCUMULATION = "accumulation"
+REDUCTIONS = ("sum", "mean")
 
 
 def probe_seed(hypothesis_seed: object) -> int:
@@ -119,6 +123,32 @@ def update_observation(
         "probes": [
             {"inputs": probe, "hyper": hyper, "values": run.values, "gradients": run.gradients, "state": run.state}
             for probe, hyper, run in zip(probes, hyperparameters, runs, strict=True)
+        ],
+    }
+
+
+def accumulation_observation(
+    case: Case,
+    seed: int,
+    probes: list[dict[str, np.ndarray]],
+    runs: list[AccumulationRun],
+    conventions: KinkConventions,
+) -> dict[str, Any]:
+    """The JSON-ready observation of an accumulation item: each probe's micro-batch gradients and accumulated result."""
+    return {
+        **_described(KIND_ACCUMULATION, case, seed, conventions),
+        "probes": [
+            {
+                "inputs": probe,
+                "mechanism": run.mechanism,
+                "citation": run.citation,
+                "promise": run.promise,
+                "step_read_back": bool(run.resolution),
+                "accumulator_dtype": run.accumulator_dtype,
+                "micro_gradients": run.micro_gradients,
+                "accumulated": run.accumulated,
+            }
+            for probe, run in zip(probes, runs, strict=True)
         ],
     }
 
@@ -279,3 +309,56 @@ def _hyperparameter(value: Any) -> float | bool:
     if not isinstance(value, (int, float)):
         raise ValueError(f"hyperparameter {value!r} is not a number")
     return float(value)
+
+
+@dataclass(frozen=True)
+class AccumulationProbe:
+    inputs: dict[str, np.ndarray]
+    run: AccumulationRun
+    references: list[ReferenceGradient]  # the exact gradient of each micro-batch, under the observed conventions
+
+
+@dataclass(frozen=True)
+class AccumulationObservation:
+    case_digest: str
+    probe_seed: int
+    conventions: KinkConventions
+    probes: tuple[AccumulationProbe, ...]
+
+
+def read_accumulation_observation(raw: Any, dtype: str, case: Case) -> AccumulationObservation:
+    """An observation as `accumulation_observation` wrote it, read back in `dtype` and checked against `case` as
+    `read_gradient_observation` checks: one gradient per micro-batch of the case, results of the case's variables,
+    a reduction and accumulator dtype the properties know; a step's resolution and the exact micro-batch gradients
+    are derived here again. Unreadable, with the reason, otherwise."""
+    if not isinstance(raw, dict) or raw.get("kind") != KIND_ACCUMULATION:
+        raise Unreadable("no accumulation observation")
+    try:
+        seed, conventions, probes = _checked(raw, dtype, case)
+        read = []
+        for entry, inputs in zip(raw["probes"], probes, strict=True):
+            batches = micro_batches(case, inputs)
+            micro = [_variables(gradients, case, dtype, missing_allowed=True) for gradients in entry["micro_gradients"]]
+            if len(micro) != len(batches):
+                raise ValueError(f"{len(micro)} micro-batch gradients, not {len(batches)}")
+            accumulated = _variables(entry["accumulated"], case, "float64", missing_allowed=False)
+            promise, held, read_back = entry["promise"], entry["accumulator_dtype"], entry["step_read_back"]
+            if promise not in REDUCTIONS:
+                raise ValueError(f"promise {promise!r} is not one of {', '.join(REDUCTIONS)}")
+            if held not in (None, "float32", "float64") or not isinstance(read_back, bool):
+                raise ValueError("accumulator_dtype or step_read_back is not one the properties know")
+            end = {name: np.asarray(inputs[name], np.float64) - accumulated[name] for name in accumulated}
+            run = AccumulationRun(
+                str(entry["mechanism"]),
+                promise,
+                micro,
+                accumulated,
+                str(entry["citation"]),
+                resolution=step_resolution(inputs, end, dtype) if read_back else {},
+                accumulator_dtype=held,
+            )
+            references = [exact_gradient(case, batch, conventions, dtype) for batch in batches]
+            read.append(AccumulationProbe(inputs, run, references))
+        return AccumulationObservation(case.digest, seed, conventions, tuple(read))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        raise Unreadable(f"malformed accumulation observation ({type(error).__name__}: {error})") from None

@@ -33,7 +33,8 @@ from conformance.backends.base import AccumulationRun, UpdateRun, micro_batches
 from conformance.cases import Case
 from conformance.expressions import names_used
 from conformance.reference import optimizers
-from conformance.reference.gradients import exact_gradient
+from conformance.reference.conventions import KinkConventions
+from conformance.reference.gradients import ReferenceGradient, exact_gradient
 from conformance.tolerance import Comparison, compare, identical, worst
 
 STEP_ROUNDINGS = 16
@@ -458,12 +459,15 @@ def agreement(
     return Verdict("fail", gap)
 
 
-def accumulation_matches(run: AccumulationRun, dtype: str, held_in: str | None = None) -> Comparison:
-    """The native mechanism gives the sum (or mean, as documented) of the micro-batch gradients, computed in
-    `dtype`, or in `held_in` where the mechanism holds its accumulator in that narrower dtype."""
+def accumulation_bounds(
+    run: AccumulationRun, dtype: str, held_in: str | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per variable, the sum (or mean, as documented) of the micro-batch gradients, and how far the mechanism's
+    result may lie from it when computed in `dtype`, or in `held_in` where it holds its accumulator in that
+    narrower dtype."""
     u = unit_roundoff(held_in or dtype)
     count = len(run.micro_gradients)
-    comparisons = []
+    expected_and_bound = {}
     for name, accumulated in run.accumulated.items():
         parts = [
             np.zeros_like(accumulated) if g.get(name) is None else np.asarray(g[name], np.float64)
@@ -483,9 +487,19 @@ def accumulation_matches(run: AccumulationRun, dtype: str, held_in: str | None =
             roundings = (count + 1) * u * magnitude / (1 if run.promise == "sum" else count)
             flushed = float(np.finfo(dtype).smallest_normal)
         # a step read back adds its resolution
-        bound = roundings + run.resolution.get(name, 0.0) + flushed
-        comparisons.append(compare(f"accumulated {name} ({run.promise})", accumulated, expected, bound))
-    return worst(comparisons)
+        expected_and_bound[name] = (expected, roundings + run.resolution.get(name, 0.0) + flushed)
+    return expected_and_bound
+
+
+def accumulation_matches(run: AccumulationRun, dtype: str, held_in: str | None = None) -> Comparison:
+    """The native mechanism gives the sum (or mean, as documented) of the micro-batch gradients, computed in
+    `dtype`, or in `held_in` where the mechanism holds its accumulator in that narrower dtype."""
+    return worst(
+        [
+            compare(f"accumulated {name} ({run.promise})", run.accumulated[name], expected, bound)
+            for name, (expected, bound) in accumulation_bounds(run, dtype, held_in).items()
+        ]
+    )
 
 
 def narrower_accumulator(run: AccumulationRun, dtype: str) -> str | None:
@@ -494,21 +508,117 @@ def narrower_accumulator(run: AccumulationRun, dtype: str) -> str | None:
     return held if held is not None and np.finfo(held).eps > np.finfo(dtype).eps else None
 
 
+def accumulator_precision(run: AccumulationRun, dtype: str) -> str | None:
+    """The narrower dtype the mechanism's result is judged in: its documented accumulator's, where the run's own
+    dtype does not account for the result (the README's rule for lower precision than asked for); else None."""
+    held_in = narrower_accumulator(run, dtype)
+    return None if held_in is None or accumulation_matches(run, dtype).ok else held_in
+
+
 def native_accumulation(run: AccumulationRun, dtype: str) -> tuple[Comparison, list[str]]:
     """The mechanism against the sum or mean it documents, and what explains its difference from torch's sum: a
     mean, and a documented narrower accumulator, which explains a gap only where its own precision accounts for
-    the result (the README's rule for lower precision than asked for)."""
-    comparison = accumulation_matches(run, dtype)
+    the result."""
+    held_in = accumulator_precision(run, dtype)
     explanations = (
         [f"{run.mechanism} averages the micro-batch gradients; torch's .grad accumulation sums them"]
         if run.promise == "mean"
         else []
     )
-    held_in = narrower_accumulator(run, dtype)
-    if not comparison.ok and held_in is not None:
+    if held_in is not None:
         explanations.append(
             f"it holds its accumulator in {held_in} in a {dtype} run, so the {run.promise} is exact "
             f"to {held_in} precision only"
         )
-        comparison = accumulation_matches(run, dtype, held_in)
-    return comparison, explanations
+    return accumulation_matches(run, dtype, held_in), explanations
+
+
+@dataclass(frozen=True)
+class AccumulationSide:
+    """One column's accumulation at one point: the mechanism's run, and the exact gradient of each micro-batch
+    under that column's conventions."""
+
+    name: str
+    run: AccumulationRun
+    references: list[ReferenceGradient]
+    conventions: KinkConventions
+
+
+def accumulation_health(side: AccumulationSide, dtype: str) -> Comparison:
+    """Each micro-batch gradient against the exact one, and the mechanism against the sum or mean it documents."""
+    micro = [
+        compare(
+            f"micro-batch {index} grad {name}",
+            np.zeros_like(side.run.accumulated[name]) if gradients.get(name) is None else gradients[name],
+            reference.gradients[name],
+            reference.bounds[name],
+        )
+        for index, (gradients, reference) in enumerate(zip(side.run.micro_gradients, side.references, strict=True))
+        for name in side.run.accumulated
+    ]
+    return worst([*micro, native_accumulation(side.run, dtype)[0]])
+
+
+def accumulation_agreement(mine: AccumulationSide, theirs: AccumulationSide, dtype: str) -> Verdict:
+    """Whether two accumulation mechanisms agree at one point: both must follow the exact micro-batch gradients and
+    what they document, else `fail`; their results, taken back to the sum (a mean times k), must then agree within
+    both bounds, once the exact sums' own difference (conventions at a kink) is set aside; `divergent` where they
+    document different reductions (mean against sum), where one holds a documented narrower accumulator that its
+    result needs, or where their conventions part the exact sums; `pass` otherwise."""
+    for side in (mine, theirs):
+        healthy = accumulation_health(side, dtype)
+        if not healthy.ok:
+            detail = f"{healthy.detail}; {side.name} does not follow its own documentation or the exact gradients"
+            return Verdict("fail", dataclasses.replace(healthy, detail=detail))
+    held_in = {side.name: accumulator_precision(side.run, dtype) for side in (mine, theirs)}
+
+    def as_sum(side: AccumulationSide) -> tuple[dict, dict, dict]:
+        """The result taken back to a sum, its bound (the mechanism's and the micro-batch gradients'), the exact sum."""
+        scale = len(side.run.micro_gradients) if side.run.promise == "mean" else 1
+        bounds = accumulation_bounds(side.run, dtype, held_in[side.name])
+        return (
+            {name: scale * np.asarray(value, np.float64) for name, value in side.run.accumulated.items()},
+            {
+                name: scale * bound + np.sum([reference.bounds[name] for reference in side.references], axis=0)
+                for name, (_, bound) in bounds.items()
+            },
+            {
+                name: np.sum([reference.gradients[name] for reference in side.references], axis=0)
+                for name in side.run.accumulated
+            },
+        )
+
+    (total, bound, exact), (other_total, other_bound, other_exact) = as_sum(mine), as_sum(theirs)
+    exact_gap = {name: exact[name] - other_exact[name] for name in total}
+    gap = worst(
+        [
+            compare(
+                f"accumulated {name}, as a sum, against {theirs.name}",
+                total[name] - exact_gap[name],
+                other_total[name],
+                bound[name] + other_bound[name],
+            )
+            for name in total
+        ]
+    )
+    if not gap.ok:  # both sides are healthy, so this cannot happen; a verdict does not rest on that
+        return Verdict("fail", gap)
+    reasons, citations = [], {mine.run.citation, theirs.run.citation}
+    if mine.run.promise != theirs.run.promise:
+        reasons += [f"{side.run.mechanism} gives the {side.run.promise}" for side in (mine, theirs)]
+    reasons += [
+        f"{side.run.mechanism} holds its accumulator in {held_in[side.name]}, exact to that precision only"
+        for side in (mine, theirs)
+        if held_in[side.name] is not None
+    ]
+    if any(np.any(difference != 0) for difference in exact_gap.values()):
+        reasons.append("their conventions at a kink give different exact gradients")
+        citations |= {
+            citation.url
+            for side in (mine, theirs)
+            for name, citation in side.conventions.citations.items()
+            if getattr(mine.conventions, name) != getattr(theirs.conventions, name)
+        }
+    if not reasons:
+        return Verdict("pass", gap)
+    return Verdict("divergent", gap, "; ".join(reasons), "; ".join(sorted(citations)))

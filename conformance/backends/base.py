@@ -54,6 +54,17 @@ class AccumulationRun:
     accumulator_dtype: str | None = None
 
 
+@dataclass(frozen=True)
+class AccumulationMechanism:
+    """What a backend's native accumulation documents, declared so that a merge of results files can hold a
+    recorded run to it: the reduction, whether the result is a step read back from the parameters (p0 - p1 after
+    an SGD step with lr = 1, exact to one rounding of p1), and the accumulator dtype it documents (None: the run's)."""
+
+    promise: str  # "sum" or "mean" of the micro-batch gradients
+    step_read_back: bool = False
+    accumulator_dtype: str | None = None
+
+
 def step_resolution(start: Arrays, end: dict, dtype: str) -> dict[str, np.ndarray]:
     """How exactly p0 - p1 gives the step taken in `dtype`: one rounding of p1."""
     u = float(np.finfo(dtype).eps) / 2
@@ -69,6 +80,7 @@ class Backend:
     name: str = ""
     variants: tuple[str, ...] = ("default",)
     conventions: KinkConventions = KinkConventions()
+    accumulation_mechanism: AccumulationMechanism | None = None  # None: no native accumulation
 
     def unavailable_reason(self) -> str | None:
         """None when the framework is installed and usable; otherwise why not, in one line."""

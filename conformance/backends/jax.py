@@ -12,6 +12,7 @@ import numpy as np
 
 from conformance.backends import native_optimizers
 from conformance.backends.base import (
+    AccumulationMechanism,
     AccumulationRun,
     Arrays,
     Backend,
@@ -98,9 +99,6 @@ class JaxTarget(OperatorTarget):
         return self.jnp.minimum(a, b)
 
 
-MULTISTEPS_ACCUMULATOR = "float32"  # optax.MultiSteps' documented default accumulator_dtype
-
-
 def _narrowest(arrays: list) -> str:
     return str(min((np.dtype(array.dtype) for array in arrays), key=lambda dtype: dtype.itemsize))
 
@@ -108,12 +106,14 @@ def _narrowest(arrays: list) -> str:
 def _documented(held: str) -> str | None:
     """The accumulator's dtype where it is the documented one; any other is no explanation (then the sum is judged
     in the run's dtype)."""
-    return held if held == MULTISTEPS_ACCUMULATOR else None
+    return held if held == JaxBackend.accumulation_mechanism.accumulator_dtype else None
 
 
 class JaxBackend(Backend):
     name = "jax"
     variants = ("jit", "eager")
+    # optax.MultiSteps averages; its documented default accumulator_dtype is float32
+    accumulation_mechanism = AccumulationMechanism("mean", step_read_back=True, accumulator_dtype="float32")
     conventions = KinkConventions(
         abs_slope_at_zero=1.0,
         maximum_tie_to_first=0.5,
@@ -265,7 +265,7 @@ class JaxBackend(Backend):
             }
         return AccumulationRun(
             "optax: MultiSteps(sgd(1.0), every_k_schedule=k), the step taken",
-            "mean",
+            self.accumulation_mechanism.promise,
             micro_gradients,
             accumulated,
             "https://optax.readthedocs.io/en/latest/api/optimizer_wrappers.html#optax.MultiSteps "

@@ -9,6 +9,7 @@ import numpy as np
 
 from conformance.backends import native_optimizers
 from conformance.backends.base import (
+    AccumulationMechanism,
     AccumulationRun,
     Arrays,
     Backend,
@@ -104,6 +105,7 @@ class TensorFlowTarget(OperatorTarget):
 class TensorFlowBackend(Backend):
     name = "tensorflow"
     variants = ("eager", "function")
+    accumulation_mechanism = AccumulationMechanism("mean", step_read_back=True)  # gradient_accumulation_steps
     conventions = KinkConventions(
         abs_slope_at_zero=0.0,
         maximum_tie_to_first=1.0,
@@ -240,7 +242,7 @@ class TensorFlowBackend(Backend):
         }
         return AccumulationRun(
             "keras: SGD(learning_rate=1, gradient_accumulation_steps=k), the step taken",
-            "mean",
+            self.accumulation_mechanism.promise,
             micro_gradients,
             accumulated,
             "https://keras.io/api/optimizers/#base-optimizer-class (gradient_accumulation_steps: "

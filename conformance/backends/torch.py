@@ -8,6 +8,7 @@ import numpy as np
 
 from conformance.backends import native_optimizers
 from conformance.backends.base import (
+    AccumulationMechanism,
     AccumulationRun,
     Arrays,
     Backend,
@@ -96,6 +97,7 @@ class TorchTarget(OperatorTarget):
 class TorchBackend(Backend):
     name = "torch"
     variants = ("eager",)
+    accumulation_mechanism = AccumulationMechanism("sum")  # .grad sums over backward() calls
     conventions = KinkConventions(
         abs_slope_at_zero=0.0,
         maximum_tie_to_first=0.5,
@@ -216,7 +218,7 @@ class TorchBackend(Backend):
         }
         return AccumulationRun(
             "torch: .grad accumulated over k backward() calls",
-            "sum",
+            self.accumulation_mechanism.promise,
             micro_gradients,
             accumulated,
             "https://pytorch.org/docs/stable/generated/torch.Tensor.backward.html",

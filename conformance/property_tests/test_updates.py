@@ -184,6 +184,27 @@ def test_accumulation_native(conformance_item, data):
         item.explain("; ".join(explanations), run.citation)
 
 
+@pytest.mark.conformance("accumulation.at_probes", requires="accumulate")
+def test_accumulation_at_probes(conformance_item):
+    """The native accumulation at the run's probe inputs (observations.py), recorded so that runs made apart can be
+    compared, and each checked as accumulation.native checks a drawn example."""
+    item = conformance_item
+    probes = observations.probe_inputs(item.case, item.spec.dtype, item.probe_seed)
+    runs = []
+    for inputs in probes:
+        item.last_inputs, item.examples = inputs, item.examples + 1
+        runs.append(item.call("accumulation", inputs))
+    item.observations = observations.accumulation_observation(
+        item.case, item.probe_seed, probes, runs, item.backend.conventions
+    )
+    for inputs, run in zip(probes, runs, strict=True):
+        item.last_inputs = inputs
+        comparison, explanations = update_properties.native_accumulation(run, item.spec.dtype)
+        item.check(comparison)
+        if explanations:
+            item.explain("; ".join(explanations), run.citation)
+
+
 @property_test("expect.goldens", requires="expect_update")
 def test_update_goldens(conformance_item, data):
     """The case's [expect] values after its update, within the step-by-step bound of the reference."""

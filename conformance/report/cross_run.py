@@ -1,24 +1,29 @@
 """Comparison after the fact: the agreement of every two columns (backend, variant, device, version, run) that
 observed the same case file at the same probe inputs, decided as within one run (`properties.gradient_agreement`,
-`update_properties.agreement`: the same derived bounds, the same executable explanations), from the results files
-and the case files: the merge derives the reference and its bounds from the case file again, and holds each
-observation to its seed's probes, its case's variables and, for a built-in backend, its adapter's declarations.
+`update_properties.agreement`, `update_properties.accumulation_agreement`: the same derived bounds, the same
+executable explanations), from the results files and the case files: the merge derives the reference and its
+bounds from the case file again, and holds each observation to its seed's probes, its case's variables and, for a
+built-in backend, its adapter's declarations.
 
-Each observing record gains one `gradient.agrees_at_probes` (or `update.agrees_at_probes`) record: `pass` when it
-agrees with every other column, `divergent` when each gap is explained, `fail` when one is not, `not_applicable`
-when no other column is comparable (another case file, other probes), with the reason."""
+Each observing record gains one `gradient.agrees_at_probes` (`update.agrees_at_probes`,
+`accumulation.agrees_at_probes`) record: `pass` when it agrees with every other column, `divergent` when each gap
+is explained, `fail` when one is not, `not_applicable` when no other column is comparable (another case file,
+other probes), with the reason."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from conformance import backends, properties, update_properties
 from conformance.cases import Case
 from conformance.observations import (
+    AccumulationObservation,
     GradientObservation,
     Unreadable,
     UpdateObservation,
+    read_accumulation_observation,
     read_gradient_observation,
     read_update_observation,
 )
@@ -27,9 +32,17 @@ from conformance.reference.conventions import SWITCH_NAMES
 from conformance.report.loader import Record
 from conformance.tolerance import Comparison
 
-COMPARED = {"gradient.at_probes": "gradient.agrees_at_probes", "update.at_probes": "update.agrees_at_probes"}
-READERS = {"gradient.at_probes": read_gradient_observation, "update.at_probes": read_update_observation}
-Observation = GradientObservation | UpdateObservation | str  # str: why it cannot be read
+COMPARED = {
+    "gradient.at_probes": "gradient.agrees_at_probes",
+    "update.at_probes": "update.agrees_at_probes",
+    "accumulation.at_probes": "accumulation.agrees_at_probes",
+}
+READERS = {
+    "gradient.at_probes": read_gradient_observation,
+    "update.at_probes": read_update_observation,
+    "accumulation.at_probes": read_accumulation_observation,
+}
+Observation = GradientObservation | UpdateObservation | AccumulationObservation | str  # str: why it cannot be read
 COMPARISON_ERRORS = (ValueError, KeyError, IndexError, TypeError, AttributeError, ArithmeticError)
 
 
@@ -96,9 +109,10 @@ class Pair:
         }
 
 
-def _as_declared(observed: GradientObservation | UpdateObservation, record: Record):
+def _as_declared(observed: GradientObservation | UpdateObservation | AccumulationObservation, record: Record):
     """Where the backend's adapter is here, what it declares rules, not what the file says: a file may not claim
-    other conventions, and the decay rates' precision (which widens Adam's step bound) is the adapter's for the
+    other conventions, nor another accumulation mechanism (its reduction, a step read back, a narrower accumulator
+    widen its bound), and the decay rates' precision (which widens Adam's step bound) is the adapter's for the
     record's device. A backend whose adapter is not here keeps the file's conventions, checked admissible."""
     if record.backend not in backends.known_names():
         return observed
@@ -109,6 +123,17 @@ def _as_declared(observed: GradientObservation | UpdateObservation, record: Reco
     observed = replace(observed, conventions=adapter.conventions)
     if isinstance(observed, UpdateObservation):
         observed = replace(observed, decay_rates_in_dtype=adapter.decay_rates_in_dtype(record.device))
+    if isinstance(observed, AccumulationObservation):
+        declared = adapter.accumulation_mechanism
+        for probe in observed.probes:
+            run = probe.run
+            if (
+                declared is None
+                or run.promise != declared.promise
+                or bool(run.resolution) != declared.step_read_back
+                or run.accumulator_dtype not in (None, declared.accumulator_dtype)
+            ):
+                raise Unreadable(f"an accumulation mechanism other than the one the {record.backend} adapter declares")
     return observed
 
 
@@ -118,71 +143,24 @@ def _pair(record: Record, mine: Observation, other: Record, theirs: Observation,
         return Pair(other, "not_comparable", why=reason)
     if isinstance(mine, UpdateObservation):
         return _update_pair(record, mine, other, theirs, case)
+    if isinstance(mine, AccumulationObservation):
+        return _accumulation_pair(record, mine, other, theirs)
     return _gradient_pair(record, mine, other, theirs)
 
 
-def _gradient_pair(record: Record, mine: GradientObservation, other: Record, theirs: GradientObservation) -> Pair:
+def _over_probes(other: Record, mine, theirs, judge: Callable) -> Pair:
+    """The pair's outcome over every probe: the first failure, else the worst comparison with the first
+    explanation. `judge(my_probe, their_probe)` gives an `update_properties.Verdict`, or None to leave the probe
+    out (it comes near underflow)."""
     worst: Comparison | None = None
     explained: Pair | None = None
     for index, (my_probe, their_probe) in enumerate(zip(mine.probes, theirs.probes, strict=True)):
         try:
-            verdict = properties.gradient_agreement(
-                properties.GradientSide(column(record), my_probe.run, my_probe.reference, mine.conventions),
-                properties.GradientSide(column(other), their_probe.run, their_probe.reference, theirs.conventions),
-            )
+            verdict = judge(my_probe, their_probe)
         except COMPARISON_ERRORS as error:  # a value no comparison expects, e.g. from a hand-edited file
             return Pair(other, "not_comparable", why=f"probe {index} cannot be compared ({error})")
-        if not verdict.comparison.ok and not verdict.explanation:
-            where = f"probe {index}: {verdict.comparison.where}: {verdict.comparison.detail}"
-            return Pair(other, "fail", verdict.comparison, where, inputs=my_probe.inputs)
-        if worst is None or verdict.comparison.ratio >= worst.ratio:
-            worst = verdict.comparison
-        if verdict.explanation and explained is None:
-            explained = Pair(other, "divergent", None, f"probe {index}: {verdict.explanation}", verdict.citation)
-    if explained is not None:
-        return replace(explained, comparison=worst)
-    return Pair(other, "pass", worst)
-
-
-def _update_pair(record: Record, mine: UpdateObservation, other: Record, theirs: UpdateObservation, case: Case) -> Pair:
-    """The trajectories at each probe, as update.agrees_across_backends judges a drawn example; a probe whose
-    reference path comes near underflow for either backend is left out, as a drawn one is discarded."""
-    rule, dtype, names = case.update.rule, record.dtype, (record.backend, other.backend)
-    if any(name not in optimizers.SWITCHES for name in names):
-        return Pair(other, "not_comparable", why="the reference has no switches for this backend")
-    worst: Comparison | None = None
-    explained: Pair | None = None
-    for index, (my_probe, their_probe) in enumerate(zip(mine.probes, theirs.probes, strict=True)):
-        start = {spec.name: my_probe.inputs[spec.name] for spec in case.variables}
-        reference_for = update_properties.summed_reference(case, my_probe.inputs, dtype)
-        try:
-            sides = [
-                update_properties.Side(
-                    name,
-                    optimizers.hyperparameters(rule, name, probe.hyper),
-                    optimizers.SWITCHES[name],
-                    observed.conventions,
-                    probe.run,
-                    observed.decay_rates_in_dtype,
-                )
-                for name, probe, observed in zip(names, (my_probe, their_probe), (mine, theirs), strict=True)
-            ]
-            if any(
-                update_properties.path_near_underflow(
-                    rule,
-                    side.hyper,
-                    side.switches,
-                    start,
-                    reference_for(side.switches, side.conventions),
-                    case.update.steps,
-                    dtype,
-                )
-                for side in sides
-            ):
-                continue
-            verdict = update_properties.agreement(rule, my_probe.hyper, *sides, start, reference_for, dtype)
-        except COMPARISON_ERRORS as error:  # a value no comparison expects, e.g. from a hand-edited file
-            return Pair(other, "not_comparable", why=f"probe {index} cannot be compared ({error})")
+        if verdict is None:
+            continue
         if verdict.outcome == "fail":
             where = f"probe {index}: {verdict.comparison.where}: {verdict.comparison.detail}"
             return Pair(other, "fail", verdict.comparison, where, inputs=my_probe.inputs)
@@ -195,6 +173,72 @@ def _update_pair(record: Record, mine: UpdateObservation, other: Record, theirs:
     if explained is not None:
         return replace(explained, comparison=worst)
     return Pair(other, "pass", worst)
+
+
+def _gradient_pair(record: Record, mine: GradientObservation, other: Record, theirs: GradientObservation) -> Pair:
+    def judge(my_probe, their_probe) -> update_properties.Verdict:
+        verdict = properties.gradient_agreement(
+            properties.GradientSide(column(record), my_probe.run, my_probe.reference, mine.conventions),
+            properties.GradientSide(column(other), their_probe.run, their_probe.reference, theirs.conventions),
+        )
+        outcome = "divergent" if verdict.explanation else "pass" if verdict.comparison.ok else "fail"
+        return update_properties.Verdict(outcome, verdict.comparison, verdict.explanation, verdict.citation)
+
+    return _over_probes(other, mine, theirs, judge)
+
+
+def _update_pair(record: Record, mine: UpdateObservation, other: Record, theirs: UpdateObservation, case: Case) -> Pair:
+    """The trajectories at each probe, as update.agrees_across_backends judges a drawn example; a probe whose
+    reference path comes near underflow for either backend is left out, as a drawn one is discarded."""
+    rule, dtype, names = case.update.rule, record.dtype, (record.backend, other.backend)
+    if any(name not in optimizers.SWITCHES for name in names):
+        return Pair(other, "not_comparable", why="the reference has no switches for this backend")
+
+    def judge(my_probe, their_probe) -> update_properties.Verdict | None:
+        start = {spec.name: my_probe.inputs[spec.name] for spec in case.variables}
+        reference_for = update_properties.summed_reference(case, my_probe.inputs, dtype)
+        sides = [
+            update_properties.Side(
+                name,
+                optimizers.hyperparameters(rule, name, probe.hyper),
+                optimizers.SWITCHES[name],
+                observed.conventions,
+                probe.run,
+                observed.decay_rates_in_dtype,
+            )
+            for name, probe, observed in zip(names, (my_probe, their_probe), (mine, theirs), strict=True)
+        ]
+        if any(
+            update_properties.path_near_underflow(
+                rule,
+                side.hyper,
+                side.switches,
+                start,
+                reference_for(side.switches, side.conventions),
+                case.update.steps,
+                dtype,
+            )
+            for side in sides
+        ):
+            return None
+        return update_properties.agreement(rule, my_probe.hyper, *sides, start, reference_for, dtype)
+
+    return _over_probes(other, mine, theirs, judge)
+
+
+def _accumulation_pair(
+    record: Record, mine: AccumulationObservation, other: Record, theirs: AccumulationObservation
+) -> Pair:
+    """The two mechanisms at each probe, as `update_properties.accumulation_agreement` judges them."""
+
+    def judge(my_probe, their_probe) -> update_properties.Verdict:
+        sides = [
+            update_properties.AccumulationSide(column(named), probe.run, probe.references, observed.conventions)
+            for named, probe, observed in ((record, my_probe, mine), (other, their_probe, theirs))
+        ]
+        return update_properties.accumulation_agreement(*sides, record.dtype)
+
+    return _over_probes(other, mine, theirs, judge)
 
 
 def _summarise(record: Record, compared_property: str, pairs: list[Pair]) -> Record:
