@@ -61,7 +61,7 @@ def observed_update(name: str, variant: str, case_id: str, dtype: str, seed: int
 
 
 def ALL_CASES() -> list:  # noqa: N802 - a constant, made when first needed
-    return [shipped(case_id) for case_id in CASES + UPDATE_CASES]
+    return [shipped(case_id) for case_id in CASES + UPDATE_CASES + ACCUMULATION_CASES]
 
 
 def write_run(path, run_id: str, records: list[ResultRecord]):
@@ -256,3 +256,83 @@ def test_the_version_view_shows_the_first_version_that_differs(healthy, planted,
     view = next(v for v in axis_views(records + compared) if v.axis == "version")
     assert view.backend == "torch" and view.values == ("2.9.1", "2.10.0", "2.11.0")  # in version order, not text
     assert view.changes and {(c.before, c.after, c.outcome) for c in view.changes} == {("2.10.0", "2.11.0", "fail")}
+
+
+ACCUMULATION_CASES = ["seed/accumulate-sgd", "accumulation/mse-four-micro-batches"]
+
+
+def observed_accumulation(name: str, case_id: str, dtype: str, seed: int = 0) -> ResultRecord:
+    """The record `accumulation.at_probes` writes, made here without pytest."""
+    backend, case = backends.load(name), shipped(case_id)
+    if backend.unavailable_reason():
+        pytest.skip(backend.unavailable_reason())
+    probes = observations.probe_inputs(case, dtype, seed)
+    runs = [backend.accumulation(case, probe, dtype, backend.variants[0], "cpu") for probe in probes]
+    observation = observations.accumulation_observation(case, seed, probes, runs, backend.conventions)
+    variant = backend.variants[0]
+    return ResultRecord(
+        case_id, "accumulation.at_probes", name, variant, "cpu", dtype, "1.0", "pass", observations=observation
+    )
+
+
+@pytest.fixture(scope="module")
+def healthy_accumulation() -> list[ResultRecord]:
+    return [
+        observed_accumulation(name, case_id, dtype)
+        for case_id in ACCUMULATION_CASES
+        for dtype in ("float32", "float64")
+        for name, _ in UPDATE_COLUMNS
+    ]
+
+
+def accumulation_verdicts(paths) -> dict[tuple, tuple]:
+    cases = [shipped(case_id) for case_id in ACCUMULATION_CASES]
+    compared = cross_run.compare_observations(load_results(paths).records, cases)
+    return {(r.case, r.backend, r.dtype): (r.outcome, r.explanation) for r in compared}
+
+
+def test_accumulation_runs_made_apart_compare_as_one_run(healthy_accumulation, tmp_path):
+    """torch's sum against Keras' and optax's mean: explained, from the files alone; Keras against optax: the same
+    mean, except where optax's float32 accumulator in a float64 run needs explaining."""
+    alone = [
+        write_run(tmp_path / f"{name}.jsonl", f"run-{name}", [r for r in healthy_accumulation if r.backend == name])
+        for name, _ in UPDATE_COLUMNS
+    ]
+    one = accumulation_verdicts([write_run(tmp_path / "all.jsonl", "run-all", healthy_accumulation)])
+    assert accumulation_verdicts(alone) == one and len(one) == len(healthy_accumulation)
+    outcome, explanation = one[("accumulation/mse-four-micro-batches", "torch", "float32")]
+    assert outcome == "divergent" and "gives the sum" in explanation and "gives the mean" in explanation
+    assert "fail" not in {outcome for outcome, _ in one.values()}
+    keras_and_optax = [r for r in healthy_accumulation if r.backend != "torch" and r.dtype == "float32"]
+    path = write_run(tmp_path / "means.jsonl", "run-means", keras_and_optax)
+    assert {outcome for outcome, _ in accumulation_verdicts([path]).values()} == {"pass"}
+
+
+def test_a_planted_accumulation_fault_is_found_from_the_files_alone(healthy_accumulation, planted, tmp_path):
+    faults.torch_overwritten_accumulation(planted)
+    broken = [observed_accumulation("torch", case_id, "float32") for case_id in ACCUMULATION_CASES]
+    planted.undo()
+    jax = [r for r in healthy_accumulation if r.backend == "jax" and r.dtype == "float32"]
+    files = [write_run(tmp_path / "torch.jsonl", "t", broken), write_run(tmp_path / "jax.jsonl", "j", jax)]
+    found = accumulation_verdicts(files)
+    assert found[("accumulation/mse-four-micro-batches", "torch", "float32")][0] == "fail"
+    assert found[("accumulation/mse-four-micro-batches", "jax", "float32")][0] == "fail"
+    assert main_report([*map(str, files), "-o", str(tmp_path / "index.html")]) == 1
+
+
+def test_an_accumulation_file_cannot_claim_another_mechanism(healthy_accumulation, tmp_path):
+    """A torch file that claims to average (or to hold a float32 accumulator) is held to what the torch adapter
+    declares; a file whose micro-batch count is off is malformed."""
+    mine = next(r for r in healthy_accumulation if r.backend == "jax" and r.dtype == "float64")
+    theirs = next(
+        r for r in healthy_accumulation if r.backend == "torch" and r.case == mine.case and r.dtype == "float64"
+    )
+    averaging = replace(_hostile(theirs, promise=lambda entry: "mean"), variant="averaging")
+    narrower = replace(_hostile(theirs, accumulator_dtype=lambda entry: "float32"), variant="narrower")
+    short = replace(_hostile(theirs, micro_gradients=lambda entry: entry["micro_gradients"][:1]), variant="short")
+    path = write_run(tmp_path / "hostile.jsonl", "run", [mine, averaging, narrower, short])
+    compared = {r.variant: r for r in cross_run.compare_observations(load_results([path]).records, ALL_CASES())}
+    assert "other than the one the torch adapter declares" in compared["averaging"].message
+    assert "other than the one the torch adapter declares" in compared["narrower"].message
+    assert "malformed accumulation observation" in compared["short"].message
+    assert compared["jit"].outcome == "not_applicable"
