@@ -29,16 +29,20 @@ class ReportSummary:
 
 
 def write_report(
-    paths: list[Path], output: Path, merged: Path | None = None, case_dirs: tuple[Path, ...] = ()
+    paths: list[Path],
+    output: Path,
+    merged: Path | None = None,
+    case_dirs: tuple[Path, ...] = (),
+    processes: int = 1,
 ) -> ReportSummary:
-    """Reads `paths`, compares their observations (cross_run, with the shipped cases and those of `case_dirs`),
-    writes the page to `output` and, when asked, every record to `merged` (JSON Lines); OSError if a file cannot
-    be read or written, CaseError if a case file is invalid."""
+    """Reads `paths`, compares their observations (cross_run, with the shipped cases and those of `case_dirs`, in
+    `processes` processes), writes the page to `output` and, when asked, every record to `merged` (JSON Lines);
+    OSError if a file cannot be read or written, CaseError if a case file is invalid."""
     results = load_results(paths)
     derived = set(cross_run.COMPARED.values())
     kept = [record for record in results.records if record.property not in derived]  # comparisons are made anew
     cases = [case for directory in (SHIPPED, *case_dirs) for case in load_cases([directory])]
-    compared = cross_run.compare_observations(kept, cases)
+    compared = cross_run.compare_observations(kept, cases, processes)
     results.records = kept + compared
     if merged is not None:
         write_merged(results, merged)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +45,9 @@ def main_report(argv: Sequence[str] | None = None) -> int:
             print(f"conformance report: {path}: {'not a file' if path.exists() else 'no such file'}", file=sys.stderr)
             return 2
     try:
-        summary = write_report(arguments.files, arguments.output, arguments.results, tuple(arguments.cases))
+        summary = write_report(
+            arguments.files, arguments.output, arguments.results, tuple(arguments.cases), os.cpu_count() or 1
+        )
     except CaseError as error:
         print(f"conformance report: {error}", file=sys.stderr)
         return 2

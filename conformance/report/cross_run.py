@@ -12,8 +12,10 @@ other probes), with the reason."""
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
 from conformance import backends, properties, update_properties
@@ -51,22 +53,41 @@ def column(record: Record) -> str:
     return f"{record.backend} {record.framework_version} {record.variant} {record.device} (run {record.run_id})"
 
 
-def compare_observations(records: list[Record], cases: list[Case] = ()) -> list[Record]:
+def compare_observations(records: list[Record], cases: list[Case] = (), processes: int = 1) -> list[Record]:
     """One comparison record per observing record that has another column to compare with. Each needs the case
-    file its run observed, found among `cases` by id and digest (else it is not comparable)."""
+    file its run observed, found among `cases` by id and digest (else it is not comparable). With `processes` > 1
+    the cases are compared in that many processes: deriving each case's reference again (SymPy) is most of the
+    merge's time, and comparisons never cross cases."""
+    observing = [record for record in records if record.property in COMPARED and record.observations is not None]
+    by_case: dict[str, list[Record]] = defaultdict(list)
+    for record in observing:
+        by_case[record.case].append(record)
+    if processes <= 1 or len(by_case) < 2:
+        return _compare(observing, cases)
+    tasks = [(group, [case for case in cases if case.id == case_id]) for case_id, group in by_case.items()]
+    largest_first = sorted(range(len(tasks)), key=lambda index: -len(tasks[index][0]))
+    compared: list[list[Record]] = [[] for _ in tasks]
+    # spawned, not forked: `conformance run --report` merges in a process that has loaded the frameworks' threads
+    with ProcessPoolExecutor(min(processes, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {index: pool.submit(_compare, *tasks[index]) for index in largest_first}
+        for index, future in futures.items():
+            compared[index] = future.result()
+    return [record for group in compared for record in group]
+
+
+def _compare(records: list[Record], cases: list[Case]) -> list[Record]:
     by_file = {(case.id, case.digest): case for case in cases}
+    builtin = set(backends.known_names())
     groups: dict[tuple[str, str, str], list[tuple[Record, tuple[Observation, Case | None]]]] = defaultdict(list)
     for record in records:
-        if record.property not in COMPARED or record.observations is None:
-            continue
         digest = record.observations.get("case_digest")
         case = by_file.get((record.case, digest)) if isinstance(digest, str) else None
         try:
             if case is None:
                 raise Unreadable(f"no case file here has digest {digest} (conformance report --cases DIR)")
-            observed: Observation = _as_declared(
-                READERS[record.property](record.observations, record.dtype, case), record
-            )
+            observed: Observation = READERS[record.property](record.observations, record.dtype, case)
+            if record.backend in builtin:
+                observed = _as_declared(observed, record)
         except Unreadable as problem:
             observed = str(problem)
         groups[(record.property, record.case, record.dtype)].append((record, (observed, case)))
@@ -110,12 +131,10 @@ class Pair:
 
 
 def _as_declared(observed: GradientObservation | UpdateObservation | AccumulationObservation, record: Record):
-    """Where the backend's adapter is here, what it declares rules, not what the file says: a file may not claim
+    """For a backend whose adapter is here, what it declares rules, not what the file says: a file may not claim
     other conventions, nor another accumulation mechanism (its reduction, a step read back, a narrower accumulator
     widen its bound), and the decay rates' precision (which widens Adam's step bound) is the adapter's for the
     record's device. A backend whose adapter is not here keeps the file's conventions, checked admissible."""
-    if record.backend not in backends.known_names():
-        return observed
     adapter = backends.load(record.backend)
     declared = {name: getattr(adapter.conventions, name) for name in SWITCH_NAMES}
     if {name: getattr(observed.conventions, name) for name in SWITCH_NAMES} != declared:

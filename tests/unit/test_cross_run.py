@@ -336,3 +336,11 @@ def test_an_accumulation_file_cannot_claim_another_mechanism(healthy_accumulatio
     assert "other than the one the torch adapter declares" in compared["narrower"].message
     assert "malformed accumulation observation" in compared["short"].message
     assert compared["jit"].outcome == "not_applicable"
+
+
+def test_comparing_in_processes_gives_the_records_of_one_process(healthy, healthy_accumulation, tmp_path):
+    """`conformance report` compares the cases in as many processes as there are cores: the same records."""
+    records = load_results([write_run(tmp_path / "all.jsonl", "run", healthy + healthy_accumulation)]).records
+    one = cross_run.compare_observations(records, ALL_CASES())
+    several = cross_run.compare_observations(records, ALL_CASES(), processes=2)
+    assert len({r.case for r in one}) > 2 and sorted(map(repr, one)) == sorted(map(repr, several))
