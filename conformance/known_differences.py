@@ -59,6 +59,7 @@ def render(sizes: dict[str, tuple[float, str]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     conventions = {name: backends.load(name).conventions for name in FRAMEWORKS}
+    declared = {name: backends.load(name).optimizers for name in FRAMEWORKS}
     for switch in SWITCH_NAMES:
         values = [str(getattr(conventions[name], switch)) for name in FRAMEWORKS]
         if len(set(values)) == 1:
@@ -71,20 +72,20 @@ def render(sizes: dict[str, tuple[float, str]]) -> str:
         lines.append(f"| `{switch}` | " + " | ".join(values) + f" | {_measured(sizes, switch)} | {citations} |")
     lines += ["", "## Optimizer formulas", ""]
     for switch, meanings in optimizers.SWITCH_MEANINGS.items():
-        values = {name: getattr(optimizers.SWITCHES[name], switch) for name in FRAMEWORKS}
+        values = {name: getattr(declared[name].switches, switch) for name in FRAMEWORKS}
         if len(set(values.values())) == 1:
             continue
         rules = [rule for rule, switches in optimizers.RULE_SWITCHES.items() if switch in switches]
         lines += [f"### `{switch}` (rules: {', '.join(rules)}); largest measured: {_measured(sizes, switch)}", ""]
         for name, value in values.items():
-            citation = optimizers.SWITCHES[name].citations.get(switch)
+            citation = declared[name].switches.citations.get(switch)
             cited = f" — [{citation.text}]({citation.url})" if citation else ""
             lines.append(f"- **{name}**: `{value}`: {meanings[value]}{cited}")
         lines.append("")
     lines += ["## Defaults", "", "| rule | hyperparameter | " + " | ".join(FRAMEWORKS) + " |", "|---|---|---|---|---|"]
     for rule in optimizers.RULE_HYPERPARAMETERS:
         for name in optimizers.RULE_HYPERPARAMETERS[rule]:
-            values = [str(optimizers.DEFAULTS[framework][rule].get(name, "none")) for framework in FRAMEWORKS]
+            values = [str(declared[framework].defaults[rule].get(name, "none")) for framework in FRAMEWORKS]
             if len(set(values)) > 1:
                 lines.append(f"| {rule} | {name} | " + " | ".join(values) + " |")
     lines += [

@@ -24,6 +24,7 @@ from conformance.backends.base import AccumulationRun, GradientRun, UpdateRun, m
 from conformance.cases import Case
 from conformance.reference.conventions import SWITCH_NAMES, KinkConventions
 from conformance.reference.gradients import ReferenceGradient, exact_gradient
+from conformance.reference.optimizers import OptimizerDeclaration
 from conformance.strategies import representable_range
 
 PROBES = 3
@@ -269,6 +270,7 @@ class UpdateObservation:
     conventions: KinkConventions
     decay_rates_in_dtype: bool
     probes: tuple[UpdateProbe, ...]
+    optimizers: OptimizerDeclaration | None = None  # what the backend's adapter here declares; a file cannot say
 
 
 def read_update_observation(raw: Any, dtype: str, case: Case) -> UpdateObservation:

@@ -331,10 +331,14 @@ class Side:
 
     name: str
     hyper: dict  # the complete hyperparameters: the case's and this framework's defaults
-    switches: optimizers.UpdateSwitches
+    declared: optimizers.OptimizerDeclaration  # the backend's switches and defaults
     conventions: object  # the backend's KinkConventions
     run: UpdateRun
     decay_rates_in_dtype: bool = True  # see step_roundings
+
+    @property
+    def switches(self) -> optimizers.UpdateSwitches:
+        return self.declared.switches
 
 
 @dataclass(frozen=True)
@@ -439,7 +443,7 @@ def agreement(
     )
     differences = relevant_differences(
         optimizers.explain(rule, mine.switches, theirs.switches, mine.hyper)
-        + optimizers.explain_defaults(rule, mine.name, theirs.name, given),
+        + optimizers.explain_defaults(rule, mine.name, mine.declared, theirs.name, theirs.declared, given),
         rule,
         mine.hyper,
         theirs.hyper,

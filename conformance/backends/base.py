@@ -11,6 +11,7 @@ import numpy as np
 from conformance.cases import Case
 from conformance.expressions import FUNCTIONS, OperatorTarget, lower
 from conformance.reference.conventions import KinkConventions
+from conformance.reference.optimizers import OptimizerDeclaration
 
 Arrays = dict[str, np.ndarray]
 
@@ -81,6 +82,7 @@ class Backend:
     variants: tuple[str, ...] = ("default",)
     conventions: KinkConventions = KinkConventions()
     accumulation_mechanism: AccumulationMechanism | None = None  # None: no native accumulation
+    optimizers: OptimizerDeclaration | None = None  # None: no native optimizers (update items not applicable)
 
     def unavailable_reason(self) -> str | None:
         """None when the framework is installed and usable; otherwise why not, in one line."""

@@ -27,6 +27,14 @@ from conformance.backends.base import (
 from conformance.cases import Case
 from conformance.expressions import OperatorTarget, lower
 from conformance.reference.conventions import Citation, KinkConventions
+from conformance.reference.optimizers import (
+    ADAM_DEFAULTS,
+    RULE_HYPERPARAMETERS,
+    OptimizerDeclaration,
+    UpdateSwitches,
+    defaults_by_rule,
+    source_citation,
+)
 
 SOURCE_FORMATS = {
     "sum": "jnp.sum({0})",
@@ -109,11 +117,96 @@ def _documented(held: str) -> str | None:
     return held if held == JaxBackend.accumulation_mechanism.accumulator_dtype else None
 
 
+def _source(path: str, text: str) -> Citation:
+    """A line of optax's source, at the release the optimizer declaration below was read from."""
+    return source_citation("google-deepmind/optax", "0.2.8", path, text)
+
+
+# The documented formulas optax's optimizers follow, and what they run with where a case gives no value.
+OPTIMIZERS = OptimizerDeclaration(
+    switches=UpdateSwitches(
+        adam_eps="sqrt_v_hat",
+        amsgrad_max="v_hat",
+        weight_decay="l2",
+        sgd_momentum="gradient",
+        rmsprop_momentum="update",
+        rmsprop_eps="inside_sqrt",
+        adagrad_eps="inside_sqrt",
+        no_gradient="zero",
+        hyperparameter_precision="as_given",
+        citations={
+            "adam_eps": _source(
+                "optax/_src/transform.py",
+                "scale_by_adam: mu_hat = bias_correction(mu, b1, "
+                "count_inc); nu_hat = bias_correction(nu, b2, count_inc); "
+                "m / (sqrt(v + eps_root) + eps)",
+            ),
+            "amsgrad_max": _source(
+                "optax/_src/transform.py",
+                "scale_by_amsgrad: nu_max = maximum(state.nu_max, "
+                "bias_correction(nu, b2, count_inc)): the maximum of the bias-corrected v_hat",
+            ),
+            "weight_decay": _source(
+                "optax/transforms/_adding.py",
+                "optax.sgd/adam/amsgrad/rmsprop/adagrad have "
+                "no weight decay; a user chains add_decayed_weights (g + weight_decay * p) in front "
+                "of the optimizer, which is L2 (native_optimizers.py builds exactly that)",
+            ),
+            "sgd_momentum": _source(
+                "optax/transforms/_accumulation.py",
+                "optax.sgd = chain(trace(momentum, "
+                "nesterov), scale_by_learning_rate); trace: new_trace = g + decay * trace, nesterov: "
+                "g + decay * new_trace; no dampening",
+            ),
+            "rmsprop_momentum": _source(
+                "optax/_src/alias.py",
+                "rmsprop = chain(scale_by_rms, "
+                "scale_by_learning_rate(learning_rate), trace(decay=momentum)): the trace "
+                "accumulates the already lr-scaled, sign-flipped update",
+            ),
+            "rmsprop_eps": _source(
+                "optax/_src/transform.py",
+                "scale_by_rms / scale_by_stddev with "
+                "eps_in_sqrt=True (optax.rmsprop's default): rsqrt(nu + eps), centered: "
+                "rsqrt(nu - mu**2 + eps)",
+            ),
+            "adagrad_eps": _source(
+                "optax/_src/transform.py",
+                "scale_by_rss: where(sum_of_squares > 0, rsqrt(sum_of_squares + eps), 0) * g",
+            ),
+            "no_gradient": _source(
+                "optax/_src/transform.py",
+                "jax.grad gives zeros for an input the loss does "
+                "not use, and optax updates it like any other: moments decay, count advances, "
+                "add_decayed_weights decays it",
+            ),
+            "hyperparameter_precision": _source(
+                "optax/_src/transform.py",
+                "hyperparameters are Python "
+                "floats, weakly typed, so float64 under jax_enable_x64: "
+                "scale_by_learning_rate is scale(-learning_rate)",
+            ),
+        },
+    ),
+    defaults=defaults_by_rule(  # optax has no default learning rate: a case must give lr
+        sgd={"momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0},
+        adam={**ADAM_DEFAULTS, "eps": 1e-8, "weight_decay": 0.0},
+        adamw={**ADAM_DEFAULTS, "eps": 1e-8, "weight_decay": 1e-4},
+        rmsprop={"rho": 0.9, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
+        adagrad={"eps": 1e-7, "initial_accumulator": 0.1, "weight_decay": 0.0},
+    ),
+    defaults_source={
+        rule: _source("optax/_src/alias.py", f"optax.{rule}'s keyword defaults") for rule in RULE_HYPERPARAMETERS
+    },
+)
+
+
 class JaxBackend(Backend):
     name = "jax"
     variants = ("jit", "eager")
     # optax.MultiSteps averages; its documented default accumulator_dtype is float32
     accumulation_mechanism = AccumulationMechanism("mean", step_read_back=True, accumulator_dtype="float32")
+    optimizers = OPTIMIZERS
     conventions = KinkConventions(
         abs_slope_at_zero=1.0,
         maximum_tie_to_first=0.5,

@@ -1,7 +1,7 @@
 """Each framework's own optimizer, built from a rule and canonical hyperparameters the way its users write it.
 
 Only the hyperparameters a case gives are passed, so that everything else takes the framework's own default
-(which `reference.optimizers.DEFAULTS` mirrors). The constructor is kept as data (`Call`) so that the same thing
+(which each adapter's `OptimizerDeclaration` states). The constructor is kept as data (`Call`) so that the same thing
 is run and printed in a reproducer. Where a user of a framework has no way to ask for a hyperparameter, the pair
 is `NotApplicable` with the reason, never a substitute. The one composition built here is optax's own idiom for
 L2 weight decay, `optax.chain(optax.add_decayed_weights(wd), optax.<rule>(...))`: optax's optimizers other than
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from conformance.backends.base import NotApplicable
-from conformance.reference.optimizers import DEFAULTS, FORCED, Hyper, State, base_rule, check_hyperparameters
+from conformance.reference.optimizers import FORCED, Hyper, State, base_rule, check_hyperparameters
 
 MODULES = {"torch": "torch", "tf": "tensorflow", "optax": "optax"}  # how a reproducer imports each root name
 
@@ -101,7 +101,9 @@ def _torch_call(rule: str, hyper: dict) -> Call:
         if name not in ("beta1", "beta2")
     }
     if "beta1" in hyper or "beta2" in hyper:  # torch takes both as `betas`; the other keeps torch's default
-        defaults = DEFAULTS["torch"][rule]
+        from conformance.backends.torch import OPTIMIZERS  # the adapter imports this module
+
+        defaults = OPTIMIZERS.defaults[rule]
         kwargs["betas"] = (float(hyper.get("beta1", defaults["beta1"])), float(hyper.get("beta2", defaults["beta2"])))
     return Call(f"torch.optim.{_TORCH_CLASSES[rule]}", (PARAMS,), kwargs)
 

@@ -24,6 +24,14 @@ from conformance.backends.base import (
 from conformance.cases import Case
 from conformance.expressions import OperatorTarget, lower
 from conformance.reference.conventions import Citation, KinkConventions
+from conformance.reference.optimizers import (
+    ADAM_DEFAULTS,
+    RULE_HYPERPARAMETERS,
+    OptimizerDeclaration,
+    UpdateSwitches,
+    defaults_by_rule,
+    source_citation,
+)
 
 SOURCE_FORMATS = {
     "sum": "tf.reduce_sum({0})",
@@ -102,10 +110,100 @@ class TensorFlowTarget(OperatorTarget):
         return self.tf.minimum(a, b)
 
 
+def _source(path: str, text: str) -> Citation:
+    """A line of Keras's source, at the release the optimizer declaration below was read from."""
+    return source_citation("keras-team/keras", "3.15.1", path, text)
+
+
+# The documented formulas Keras's optimizers follow, and what they run with where a case gives no value.
+OPTIMIZERS = OptimizerDeclaration(
+    switches=UpdateSwitches(
+        adam_eps="sqrt_v",
+        amsgrad_max="v",
+        weight_decay="decoupled",
+        sgd_momentum="update",
+        rmsprop_momentum="step",
+        rmsprop_eps="inside_sqrt",
+        adagrad_eps="inside_sqrt",
+        no_gradient="skip_count_advances",
+        hyperparameter_precision="float32_casts",
+        citations={
+            "adam_eps": _source(
+                "keras/src/optimizers/adam.py",
+                "update_step: alpha = lr * sqrt(1 - "
+                "beta_2_power) / (1 - beta_1_power); variable -= m * alpha / (sqrt(v) + epsilon)",
+            ),
+            "amsgrad_max": _source(
+                "keras/src/optimizers/adam.py",
+                "v_hat = maximum(v_hat, v) of the uncorrected v, then the same alpha and sqrt(v_hat) + epsilon",
+            ),
+            "weight_decay": _source(
+                "keras/src/optimizers/base_optimizer.py",
+                "_apply_weight_decay: "
+                "variable.assign(variable - variable * wd * lr) before update_step, for the "
+                "weight_decay argument of every optimizer (Adam's and SGD's too, not only AdamW's)",
+            ),
+            "sgd_momentum": _source(
+                "keras/src/optimizers/sgd.py",
+                "update_step: m = m * momentum - gradient * "
+                "learning_rate; variable += m (nesterov: variable += m * momentum - gradient * "
+                "learning_rate); no dampening",
+            ),
+            "rmsprop_momentum": _source(
+                "keras/src/optimizers/rmsprop.py",
+                "increment = lr * gradient / "
+                "sqrt(denominator); momentum = self.momentum * momentum + increment; "
+                "variable -= momentum",
+            ),
+            "rmsprop_eps": _source(
+                "keras/src/optimizers/rmsprop.py",
+                "denominator = velocity + epsilon "
+                "(centered: velocity - average_grad**2 + epsilon); increment = lr * gradient / "
+                "sqrt(denominator)",
+            ),
+            "adagrad_eps": _source(
+                "keras/src/optimizers/adagrad.py", "variable -= lr * gradient / sqrt(accumulator + epsilon)"
+            ),
+            "no_gradient": _source(
+                "keras/src/optimizers/base_optimizer.py",
+                "apply: _filter_empty_gradients "
+                "drops variables whose gradient is None (tf.GradientTape gives None for an unused "
+                "variable), then self._iterations.assign_add(1): the one shared count that Adam's "
+                "local_step = iterations + 1 reads advances for them too",
+            ),
+            "hyperparameter_precision": _source(
+                "keras/src/optimizers/base_optimizer.py",
+                "__init__: "
+                "learning_rate = backend.Variable(learning_rate, "
+                "dtype=backend.floatx()) (float32 unless keras.config.set_floatx); "
+                "wd = tf.cast(self.weight_decay, variable.dtype) "
+                "(keras/src/backend/tensorflow/optimizer.py); sgd.py: "
+                "ops.cast(self.momentum, variable.dtype); adam.py: ops.power(ops.cast("
+                "self.beta_1, variable.dtype), local_step); adagrad.py: "
+                "initializers.Constant(initial_accumulator_value), which is "
+                "ops.cast(value, dtype) * ones",
+            ),
+        },
+    ),
+    defaults=defaults_by_rule(
+        sgd={"lr": 1e-2, "momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0},
+        adam={"lr": 1e-3, **ADAM_DEFAULTS, "eps": 1e-7, "weight_decay": 0.0},
+        adamw={"lr": 1e-3, **ADAM_DEFAULTS, "eps": 1e-7, "weight_decay": 4e-3},
+        rmsprop={"lr": 1e-3, "rho": 0.9, "eps": 1e-7, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
+        adagrad={"lr": 1e-3, "eps": 1e-7, "initial_accumulator": 0.1, "weight_decay": 0.0},
+    ),
+    defaults_source={
+        rule: _source(f"keras/src/optimizers/{rule}.py", "the keras.optimizers constructor's keyword defaults")
+        for rule in RULE_HYPERPARAMETERS
+    },
+)
+
+
 class TensorFlowBackend(Backend):
     name = "tensorflow"
     variants = ("eager", "function")
     accumulation_mechanism = AccumulationMechanism("mean", step_read_back=True)  # gradient_accumulation_steps
+    optimizers = OPTIMIZERS
     conventions = KinkConventions(
         abs_slope_at_zero=0.0,
         maximum_tie_to_first=1.0,

@@ -22,6 +22,14 @@ from conformance.backends.base import (
 from conformance.cases import Case
 from conformance.expressions import OperatorTarget, lower
 from conformance.reference.conventions import Citation, KinkConventions
+from conformance.reference.optimizers import (
+    ADAM_DEFAULTS,
+    RULE_HYPERPARAMETERS,
+    OptimizerDeclaration,
+    UpdateSwitches,
+    defaults_by_rule,
+    source_citation,
+)
 
 SOURCE_FORMATS = {
     "sum": "torch.sum({0})",
@@ -94,10 +102,91 @@ class TorchTarget(OperatorTarget):
         return self.torch.minimum(a, b)
 
 
+def _source(path: str, text: str) -> Citation:
+    """A line of torch's source, at the release the optimizer declaration below was read from."""
+    return source_citation("pytorch/pytorch", "2.13.0", path, text)
+
+
+# The documented formulas torch's optimizers follow, and what they run with where a case gives no value.
+OPTIMIZERS = OptimizerDeclaration(
+    switches=UpdateSwitches(
+        adam_eps="sqrt_v_hat",
+        amsgrad_max="v",
+        weight_decay="l2",
+        sgd_momentum="gradient",
+        rmsprop_momentum="gradient",
+        rmsprop_eps="outside_sqrt",
+        adagrad_eps="outside_sqrt",
+        no_gradient="skip",
+        hyperparameter_precision="as_given",
+        citations={
+            "adam_eps": _source(
+                "torch/optim/adam.py",
+                "_single_tensor_adam: denom = (exp_avg_sq.sqrt() / "
+                "bias_correction2_sqrt).add_(eps); param.addcdiv_(exp_avg, denom, value=-step_size)",
+            ),
+            "amsgrad_max": _source(
+                "torch/optim/adam.py",
+                "torch.maximum(max_exp_avg_sqs[i], exp_avg_sq) keeps "
+                "the maximum of the uncorrected v; denom = max_exp_avg_sqs[i].sqrt() / "
+                "bias_correction2_sqrt + eps",
+            ),
+            "weight_decay": _source(
+                "torch/optim/adam.py",
+                "grad = grad.add(param, alpha=weight_decay) unless "
+                "decoupled_weight_decay (AdamW); sgd.py, rmsprop.py and adagrad.py do the same",
+            ),
+            "sgd_momentum": _source(
+                "torch/optim/sgd.py",
+                "_single_tensor_sgd: buf = grad on the first step, "
+                "then buf.mul_(momentum).add_(grad, alpha=1 - dampening); nesterov: "
+                "grad.add(buf, alpha=momentum); param.add_(grad, alpha=-lr)",
+            ),
+            "rmsprop_momentum": _source(
+                "torch/optim/rmsprop.py", "buf.mul_(momentum).addcdiv_(grad, avg); param.add_(buf, alpha=-lr)"
+            ),
+            "rmsprop_eps": _source(
+                "torch/optim/rmsprop.py",
+                "avg = square_avg.sqrt() (centered: "
+                "square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()); avg = avg.add_(eps)",
+            ),
+            "adagrad_eps": _source(
+                "torch/optim/adagrad.py",
+                "_single_tensor_adagrad: std = state_sum.sqrt().add_(eps); param.addcdiv_(grad, std, value=-clr)",
+            ),
+            "no_gradient": _source(
+                "torch/optim/adam.py",
+                "_init_group takes only parameters whose p.grad is "
+                "not None (backward() leaves an unused leaf's grad None); state, step included, is "
+                "kept per parameter; every torch.optim optimizer does the same",
+            ),
+            "hyperparameter_precision": _source(
+                "torch/optim/adam.py",
+                "hyperparameters are Python floats "
+                "used directly: bias_correction1 = 1 - beta1**step; "
+                "param.addcdiv_(exp_avg, denom, value=-step_size)",
+            ),
+        },
+    ),
+    defaults=defaults_by_rule(
+        sgd={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0},
+        adam={"lr": 1e-3, **ADAM_DEFAULTS, "eps": 1e-8, "weight_decay": 0.0},
+        adamw={"lr": 1e-3, **ADAM_DEFAULTS, "eps": 1e-8, "weight_decay": 1e-2},
+        rmsprop={"lr": 1e-2, "rho": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
+        adagrad={"lr": 1e-2, "eps": 1e-10, "initial_accumulator": 0.0, "weight_decay": 0.0},
+    ),
+    defaults_source={
+        rule: _source(f"torch/optim/{rule}.py", "the torch.optim constructor's keyword defaults")
+        for rule in RULE_HYPERPARAMETERS
+    },
+)
+
+
 class TorchBackend(Backend):
     name = "torch"
     variants = ("eager",)
     accumulation_mechanism = AccumulationMechanism("sum")  # .grad sums over backward() calls
+    optimizers = OPTIMIZERS
     conventions = KinkConventions(
         abs_slope_at_zero=0.0,
         maximum_tie_to_first=0.5,

@@ -6,17 +6,32 @@ import numpy as np
 import pytest
 
 from conformance import backends, observations, strategies, update_properties
-from conformance.backends.base import micro_batches
+from conformance.backends.base import Backend, micro_batches
 from conformance.property_tests import property_test
 from conformance.reference import optimizers
 from conformance.tolerance import compare, worst
 
 
-def _complete(item, hyper: dict, framework: str) -> dict:
+def _require_optimizers(backend) -> None:
+    """Update items of a backend that declares no native optimizers (switches and defaults) are not applicable."""
+    if backend.optimizers is None:
+        pytest.skip(f"not applicable: the {backend.name} backend declares no native optimizers")
+
+
+def _complete(item, hyper: dict, backend) -> dict:
+    """The hyperparameters `backend` runs the case's rule with; the item is not applicable where the backend
+    declares no native optimizers, or has no default for a hyperparameter the case leaves out."""
+    _require_optimizers(backend)
     try:
-        return optimizers.hyperparameters(item.case.update.rule, framework, hyper)
+        return optimizers.hyperparameters(item.case.update.rule, backend.name, backend.optimizers, hyper)
     except ValueError as problem:
         pytest.skip(f"not applicable: {problem}")
+
+
+def _native_accumulation(item) -> None:
+    """Accumulation items of a backend whose adapter has no accumulation mechanism are not applicable."""
+    if type(item.backend).accumulation is Backend.accumulation:
+        pytest.skip(f"not applicable: the {item.backend.name} backend has no native accumulation")
 
 
 def _own_side(item, complete: dict, run) -> update_properties.Side:
@@ -24,7 +39,7 @@ def _own_side(item, complete: dict, run) -> update_properties.Side:
     return update_properties.Side(
         backend.name,
         complete,
-        optimizers.SWITCHES[backend.name],
+        backend.optimizers,
         backend.conventions,
         run,
         backend.decay_rates_in_dtype(item.spec.device),
@@ -44,7 +59,7 @@ NEAR_UNDERFLOW = "a step's intermediates or state would be subnormal (flushed to
 def _near_underflow(item, inputs: dict, hyper: dict, reference_for, backend) -> bool:
     """Whether a step comes near underflow, which some platforms flush to zero (see near_underflow): judged on the
     reference's trajectory from the inputs with `backend`'s formulas, never on its output."""
-    switches = optimizers.SWITCHES[backend.name]
+    switches = backend.optimizers.switches
     return update_properties.path_near_underflow(
         item.case.update.rule,
         hyper,
@@ -67,7 +82,7 @@ def test_update_matches_reference(conformance_item, data):
     item = conformance_item
     inputs = item.draw_inputs(data)
     hyper = data.draw(strategies.hyperparameters(item.case), label="hyperparameters")
-    complete = _complete(item, hyper, item.backend.name)
+    complete = _complete(item, hyper, item.backend)
     reference_for = update_properties.summed_reference(item.case, inputs, item.spec.dtype)
     _discard_near_underflow(item, inputs, complete, reference_for, item.backend)
     run = item.call("updates", inputs, hyper)
@@ -81,6 +96,7 @@ def test_updates_at_probes(conformance_item):
     """The native steps at the run's probe inputs and hyperparameters (observations.py), recorded so that runs
     made apart can be compared, and each checked as update.matches_reference checks a drawn example."""
     item, dtype = conformance_item, conformance_item.spec.dtype
+    _require_optimizers(item.backend)
     probes = observations.probe_inputs(item.case, dtype, item.probe_seed)
     hypers = observations.probe_hyperparameters(item.case, dtype, item.probe_seed)
     runs = []
@@ -97,7 +113,7 @@ def test_updates_at_probes(conformance_item):
         item.backend.decay_rates_in_dtype(item.spec.device),
     )
     for inputs, hyper, run in zip(probes, hypers, runs, strict=True):
-        complete = _complete(item, hyper, item.backend.name)
+        complete = _complete(item, hyper, item.backend)
         reference_for = update_properties.summed_reference(item.case, inputs, dtype)
         if _near_underflow(item, inputs, complete, reference_for, item.backend):
             item.discarded[NEAR_UNDERFLOW] = item.discarded.get(NEAR_UNDERFLOW, 0) + 1
@@ -110,15 +126,17 @@ def test_updates_at_probes(conformance_item):
 @property_test("update.agrees_across_backends", requires="update")
 def test_update_agrees_across_backends(conformance_item, data):
     item, rule = conformance_item, conformance_item.case.update.rule
-    others = [b for b in map(backends.load, item.other_backends) if b.unavailable_reason() is None]
+    _require_optimizers(item.backend)
+    installed = [other for other in map(backends.load, item.other_backends) if other.unavailable_reason() is None]
+    others = [other for other in installed if other.optimizers is not None]
     if not others:
-        pytest.skip("needs a second installed backend in the run")
+        pytest.skip("needs a second installed backend with native optimizers in the run")
     inputs = item.draw_inputs(data)
     hyper = data.draw(strategies.hyperparameters(item.case), label="hyperparameters")
     reference_for = update_properties.summed_reference(item.case, inputs, item.spec.dtype)
     mine = item.backend
-    complete = _complete(item, hyper, mine.name)
-    sides = [(mine, complete)] + [(other, _complete(item, hyper, other.name)) for other in others]
+    complete = _complete(item, hyper, mine)
+    sides = [(mine, complete)] + [(other, _complete(item, hyper, other)) for other in others]
     for backend, hyperparameters in sides:  # platforms differ in flushing subnormals, not in formulas
         _discard_near_underflow(item, inputs, hyperparameters, reference_for, backend)
     start = {spec.name: inputs[spec.name] for spec in item.case.variables}
@@ -129,7 +147,7 @@ def test_update_agrees_across_backends(conformance_item, data):
         theirs = update_properties.Side(
             other.name,
             other_complete,
-            optimizers.SWITCHES[other.name],
+            other.optimizers,
             other.conventions,
             item.call("updates", inputs, hyper, backend=other),
             other.decay_rates_in_dtype("cpu"),
@@ -176,6 +194,7 @@ def test_accumulation_linear(conformance_item, data):
 def test_accumulation_native(conformance_item, data):
     """torch's .grad accumulation, Keras' gradient_accumulation_steps, optax.MultiSteps: what each documents."""
     item = conformance_item
+    _native_accumulation(item)
     inputs = item.draw_inputs(data)
     run = item.call("accumulation", inputs)
     comparison, explanations = update_properties.native_accumulation(run, item.spec.dtype)
@@ -189,6 +208,7 @@ def test_accumulation_at_probes(conformance_item):
     """The native accumulation at the run's probe inputs (observations.py), recorded so that runs made apart can be
     compared, and each checked as accumulation.native checks a drawn example."""
     item = conformance_item
+    _native_accumulation(item)
     probes = observations.probe_inputs(item.case, item.spec.dtype, item.probe_seed)
     runs = []
     for inputs in probes:
@@ -212,12 +232,12 @@ def test_update_goldens(conformance_item, data):
     goldens = item.goldens()
     inputs = item.draw_inputs(data)
     hyper = data.draw(strategies.hyperparameters(item.case), label="hyperparameters")
-    complete = _complete(item, hyper, item.backend.name)
+    complete = _complete(item, hyper, item.backend)
     run = item.call("updates", inputs, hyper)
     _, steps = update_properties.matches_reference(
         item.case.update.rule,
         complete,
-        optimizers.SWITCHES[item.backend.name],
+        item.backend.optimizers.switches,
         run,
         item.spec.dtype,
         item.backend.decay_rates_in_dtype(item.spec.device),

@@ -4,7 +4,8 @@ Pure functions in the style of optax: `init` makes the state, `step` returns new
 changes neither argument. A state is a plain dict, slot name -> variable name -> array (`"step"` holds each
 variable's step count), named after torch's state keys so that every framework's native state can be read into
 the same shape. A backend's difference from another is *explained* only when this reference, run with that
-backend's `SWITCHES` and `DEFAULTS`, reproduces it; every switch value cites the source line it follows.
+backend's declared switches and defaults (an `OptimizerDeclaration`, which each adapter keeps beside its code),
+reproduces it; every switch value cites the source line it follows.
 """
 
 from __future__ import annotations
@@ -33,14 +34,10 @@ ALIASES = {"momentum": "sgd", "nesterov": "sgd", "amsgrad": "adam"}  # a rule th
 FORCED = {"nesterov": {"nesterov": True}, "amsgrad": {"amsgrad": True}}
 REQUIRED = {"momentum": ("momentum",), "nesterov": ("momentum",)}  # no framework has a non-zero default
 
-# The releases whose source every citation below was read from; a newer release may have moved a line.
-VERIFIED_AGAINST = {"torch": "2.13.0", "keras": "3.15.1", "optax": "0.2.8"}
-_REPOSITORIES = {"torch": "pytorch/pytorch", "keras": "keras-team/keras", "optax": "google-deepmind/optax"}
 
-
-def _cite(library: str, path: str, text: str) -> Citation:
-    url = f"https://github.com/{_REPOSITORIES[library]}/blob/v{VERIFIED_AGAINST[library]}/{path}"
-    return Citation(f"{path}: {text}", url)
+def source_citation(repository: str, release: str, path: str, text: str) -> Citation:
+    """A line of a framework's source at the release it was read from (a newer release may have moved it)."""
+    return Citation(f"{path}: {text}", f"https://github.com/{repository}/blob/v{release}/{path}")
 
 
 def base_rule(rule: str) -> str:
@@ -63,10 +60,10 @@ def check_hyperparameters(rule: str, given: Hyper) -> None:
             raise ValueError(f"update.{name}: rule {rule!r} needs it (no framework has a non-zero default)")
 
 
-def hyperparameters(rule: str, framework: str, given: Hyper) -> dict[str, float | bool]:
-    """The complete hyperparameters `framework` runs `rule` with: the case's values over the framework's defaults."""
+def hyperparameters(rule: str, framework: str, declared: OptimizerDeclaration, given: Hyper) -> dict[str, float | bool]:
+    """The complete hyperparameters `framework` runs `rule` with: the case's values over the defaults it declares."""
     check_hyperparameters(rule, given)
-    complete = {**DEFAULTS[framework][rule], **given, **FORCED.get(rule, {})}
+    complete = {**declared.defaults[rule], **given, **FORCED.get(rule, {})}
     missing = [name for name in RULE_HYPERPARAMETERS[base_rule(rule)] if name not in complete]
     if missing:
         raise ValueError(f"update.{missing[0]}: {framework} has no default for it in {rule!r}; the case must give it")
@@ -151,273 +148,28 @@ class UpdateSwitches:
         return tuple(f.name for f in fields(UpdateSwitches) if f.name != "citations")
 
 
-SWITCHES = {
-    "torch": UpdateSwitches(
-        adam_eps="sqrt_v_hat",
-        amsgrad_max="v",
-        weight_decay="l2",
-        sgd_momentum="gradient",
-        rmsprop_momentum="gradient",
-        rmsprop_eps="outside_sqrt",
-        adagrad_eps="outside_sqrt",
-        no_gradient="skip",
-        hyperparameter_precision="as_given",
-        citations={
-            "adam_eps": _cite(
-                "torch",
-                "torch/optim/adam.py",
-                "_single_tensor_adam: denom = (exp_avg_sq.sqrt() / "
-                "bias_correction2_sqrt).add_(eps); param.addcdiv_(exp_avg, denom, value=-step_size)",
-            ),
-            "amsgrad_max": _cite(
-                "torch",
-                "torch/optim/adam.py",
-                "torch.maximum(max_exp_avg_sqs[i], exp_avg_sq) keeps "
-                "the maximum of the uncorrected v; denom = max_exp_avg_sqs[i].sqrt() / "
-                "bias_correction2_sqrt + eps",
-            ),
-            "weight_decay": _cite(
-                "torch",
-                "torch/optim/adam.py",
-                "grad = grad.add(param, alpha=weight_decay) unless "
-                "decoupled_weight_decay (AdamW); sgd.py, rmsprop.py and adagrad.py do the same",
-            ),
-            "sgd_momentum": _cite(
-                "torch",
-                "torch/optim/sgd.py",
-                "_single_tensor_sgd: buf = grad on the first step, "
-                "then buf.mul_(momentum).add_(grad, alpha=1 - dampening); nesterov: "
-                "grad.add(buf, alpha=momentum); param.add_(grad, alpha=-lr)",
-            ),
-            "rmsprop_momentum": _cite(
-                "torch", "torch/optim/rmsprop.py", "buf.mul_(momentum).addcdiv_(grad, avg); param.add_(buf, alpha=-lr)"
-            ),
-            "rmsprop_eps": _cite(
-                "torch",
-                "torch/optim/rmsprop.py",
-                "avg = square_avg.sqrt() (centered: "
-                "square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()); avg = avg.add_(eps)",
-            ),
-            "adagrad_eps": _cite(
-                "torch",
-                "torch/optim/adagrad.py",
-                "_single_tensor_adagrad: std = state_sum.sqrt().add_(eps); param.addcdiv_(grad, std, value=-clr)",
-            ),
-            "no_gradient": _cite(
-                "torch",
-                "torch/optim/adam.py",
-                "_init_group takes only parameters whose p.grad is "
-                "not None (backward() leaves an unused leaf's grad None); state, step included, is "
-                "kept per parameter; every torch.optim optimizer does the same",
-            ),
-            "hyperparameter_precision": _cite(
-                "torch",
-                "torch/optim/adam.py",
-                "hyperparameters are Python floats "
-                "used directly: bias_correction1 = 1 - beta1**step; "
-                "param.addcdiv_(exp_avg, denom, value=-step_size)",
-            ),
-        },
-    ),
-    "tensorflow": UpdateSwitches(
-        adam_eps="sqrt_v",
-        amsgrad_max="v",
-        weight_decay="decoupled",
-        sgd_momentum="update",
-        rmsprop_momentum="step",
-        rmsprop_eps="inside_sqrt",
-        adagrad_eps="inside_sqrt",
-        no_gradient="skip_count_advances",
-        hyperparameter_precision="float32_casts",
-        citations={
-            "adam_eps": _cite(
-                "keras",
-                "keras/src/optimizers/adam.py",
-                "update_step: alpha = lr * sqrt(1 - "
-                "beta_2_power) / (1 - beta_1_power); variable -= m * alpha / (sqrt(v) + epsilon)",
-            ),
-            "amsgrad_max": _cite(
-                "keras",
-                "keras/src/optimizers/adam.py",
-                "v_hat = maximum(v_hat, v) of the uncorrected v, then the same alpha and sqrt(v_hat) + epsilon",
-            ),
-            "weight_decay": _cite(
-                "keras",
-                "keras/src/optimizers/base_optimizer.py",
-                "_apply_weight_decay: "
-                "variable.assign(variable - variable * wd * lr) before update_step, for the "
-                "weight_decay argument of every optimizer (Adam's and SGD's too, not only AdamW's)",
-            ),
-            "sgd_momentum": _cite(
-                "keras",
-                "keras/src/optimizers/sgd.py",
-                "update_step: m = m * momentum - gradient * "
-                "learning_rate; variable += m (nesterov: variable += m * momentum - gradient * "
-                "learning_rate); no dampening",
-            ),
-            "rmsprop_momentum": _cite(
-                "keras",
-                "keras/src/optimizers/rmsprop.py",
-                "increment = lr * gradient / "
-                "sqrt(denominator); momentum = self.momentum * momentum + increment; "
-                "variable -= momentum",
-            ),
-            "rmsprop_eps": _cite(
-                "keras",
-                "keras/src/optimizers/rmsprop.py",
-                "denominator = velocity + epsilon "
-                "(centered: velocity - average_grad**2 + epsilon); increment = lr * gradient / "
-                "sqrt(denominator)",
-            ),
-            "adagrad_eps": _cite(
-                "keras", "keras/src/optimizers/adagrad.py", "variable -= lr * gradient / sqrt(accumulator + epsilon)"
-            ),
-            "no_gradient": _cite(
-                "keras",
-                "keras/src/optimizers/base_optimizer.py",
-                "apply: _filter_empty_gradients "
-                "drops variables whose gradient is None (tf.GradientTape gives None for an unused "
-                "variable), then self._iterations.assign_add(1): the one shared count that Adam's "
-                "local_step = iterations + 1 reads advances for them too",
-            ),
-            "hyperparameter_precision": _cite(
-                "keras",
-                "keras/src/optimizers/base_optimizer.py",
-                "__init__: "
-                "learning_rate = backend.Variable(learning_rate, "
-                "dtype=backend.floatx()) (float32 unless keras.config.set_floatx); "
-                "wd = tf.cast(self.weight_decay, variable.dtype) "
-                "(keras/src/backend/tensorflow/optimizer.py); sgd.py: "
-                "ops.cast(self.momentum, variable.dtype); adam.py: ops.power(ops.cast("
-                "self.beta_1, variable.dtype), local_step); adagrad.py: "
-                "initializers.Constant(initial_accumulator_value), which is "
-                "ops.cast(value, dtype) * ones",
-            ),
-        },
-    ),
-    "jax": UpdateSwitches(
-        adam_eps="sqrt_v_hat",
-        amsgrad_max="v_hat",
-        weight_decay="l2",
-        sgd_momentum="gradient",
-        rmsprop_momentum="update",
-        rmsprop_eps="inside_sqrt",
-        adagrad_eps="inside_sqrt",
-        no_gradient="zero",
-        hyperparameter_precision="as_given",
-        citations={
-            "adam_eps": _cite(
-                "optax",
-                "optax/_src/transform.py",
-                "scale_by_adam: mu_hat = bias_correction(mu, b1, "
-                "count_inc); nu_hat = bias_correction(nu, b2, count_inc); "
-                "m / (sqrt(v + eps_root) + eps)",
-            ),
-            "amsgrad_max": _cite(
-                "optax",
-                "optax/_src/transform.py",
-                "scale_by_amsgrad: nu_max = maximum(state.nu_max, "
-                "bias_correction(nu, b2, count_inc)): the maximum of the bias-corrected v_hat",
-            ),
-            "weight_decay": _cite(
-                "optax",
-                "optax/transforms/_adding.py",
-                "optax.sgd/adam/amsgrad/rmsprop/adagrad have "
-                "no weight decay; a user chains add_decayed_weights (g + weight_decay * p) in front "
-                "of the optimizer, which is L2 (native_optimizers.py builds exactly that)",
-            ),
-            "sgd_momentum": _cite(
-                "optax",
-                "optax/transforms/_accumulation.py",
-                "optax.sgd = chain(trace(momentum, "
-                "nesterov), scale_by_learning_rate); trace: new_trace = g + decay * trace, nesterov: "
-                "g + decay * new_trace; no dampening",
-            ),
-            "rmsprop_momentum": _cite(
-                "optax",
-                "optax/_src/alias.py",
-                "rmsprop = chain(scale_by_rms, "
-                "scale_by_learning_rate(learning_rate), trace(decay=momentum)): the trace "
-                "accumulates the already lr-scaled, sign-flipped update",
-            ),
-            "rmsprop_eps": _cite(
-                "optax",
-                "optax/_src/transform.py",
-                "scale_by_rms / scale_by_stddev with "
-                "eps_in_sqrt=True (optax.rmsprop's default): rsqrt(nu + eps), centered: "
-                "rsqrt(nu - mu**2 + eps)",
-            ),
-            "adagrad_eps": _cite(
-                "optax",
-                "optax/_src/transform.py",
-                "scale_by_rss: where(sum_of_squares > 0, rsqrt(sum_of_squares + eps), 0) * g",
-            ),
-            "no_gradient": _cite(
-                "optax",
-                "optax/_src/transform.py",
-                "jax.grad gives zeros for an input the loss does "
-                "not use, and optax updates it like any other: moments decay, count advances, "
-                "add_decayed_weights decays it",
-            ),
-            "hyperparameter_precision": _cite(
-                "optax",
-                "optax/_src/transform.py",
-                "hyperparameters are Python "
-                "floats, weakly typed, so float64 under jax_enable_x64: "
-                "scale_by_learning_rate is scale(-learning_rate)",
-            ),
-        },
-    ),
-}
-
-
 # ---------------------------------------------------------------------------------------------------- defaults
 
 
-def _defaults(sgd: dict, adam: dict, adamw: dict, rmsprop: dict, adagrad: dict) -> dict[str, dict]:
+def defaults_by_rule(sgd: dict, adam: dict, adamw: dict, rmsprop: dict, adagrad: dict) -> dict[str, dict]:
+    """A framework's defaults for every rule, from those of the five base rules (aliases set their flag)."""
     by_base = {"sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop, "adagrad": adagrad}
     return {rule: {**by_base[base_rule(rule)], **FORCED.get(rule, {})} for rule in RULES}
 
 
-_ADAM = {"beta1": 0.9, "beta2": 0.999, "amsgrad": False}
-# What each framework runs with where a case gives no value; a knob a framework lacks is given the value at which
-# it does nothing (dampening 0, weight_decay 0). optax has no default learning rate, so neither has this table.
-DEFAULTS: dict[str, dict[str, dict[str, float | bool]]] = {
-    "torch": _defaults(
-        sgd={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0},
-        adam={"lr": 1e-3, **_ADAM, "eps": 1e-8, "weight_decay": 0.0},
-        adamw={"lr": 1e-3, **_ADAM, "eps": 1e-8, "weight_decay": 1e-2},
-        rmsprop={"lr": 1e-2, "rho": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
-        adagrad={"lr": 1e-2, "eps": 1e-10, "initial_accumulator": 0.0, "weight_decay": 0.0},
-    ),
-    "tensorflow": _defaults(
-        sgd={"lr": 1e-2, "momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0},
-        adam={"lr": 1e-3, **_ADAM, "eps": 1e-7, "weight_decay": 0.0},
-        adamw={"lr": 1e-3, **_ADAM, "eps": 1e-7, "weight_decay": 4e-3},
-        rmsprop={"lr": 1e-3, "rho": 0.9, "eps": 1e-7, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
-        adagrad={"lr": 1e-3, "eps": 1e-7, "initial_accumulator": 0.1, "weight_decay": 0.0},
-    ),
-    "jax": _defaults(
-        sgd={"momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0},
-        adam={**_ADAM, "eps": 1e-8, "weight_decay": 0.0},
-        adamw={**_ADAM, "eps": 1e-8, "weight_decay": 1e-4},
-        rmsprop={"rho": 0.9, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
-        adagrad={"eps": 1e-7, "initial_accumulator": 0.1, "weight_decay": 0.0},
-    ),
-}
-DEFAULT_SOURCES = {
-    "torch": {
-        rule: _cite("torch", f"torch/optim/{rule}.py", "the torch.optim constructor's keyword defaults")
-        for rule in RULE_HYPERPARAMETERS
-    },
-    "tensorflow": {
-        rule: _cite("keras", f"keras/src/optimizers/{rule}.py", "the keras.optimizers constructor's keyword defaults")
-        for rule in RULE_HYPERPARAMETERS
-    },
-    "jax": {
-        rule: _cite("optax", "optax/_src/alias.py", f"optax.{rule}'s keyword defaults") for rule in RULE_HYPERPARAMETERS
-    },
-}
+ADAM_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "amsgrad": False}  # the same in torch, Keras and optax
+
+
+@dataclass(frozen=True)
+class OptimizerDeclaration:
+    """What a backend declares about its native optimizers, beside its adapter: the documented switch of each
+    formula (cited), what each rule runs with where a case gives no value (rule -> hyperparameter -> value; a knob
+    the framework lacks is given the value at which it does nothing, and a hyperparameter it has no default for is
+    left out), and where those defaults are written (one citation per base rule)."""
+
+    switches: UpdateSwitches
+    defaults: dict[str, dict[str, float | bool]]
+    defaults_source: dict[str, Citation]
 
 
 # ---------------------------------------------------------------------------------------------------- the rules
@@ -596,14 +348,21 @@ def explain(
     return differences
 
 
-def explain_defaults(rule: str, framework_a: str, framework_b: str, given: Hyper) -> list[Difference]:
+def explain_defaults(
+    rule: str,
+    framework_a: str,
+    declared_a: OptimizerDeclaration,
+    framework_b: str,
+    declared_b: OptimizerDeclaration,
+    given: Hyper,
+) -> list[Difference]:
     """The hyperparameters a case leaves to the frameworks on which their defaults differ."""
     differences = []
     for name in RULE_HYPERPARAMETERS[base_rule(rule)]:
-        value_a, value_b = DEFAULTS[framework_a][rule].get(name), DEFAULTS[framework_b][rule].get(name)
+        value_a, value_b = declared_a.defaults[rule].get(name), declared_b.defaults[rule].get(name)
         if name in given or value_a == value_b:
             continue
         text = f"default {name}: {value_a} in {framework_a} vs {value_b} in {framework_b}"
-        sources = (DEFAULT_SOURCES[framework_a][base_rule(rule)], DEFAULT_SOURCES[framework_b][base_rule(rule)])
+        sources = (declared_a.defaults_source[base_rule(rule)], declared_b.defaults_source[base_rule(rule)])
         differences.append(Difference(name, text, sources))
     return differences

@@ -141,14 +141,17 @@ def _as_declared(observed: GradientObservation | UpdateObservation | Accumulatio
         raise Unreadable(f"conventions other than those the {record.backend} adapter here declares")
     observed = replace(observed, conventions=adapter.conventions)
     if isinstance(observed, UpdateObservation):
-        observed = replace(observed, decay_rates_in_dtype=adapter.decay_rates_in_dtype(record.device))
+        observed = replace(
+            observed, decay_rates_in_dtype=adapter.decay_rates_in_dtype(record.device), optimizers=adapter.optimizers
+        )
     if isinstance(observed, AccumulationObservation):
         declared = adapter.accumulation_mechanism
+        if declared is None:
+            raise Unreadable(f"the {record.backend} adapter here declares no accumulation mechanism")
         for probe in observed.probes:
             run = probe.run
             if (
-                declared is None
-                or run.promise != declared.promise
+                run.promise != declared.promise
                 or bool(run.resolution) != declared.step_read_back
                 or run.accumulator_dtype not in (None, declared.accumulator_dtype)
             ):
@@ -210,8 +213,9 @@ def _update_pair(record: Record, mine: UpdateObservation, other: Record, theirs:
     """The trajectories at each probe, as update.agrees_across_backends judges a drawn example; a probe whose
     reference path comes near underflow for either backend is left out, as a drawn one is discarded."""
     rule, dtype, names = case.update.rule, record.dtype, (record.backend, other.backend)
-    if any(name not in optimizers.SWITCHES for name in names):
-        return Pair(other, "not_comparable", why="the reference has no switches for this backend")
+    for name, observed in zip(names, (mine, theirs), strict=True):
+        if observed.optimizers is None:
+            return Pair(other, "not_comparable", why=f"no adapter here declares the {name} backend's optimizers")
 
     def judge(my_probe, their_probe) -> update_properties.Verdict | None:
         start = {spec.name: my_probe.inputs[spec.name] for spec in case.variables}
@@ -219,8 +223,8 @@ def _update_pair(record: Record, mine: UpdateObservation, other: Record, theirs:
         sides = [
             update_properties.Side(
                 name,
-                optimizers.hyperparameters(rule, name, probe.hyper),
-                optimizers.SWITCHES[name],
+                optimizers.hyperparameters(rule, name, observed.optimizers, probe.hyper),
+                observed.optimizers,
                 observed.conventions,
                 probe.run,
                 observed.decay_rates_in_dtype,

@@ -3,12 +3,17 @@ be loaded, are refused when the backend loads, in one line naming the backend.""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conformance import backends
 from conformance.cli import main_run
+from conformance.pytest_plugin import SHIPPED_CASES
 from conformance.reference.conventions import KinkConventions
 
 STEEP = """
@@ -80,3 +85,50 @@ def test_a_backend_that_cannot_be_imported_is_one_line(registered, capsys):
     assert main_run(["--backend", "missing"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("conformance run: backend 'missing': no_such_module:Nothing cannot")
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+GRADIENTS_ONLY = "gradients-only=gradients_only_backend:GradientsOnlyBackend"
+
+
+def _records(path: Path) -> dict[tuple, tuple]:
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return {
+        (r["case"], r["property"], r["backend"], r["dtype"]): (r["outcome"], r["message"])
+        for r in records
+        if r.get("kind") == "result"
+    }
+
+
+def test_an_adapter_that_declares_no_optimizers_is_not_applicable_to_updates_and_leaves_torch_alone(tmp_path):
+    """A gradients-only adapter beside torch over update and accumulation cases: its update and accumulation items
+    are not applicable with the reason, none is an error, and torch's records are those of a run without it (but for
+    its gradient agreement, which gains a partner)."""
+    pytest.importorskip("torch")
+    chosen = ("seed/linear-square", "seed/adam-step", "seed/accumulate-sgd")
+    cases = [f"--cases={SHIPPED_CASES / case}.toml" for case in chosen]
+    environment = {**os.environ, "CONFORMANCE_BACKENDS": GRADIENTS_ONLY, "PYTHONPATH": str(FIXTURES)}
+    runs = {}
+    for label, names in (("alone", ["torch"]), ("beside", ["torch", "gradients-only"])):
+        results = tmp_path / f"{label}.jsonl"
+        command = [sys.executable, "-m", "conformance", "run", *cases, f"--results={results}", "--seed=1"]
+        command += [f"--backend={name}" for name in names]
+        completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+        assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+        runs[label] = _records(results)
+    beside = runs["beside"]
+    assert "error" not in {outcome for outcome, _ in beside.values()}
+    theirs = {key: value for key, value in beside.items() if key[2] == "gradients-only"}
+    updates = {key: value for key, value in theirs.items() if key[1].startswith(("update.", "accumulation.native"))}
+    assert updates and all(outcome == "not_applicable" for outcome, _ in updates.values())
+    assert any("declares no native optimizers" in message for _, message in updates.values())
+    assert any(outcome == "pass" for key, (outcome, _) in theirs.items() if key[1] == "gradient.matches_reference")
+
+    def torch_outcomes(records: dict) -> dict:
+        return {
+            key: outcome
+            for key, (outcome, _) in records.items()
+            if key[2] == "torch" and key[1] != "gradient.agrees_across_backends"
+        }
+
+    assert torch_outcomes(beside) == torch_outcomes(runs["alone"])

@@ -10,17 +10,20 @@ import sys
 import numpy as np
 import pytest
 
+from conformance import backends
 from conformance.backends import native_optimizers as native
 from conformance.backends.base import NotApplicable
 from conformance.reference import optimizers as ref
 
-TORCH, KERAS, OPTAX = ref.SWITCHES["torch"], ref.SWITCHES["tensorflow"], ref.SWITCHES["jax"]
+DECLARED = {name: backends.load(name).optimizers for name in ("torch", "tensorflow", "jax")}
+
+TORCH, KERAS, OPTAX = DECLARED["torch"].switches, DECLARED["tensorflow"].switches, DECLARED["jax"].switches
 EPS = 1e-8  # torch's and optax's Adam epsilon
 
 
 def run(rule, given, switches, gradients, start=None, framework="torch"):
     """The reference from `start` (default x = 2) over a list of gradient dicts; returns (params, state)."""
-    hyper = ref.hyperparameters(rule, framework, given)
+    hyper = ref.hyperparameters(rule, framework, DECLARED[framework], given)
     params = {name: np.asarray(value, dtype=np.float64) for name, value in (start or {"x": 2.0}).items()}
     state = ref.init(rule, hyper, switches, params)
     for grads in gradients:
@@ -68,7 +71,7 @@ def test_keras_float64_adam_uses_float32_betas_in_its_bias_corrections():
 def test_keras_runs_a_float64_step_with_float32_hyperparameters():
     params, _ = run("sgd", {"lr": 0.1}, KERAS, xs(6.0), framework="tensorflow")
     assert params["x"] == 2 - float(np.float32(0.1)) * 6 != 2 - 0.1 * 6
-    hyper = ref.hyperparameters("adagrad", "tensorflow", {"lr": 0.1})
+    hyper = ref.hyperparameters("adagrad", "tensorflow", DECLARED["tensorflow"], {"lr": 0.1})
     assert ref.init("adagrad", hyper, KERAS, {"x": np.asarray(2.0)})["sum"]["x"] == float(np.float32(0.1))
 
 
@@ -178,7 +181,7 @@ def test_a_variable_without_a_gradient():
 
 
 def test_step_leaves_its_arguments_alone():
-    hyper = ref.hyperparameters("adam", "torch", {"lr": 0.1})
+    hyper = ref.hyperparameters("adam", "torch", DECLARED["torch"], {"lr": 0.1})
     params = {"x": np.array([2.0, 3.0])}
     state = ref.init("adam", hyper, TORCH, params)
     before = (params["x"].copy(), {slot: {k: v.copy() for k, v in values.items()} for slot, values in state.items()})
@@ -191,10 +194,10 @@ def test_step_leaves_its_arguments_alone():
 
 
 def test_defaults_fill_what_the_case_leaves():
-    assert ref.hyperparameters("rmsprop", "torch", {"lr": 0.1})["rho"] == 0.99
-    assert ref.hyperparameters("rmsprop", "tensorflow", {"lr": 0.1})["rho"] == 0.9
-    assert ref.hyperparameters("amsgrad", "jax", {"lr": 0.1})["amsgrad"] is True
-    assert ref.hyperparameters("adamw", "tensorflow", {"lr": 0.1})["weight_decay"] == 0.004
+    assert ref.hyperparameters("rmsprop", "torch", DECLARED["torch"], {"lr": 0.1})["rho"] == 0.99
+    assert ref.hyperparameters("rmsprop", "tensorflow", DECLARED["tensorflow"], {"lr": 0.1})["rho"] == 0.9
+    assert ref.hyperparameters("amsgrad", "jax", DECLARED["jax"], {"lr": 0.1})["amsgrad"] is True
+    assert ref.hyperparameters("adamw", "tensorflow", DECLARED["tensorflow"], {"lr": 0.1})["weight_decay"] == 0.004
 
 
 @pytest.mark.parametrize(
@@ -208,11 +211,11 @@ def test_defaults_fill_what_the_case_leaves():
 )
 def test_hyperparameters_that_do_not_fit(rule, given, problem):
     with pytest.raises(ValueError, match=problem):
-        ref.hyperparameters(rule, "jax", given)
+        ref.hyperparameters(rule, "jax", DECLARED["jax"], given)
 
 
 def test_every_switch_of_every_framework_is_cited():
-    for framework, switches in ref.SWITCHES.items():
+    for framework, switches in ((framework, declared.switches) for framework, declared in DECLARED.items()):
         for name in ref.UpdateSwitches.names():
             citation = switches.citations[name]
             assert citation.url.startswith("https://github.com/") and ".py" in citation.text, (framework, name)
@@ -231,14 +234,19 @@ def test_explain_lists_what_differs_and_matters():
     assert [c.url.split("/")[4] for c in eps.citations] == ["pytorch", "keras"]
     plain_sgd = ref.explain("sgd", TORCH, KERAS, {"weight_decay": 0.1, "momentum": 0})
     assert "weight_decay" not in [d.switch for d in plain_sgd]  # L2 and decoupled are one update without momentum
-    assert [d.switch for d in ref.explain_defaults("adam", "torch", "tensorflow", {"lr": 0.1})] == ["eps"]
+    assert [
+        d.switch
+        for d in ref.explain_defaults(
+            "adam", "torch", DECLARED["torch"], "tensorflow", DECLARED["tensorflow"], {"lr": 0.1}
+        )
+    ] == ["eps"]
 
 
 def test_design_facts_adam_with_tiny_gradients():
     """DESIGN.md: 10 Adam steps on s (3x + 5 - 10)^2 from x = 2, lr = 0.1."""
 
     def ten_steps(switches, framework, scale, **given):
-        hyper = ref.hyperparameters("adam", framework, {"lr": 0.1, **given})
+        hyper = ref.hyperparameters("adam", framework, DECLARED[framework], {"lr": 0.1, **given})
         params = {"x": np.asarray(2.0)}
         state = ref.init("adam", hyper, switches, params)
         for _ in range(10):
@@ -349,7 +357,7 @@ RUNNERS = {"torch": run_torch, "tensorflow": run_keras, "jax": run_optax}
 
 def run_reference(framework, rule, given, gradients, switches=None):
     arrays = [{n: None if g is None else np.asarray(g, np.float64) for n, g in grads.items()} for grads in gradients]
-    return run(rule, given, switches or ref.SWITCHES[framework], arrays, START, framework)
+    return run(rule, given, switches or DECLARED[framework].switches, arrays, START, framework)
 
 
 def relative_difference(native_run, reference_run) -> float:
@@ -396,7 +404,7 @@ def test_every_switch_value_is_needed(framework, switch):
     """Setting any other value of a framework's switch loses agreement: the switches are measured, not guessed."""
     rule, given, gradients = PROBES[switch]
     native_run = RUNNERS[framework](rule, given, gradients)
-    own = ref.SWITCHES[framework]
+    own = DECLARED[framework].switches
     assert relative_difference(native_run, run_reference(framework, rule, given, gradients)) < 1e-12
     for other in set(ref.SWITCH_MEANINGS[switch]) - {getattr(own, switch)}:
         flipped = dataclasses.replace(own, **{switch: other})
@@ -438,8 +446,8 @@ def test_tiny_gradients_separate_keras_from_torch_and_the_reference_follows_each
                 params = optax.apply_updates(params, updates)
             result = float(params)
     assert result == pytest.approx({"torch": 1.70344, "tensorflow": 1.99577, "jax": 1.70344}[framework], abs=5e-6)
-    hyper = ref.hyperparameters("adam", framework, {"lr": 0.1})
-    switches = ref.SWITCHES[framework]
+    hyper = ref.hyperparameters("adam", framework, DECLARED[framework], {"lr": 0.1})
+    switches = DECLARED[framework].switches
     params = {"x": np.asarray(2.0)}
     state = ref.init("adam", hyper, switches, params)
     for _ in range(steps):

@@ -7,10 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance import update_properties
+from conformance import backends, update_properties
 from conformance.backends.base import UpdateRun
 from conformance.reference import optimizers
 from conformance.reference.conventions import KinkConventions
+
+DECLARED = {name: backends.load(name).optimizers for name in ("torch", "tensorflow", "jax")}
 
 SCALE = 1 + 1e-3
 START = {"x": np.array([2.0, -0.5])}
@@ -47,10 +49,10 @@ def run_of(
 
 
 def side(framework: str, rule: str, given: dict, **faults) -> update_properties.Side:
-    hyper = optimizers.hyperparameters(rule, framework, given)
-    switches = optimizers.SWITCHES[framework]
+    hyper = optimizers.hyperparameters(rule, framework, DECLARED[framework], given)
+    declared = DECLARED[framework]
     return update_properties.Side(
-        framework, hyper, switches, KinkConventions(), run_of(rule, hyper, switches, **faults)
+        framework, hyper, declared, KinkConventions(), run_of(rule, hyper, declared.switches, **faults)
     )
 
 
@@ -91,8 +93,8 @@ def test_wrong_gradients_fail_even_with_the_same_formulas():
 
 
 def test_fed_gradients_are_compared_at_the_backends_own_parameters():
-    hyper = optimizers.hyperparameters("sgd", "torch", {"lr": 0.1})
-    healthy = run_of("sgd", hyper, optimizers.SWITCHES["torch"])
+    hyper = optimizers.hyperparameters("sgd", "torch", DECLARED["torch"], {"lr": 0.1})
+    healthy = run_of("sgd", hyper, DECLARED["torch"].switches)
     stale = UpdateRun(healthy.values, [healthy.gradients[0], *healthy.gradients[:-1]], state={})  # last step's params
     at = reference_for(None, None)
     assert update_properties.fed_gradients_match(healthy, at, "float64").ok
@@ -110,8 +112,8 @@ def test_a_trajectory_that_does_not_start_at_the_drawn_inputs_fails():
 
 def test_a_zero_gradient_where_the_framework_documents_none_fails():
     """torch gives an unused variable no gradient (None), and AdamW then skips it; zeros would decay it."""
-    hyper = optimizers.hyperparameters("sgd", "torch", {"lr": 0.1})
-    run = run_of("sgd", hyper, optimizers.SWITCHES["torch"])
+    hyper = optimizers.hyperparameters("sgd", "torch", DECLARED["torch"], {"lr": 0.1})
+    run = run_of("sgd", hyper, DECLARED["torch"].switches)
     with_zeros = UpdateRun(run.values, [{"x": g["x"], "u": np.zeros(1)} for g in run.gradients], state={})
     without = UpdateRun(run.values, [{"x": g["x"], "u": None} for g in run.gradients], state={})
 

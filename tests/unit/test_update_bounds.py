@@ -6,11 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance import update_properties
+from conformance import backends, update_properties
 from conformance.backends.base import AccumulationRun, UpdateRun
 from conformance.reference import optimizers
 
-SGD = optimizers.hyperparameters("sgd", "torch", {"lr": 0.1})
+DECLARED = {name: backends.load(name).optimizers for name in ("torch", "tensorflow", "jax")}
+
+SGD = optimizers.hyperparameters("sgd", "torch", DECLARED["torch"], {"lr": 0.1})
 
 
 def quadratic(params: dict) -> dict:
@@ -20,7 +22,7 @@ def quadratic(params: dict) -> dict:
 def test_sgd_carries_lr_times_the_gradient_bound_through_each_step():
     start, bound = {"w": np.array([1.0, -3.0])}, 1e-6
     reference_at = lambda params: (quadratic(params), {"w": np.full(2, bound)})  # noqa: E731
-    switches = optimizers.SWITCHES["torch"]
+    switches = DECLARED["torch"].switches
     one = update_properties.gradient_rounding_drift("sgd", SGD, switches, start, reference_at, steps=1)
     two = update_properties.gradient_rounding_drift("sgd", SGD, switches, start, reference_at, steps=2)
     # p1 = 0.8 p0 - lr b; p2 = 0.8 p1 - lr b: the error of step 1 shrinks by 1 - 2 lr, then step 2 adds its own
@@ -33,15 +35,17 @@ def test_differences_that_matter_only_together_are_both_relevant():
     """Adam from x near its minimum, torch against Keras: eps placement and Keras' default eps of 1e-7 move the
     result a little each, and ten times more together."""
     hyper, start = {"lr": 0.1}, {"x": np.array([0.998046875])}
-    torch_hyper, keras_hyper = (optimizers.hyperparameters("adam", f, hyper) for f in ("torch", "tensorflow"))
-    torch_switches, keras_switches = optimizers.SWITCHES["torch"], optimizers.SWITCHES["tensorflow"]
+    torch_hyper, keras_hyper = (
+        optimizers.hyperparameters("adam", f, DECLARED[f], hyper) for f in ("torch", "tensorflow")
+    )
+    torch_switches, keras_switches = DECLARED["torch"].switches, DECLARED["tensorflow"].switches
 
     def trajectory_of(hyperparameters, switches):
         gradient_at = lambda params: {"x": 2 * (params["x"] - 1)}  # noqa: E731
         return update_properties.reference_trajectory("adam", hyperparameters, switches, start, gradient_at, 2)
 
     differences = optimizers.explain("adam", torch_switches, keras_switches, torch_hyper) + optimizers.explain_defaults(
-        "adam", "torch", "tensorflow", hyper
+        "adam", "torch", DECLARED["torch"], "tensorflow", DECLARED["tensorflow"], hyper
     )
     gap = trajectory_of(torch_hyper, torch_switches)["x"] - trajectory_of(keras_hyper, keras_switches)["x"]
     bound = {"x": np.abs(gap) * 0.8}  # the gap exceeds the bound, no single flip does
@@ -55,7 +59,7 @@ def test_differences_that_matter_only_together_are_both_relevant():
 def test_no_drift_without_rounding(steps):
     exact = lambda params: (quadratic(params), {"w": np.zeros(2)})  # noqa: E731
     drift = update_properties.gradient_rounding_drift(
-        "sgd", SGD, optimizers.SWITCHES["torch"], {"w": np.ones(2)}, exact, steps
+        "sgd", SGD, DECLARED["torch"].switches, {"w": np.ones(2)}, exact, steps
     )
     assert np.all(drift["w"] == 0)
 
@@ -136,7 +140,7 @@ def test_keras_momentum_step_bound_covers_its_terms_when_they_cancel():
     """Keras' Nesterov step mu m - lr g, with m = mu m - lr g: the second gradient is chosen so that the step is
     zero while both terms are about 0.043. The bound is on the terms' magnitudes (the buffer's included), not on
     the step's."""
-    hyper = optimizers.hyperparameters("nesterov", "tensorflow", {"lr": 0.1, "momentum": 0.9})
+    hyper = optimizers.hyperparameters("nesterov", "tensorflow", DECLARED["tensorflow"], {"lr": 0.1, "momentum": 0.9})
     lr, mu = 0.1, float(np.float32(0.9))  # Keras casts the momentum to float32
     g1, g2 = 1.0, -0.081 / 0.19
     m1 = -lr * g1
@@ -148,9 +152,7 @@ def test_keras_momentum_step_bound_covers_its_terms_when_they_cancel():
         gradients=[{"w": np.array(g1)}, {"w": np.array(g2)}],
         state={},
     )
-    _, bounds, _, _ = update_properties.step_by_step(
-        "nesterov", hyper, optimizers.SWITCHES["tensorflow"], run, "float32"
-    )
+    _, bounds, _, _ = update_properties.step_by_step("nesterov", hyper, DECLARED["tensorflow"].switches, run, "float32")
     terms = mu * abs(mu * m1) + mu * lr * abs(g2) + lr * abs(g2)  # mu |m2| + lr |g2|, m2's own terms apart
     assert abs(p2 - p1) < 1e-4 * terms
     assert (

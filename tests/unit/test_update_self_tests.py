@@ -44,12 +44,12 @@ def backend_or_skip(name: str):
 
 def update_check(backend, case, inputs: dict, hyper: dict, dtype: str):
     """`update.matches_reference` as tests/conformance/test_updates.py runs it: steps and fed gradients."""
-    complete = optimizers.hyperparameters(case.update.rule, backend.name, hyper)
+    complete = optimizers.hyperparameters(case.update.rule, backend.name, backend.optimizers, hyper)
     run = backend.updates(case, inputs, hyper, dtype, backend.variants[0], "cpu")
     side = update_properties.Side(
         backend.name,
         complete,
-        optimizers.SWITCHES[backend.name],
+        backend.optimizers,
         backend.conventions,
         run,
         backend.decay_rates_in_dtype("cpu"),
