@@ -14,6 +14,7 @@ import pytest
 
 from conformance import backends as backend_registry
 from conformance import strategies
+from conformance.backends import contract
 from conformance.backends.base import Backend, GradientRun, NotApplicable
 from conformance.cases import Case
 from conformance.known_failures import KnownFailure
@@ -101,17 +102,23 @@ class ConformanceItem:
         return self.call("gradients", inputs, backend=backend)
 
     def call(self, method: str, *args, backend: Backend | None = None):
-        """`backend.<method>(case, *args, dtype, variant, device)`, crashes turned into BackendError."""
+        """`backend.<method>(case, *args, dtype, variant, device)`, crashes and what the adapter's contract does not
+        allow (conformance.backends.contract) turned into BackendError."""
         backend = backend or self.backend
         variant = self.spec.variant if backend is self.backend else backend.variants[0]
         device = self.spec.device if backend is self.backend else "cpu"
         try:
-            return getattr(backend, method)(self.case, *args, self.spec.dtype, variant, device)
+            result = getattr(backend, method)(self.case, *args, self.spec.dtype, variant, device)
         except NotApplicable as reason:
             pytest.skip(f"{NOT_APPLICABLE}{reason}")
         except Exception as error:  # noqa: BLE001 - any crash inside a framework is a result, not a harness bug
             first_line = str(error).splitlines()[0][:300] if str(error) else ""
             raise BackendError(f"{backend.name} raised {type(error).__name__}: {first_line}") from error
+        try:
+            contract.check(method, result, self.case, self.spec.dtype)
+        except contract.ContractViolation as violation:
+            raise BackendError(f"the {backend.name} adapter breaks its contract: {violation}") from None
+        return result
 
     def reference(self, inputs: dict[str, np.ndarray], conventions: KinkConventions | None = None) -> ReferenceGradient:
         """The exact gradient at `inputs`, whose data may be one micro-batch of the case's."""
