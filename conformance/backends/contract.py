@@ -26,8 +26,11 @@ def check(method: str, result: Any, case: Case, dtype: str) -> None:
 
 def _gradient_run(run: Any, case: Case, dtype: str) -> None:
     _is(run, GradientRun, "gradients")
-    for field in ("values_before", "values_after", "values_after_repeat"):
-        _variables(getattr(run, field), case, f"gradients: {field}", dtype=dtype)
+    # the values before are the inputs as the adapter placed them; what differentiation or a step makes of them
+    # afterwards, their dtype included, is the framework's doing, for the properties to judge
+    _variables(run.values_before, case, "gradients: values_before", dtype=dtype)
+    for field in ("values_after", "values_after_repeat"):
+        _variables(getattr(run, field), case, f"gradients: {field}")
     for field in ("gradients", "gradients_repeat"):
         _variables(getattr(run, field), case, f"gradients: {field}", none_allowed=True)
 
@@ -40,8 +43,9 @@ def _update_run(run: Any, case: Case, dtype: str) -> None:
             f"updates: {len(run.values)} values and {len(run.gradients)} gradients for {steps} steps "
             f"(expected {steps + 1} and {steps})"
         )
-    for step, values in enumerate(run.values):
-        _variables(values, case, f"updates: values[{step}]", dtype=dtype)
+    _variables(run.values[0], case, "updates: values[0]", dtype=dtype)
+    for step, values in enumerate(run.values[1:], start=1):
+        _variables(values, case, f"updates: values[{step}]")
     for step, gradients in enumerate(run.gradients):
         _variables(gradients, case, f"updates: gradients[{step}]", none_allowed=True)
 
