@@ -101,15 +101,18 @@ class ConformanceItem:
     def gradients(self, inputs: dict[str, np.ndarray], backend: Backend | None = None) -> GradientRun:
         return self.call("gradients", inputs, backend=backend)
 
-    def call(self, method: str, *args, backend: Backend | None = None):
+    def call(self, method: str, *args, backend: Backend | None = None, partner: bool = False):
         """`backend.<method>(case, *args, dtype, variant, device)`, crashes and what the adapter's contract does not
-        allow (conformance.backends.contract) turned into BackendError."""
+        allow (conformance.backends.contract) turned into BackendError. A case the backend cannot run natively makes
+        the item not applicable, or, for a comparison `partner`, gives None (that partner is left out)."""
         backend = backend or self.backend
         variant = self.spec.variant if backend is self.backend else backend.variants[0]
         device = self.spec.device if backend is self.backend else "cpu"
         try:
             result = getattr(backend, method)(self.case, *args, self.spec.dtype, variant, device)
         except NotApplicable as reason:
+            if partner:
+                return None
             pytest.skip(f"{NOT_APPLICABLE}{reason}")
         except Exception as error:  # noqa: BLE001 - any crash inside a framework is a result, not a harness bug
             first_line = str(error).splitlines()[0][:300] if str(error) else ""

@@ -28,6 +28,20 @@ def _complete(item, hyper: dict, backend) -> dict:
         pytest.skip(f"not applicable: {problem}")
 
 
+def _runs_the_rule(backend, case) -> bool:
+    """Whether `backend` declares a native optimizer for the case's rule and a default for every hyperparameter
+    the case leaves out: a comparison partner; one that does not is left out of the comparison, not the item."""
+    if backend.optimizers is None:
+        return False
+    hyperparameters = case.update.hyperparameters.items()
+    try:
+        given = {name: spec.value if spec.range is None else spec.range[0] for name, spec in hyperparameters}
+        optimizers.hyperparameters(case.update.rule, backend.name, backend.optimizers, given)
+    except ValueError:
+        return False
+    return True
+
+
 def _native_accumulation(item) -> None:
     """Accumulation items of a backend whose adapter has no accumulation mechanism are not applicable."""
     if type(item.backend).accumulation is Backend.accumulation:
@@ -96,9 +110,10 @@ def test_updates_at_probes(conformance_item):
     """The native steps at the run's probe inputs and hyperparameters (observations.py), recorded so that runs
     made apart can be compared, and each checked as update.matches_reference checks a drawn example."""
     item, dtype = conformance_item, conformance_item.spec.dtype
-    _require_optimizers(item.backend)
     probes = observations.probe_inputs(item.case, dtype, item.probe_seed)
     hypers = observations.probe_hyperparameters(item.case, dtype, item.probe_seed)
+    for hyper in hypers:  # a rule or a default the backend lacks: not applicable before anything runs
+        _complete(item, hyper, item.backend)
     runs = []
     for inputs, hyper in zip(probes, hypers, strict=True):
         item.last_inputs, item.examples = inputs, item.examples + 1
@@ -126,15 +141,15 @@ def test_updates_at_probes(conformance_item):
 @property_test("update.agrees_across_backends", requires="update")
 def test_update_agrees_across_backends(conformance_item, data):
     item, rule = conformance_item, conformance_item.case.update.rule
-    _require_optimizers(item.backend)
+    mine = item.backend
+    _require_optimizers(mine)
     installed = [other for other in map(backends.load, item.other_backends) if other.unavailable_reason() is None]
-    others = [other for other in installed if other.optimizers is not None]
+    others = [other for other in installed if _runs_the_rule(other, item.case)]
     if not others:
-        pytest.skip("needs a second installed backend with native optimizers in the run")
+        pytest.skip("needs a second installed backend with a native optimizer for this rule in the run")
     inputs = item.draw_inputs(data)
     hyper = data.draw(strategies.hyperparameters(item.case), label="hyperparameters")
     reference_for = update_properties.summed_reference(item.case, inputs, item.spec.dtype)
-    mine = item.backend
     complete = _complete(item, hyper, mine)
     sides = [(mine, complete)] + [(other, _complete(item, hyper, other)) for other in others]
     for backend, hyperparameters in sides:  # platforms differ in flushing subnormals, not in formulas
@@ -143,13 +158,20 @@ def test_update_agrees_across_backends(conformance_item, data):
     own = _own_side(item, complete, item.call("updates", inputs, hyper))
     # this backend's own steps and fed gradients first: a wrong training step fails here whatever the others do
     item.check(_health(item, own, inputs, reference_for)[0])
-    for other, other_complete in sides[1:]:
+    partners = [
+        (other, complete, item.call("updates", inputs, hyper, backend=other, partner=True))
+        for other, complete in sides[1:]
+    ]
+    partners = [(other, complete, run) for other, complete, run in partners if run is not None]
+    if not partners:
+        pytest.skip("not applicable: no other backend in the run has a native way to run this case")
+    for other, other_complete, their_run in partners:
         theirs = update_properties.Side(
             other.name,
             other_complete,
             other.optimizers,
             other.conventions,
-            item.call("updates", inputs, hyper, backend=other),
+            their_run,
             other.decay_rates_in_dtype("cpu"),
         )
         verdict = update_properties.agreement(rule, hyper, own, theirs, start, reference_for, item.spec.dtype)

@@ -63,6 +63,8 @@ def check_hyperparameters(rule: str, given: Hyper) -> None:
 def hyperparameters(rule: str, framework: str, declared: OptimizerDeclaration, given: Hyper) -> dict[str, float | bool]:
     """The complete hyperparameters `framework` runs `rule` with: the case's values over the defaults it declares."""
     check_hyperparameters(rule, given)
+    if rule not in declared.defaults:
+        raise ValueError(f"update.rule: {framework} declares no native optimizer for {rule!r}")
     complete = {**declared.defaults[rule], **given, **FORCED.get(rule, {})}
     missing = [name for name in RULE_HYPERPARAMETERS[base_rule(rule)] if name not in complete]
     if missing:
