@@ -159,10 +159,10 @@ def test_update_agrees_across_backends(conformance_item, data):
     # this backend's own steps and fed gradients first: a wrong training step fails here whatever the others do
     item.check(_health(item, own, inputs, reference_for)[0])
     partners = [
-        (other, complete, item.call("updates", inputs, hyper, backend=other, partner=True))
-        for other, complete in sides[1:]
+        (other, other_complete, item.call("updates", inputs, hyper, backend=other, partner=True))
+        for other, other_complete in sides[1:]
     ]
-    partners = [(other, complete, run) for other, complete, run in partners if run is not None]
+    partners = [partner for partner in partners if partner[2] is not None]
     if not partners:
         pytest.skip("not applicable: no other backend in the run has a native way to run this case")
     for other, other_complete, their_run in partners:
