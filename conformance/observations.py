@@ -158,6 +158,10 @@ class Unreadable(ValueError):
     """An observation that cannot be compared; the message says what is wrong, in one line."""
 
 
+# what reading a hand-edited or hostile observation may raise (a number too large for a float: OverflowError)
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+
+
 @dataclass(frozen=True)
 class Probe:
     run: GradientRun
@@ -189,7 +193,7 @@ def read_gradient_observation(raw: Any, dtype: str, case: Case) -> GradientObser
             run = GradientRun(float("nan"), values, values, values, gradients, gradients)
             read.append(Probe(run, exact_gradient(case, inputs, conventions, dtype), inputs))
         return GradientObservation(case.digest, seed, conventions, tuple(read))
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+    except MALFORMED as error:
         raise Unreadable(f"malformed gradient observation ({type(error).__name__}: {error})") from None
 
 
@@ -297,7 +301,7 @@ def read_update_observation(raw: Any, dtype: str, case: Case) -> UpdateObservati
         if not isinstance(decay_rates_in_dtype, bool):
             raise ValueError("decay_rates_in_dtype is not true or false")
         return UpdateObservation(case.digest, seed, conventions, decay_rates_in_dtype, tuple(read))
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+    except MALFORMED as error:
         raise Unreadable(f"malformed update observation ({type(error).__name__}: {error})") from None
 
 
@@ -362,5 +366,5 @@ def read_accumulation_observation(raw: Any, dtype: str, case: Case) -> Accumulat
             references = [exact_gradient(case, batch, conventions, dtype) for batch in batches]
             read.append(AccumulationProbe(inputs, run, references))
         return AccumulationObservation(case.digest, seed, conventions, tuple(read))
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+    except MALFORMED as error:
         raise Unreadable(f"malformed accumulation observation ({type(error).__name__}: {error})") from None

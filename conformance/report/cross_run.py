@@ -86,8 +86,7 @@ def _compare(records: list[Record], cases: list[Case]) -> list[Record]:
             if case is None:
                 raise Unreadable(f"no case file here has digest {digest} (conformance report --cases DIR)")
             observed: Observation = READERS[record.property](record.observations, record.dtype, case)
-            if record.backend in builtin:
-                observed = _as_declared(observed, record)
+            observed = _as_declared(observed, record) if record.backend in builtin else _unverified(observed)
         except Unreadable as problem:
             observed = str(problem)
         groups[(record.property, record.case, record.dtype)].append((record, (observed, case)))
@@ -159,6 +158,15 @@ def _as_declared(observed: GradientObservation | UpdateObservation | Accumulatio
     return observed
 
 
+def _unverified(observed: GradientObservation | UpdateObservation | AccumulationObservation):
+    """For a backend whose adapter is not here, nothing that would widen a bound on the file's word alone: a
+    narrower accumulator it claims is not taken (its result is judged in the run's dtype)."""
+    if not isinstance(observed, AccumulationObservation):
+        return observed
+    probes = tuple(replace(probe, run=replace(probe.run, accumulator_dtype=None)) for probe in observed.probes)
+    return replace(observed, probes=probes)
+
+
 def _pair(record: Record, mine: Observation, other: Record, theirs: Observation, case: Case) -> Pair:
     reason = _not_comparable(mine, theirs)
     if reason:
@@ -171,11 +179,12 @@ def _pair(record: Record, mine: Observation, other: Record, theirs: Observation,
 
 
 def _over_probes(other: Record, mine, theirs, judge: Callable) -> Pair:
-    """The pair's outcome over every probe: the first failure, else the worst comparison with the first
-    explanation. `judge(my_probe, their_probe)` gives an `update_properties.Verdict`, or None to leave the probe
-    out (it comes near underflow)."""
+    """The pair's outcome over every probe: the first failure, else the worst comparison with every distinct
+    explanation (each probe may need another: the probe at zero differs only in what the frameworks document).
+    `judge(my_probe, their_probe)` gives an `update_properties.Verdict`, or None to leave the probe out (it
+    comes near underflow)."""
     worst: Comparison | None = None
-    explained: Pair | None = None
+    explanations: dict[str, tuple[int, str | None]] = {}  # explanation -> the first probe it explains, citation
     for index, (my_probe, their_probe) in enumerate(zip(mine.probes, theirs.probes, strict=True)):
         try:
             verdict = judge(my_probe, their_probe)
@@ -188,12 +197,14 @@ def _over_probes(other: Record, mine, theirs, judge: Callable) -> Pair:
             return Pair(other, "fail", verdict.comparison, where, inputs=my_probe.inputs)
         if worst is None or verdict.comparison.ratio >= worst.ratio:
             worst = verdict.comparison
-        if verdict.outcome == "divergent" and explained is None:
-            explained = Pair(other, "divergent", None, f"probe {index}: {verdict.explanation}", verdict.citation)
+        if verdict.outcome == "divergent":
+            explanations.setdefault(verdict.explanation, (index, verdict.citation))
     if worst is None:
         return Pair(other, "not_comparable", why="every probe comes near underflow")
-    if explained is not None:
-        return replace(explained, comparison=worst)
+    if explanations:
+        why = "; ".join(f"probe {index}: {text}" for text, (index, _) in explanations.items())
+        cited = {url for _, citation in explanations.values() if citation for url in citation.split("; ")}
+        return Pair(other, "divergent", worst, why, "; ".join(sorted(cited)))
     return Pair(other, "pass", worst)
 
 

@@ -344,3 +344,29 @@ def test_comparing_in_processes_gives_the_records_of_one_process(healthy, health
     one = cross_run.compare_observations(records, ALL_CASES())
     several = cross_run.compare_observations(records, ALL_CASES(), processes=2)
     assert len({r.case for r in one}) > 2 and sorted(map(repr, one)) == sorted(map(repr, several))
+
+
+def test_an_accumulation_merge_is_not_fooled_by_a_file_and_explains_every_probe(healthy_accumulation, tmp_path):
+    """Found by review: a number too large for a float is malformed, not the end of the merge; a narrower
+    accumulator claimed for a backend whose adapter is not here widens nothing; the pair names every reason its
+    probes needed (the probe at zero needs only the reductions, the others optax's float32 accumulator too)."""
+    case = "accumulation/mse-four-micro-batches"
+    torch, jax = (
+        next(r for r in healthy_accumulation if (r.backend, r.case, r.dtype) == (name, case, "float64"))
+        for name in ("torch", "jax")
+    )
+    huge = replace(_hostile(torch, accumulated=lambda entry: {"w": [10**400, 0.0, 0.0]}), variant="huge")
+    slightly_off = lambda entry: _scaled(entry["accumulated"], 1 + 1e-7)  # noqa: E731
+    claimed = _hostile(torch, accumulator_dtype=lambda entry: "float32", accumulated=slightly_off)
+    elsewhere = replace(claimed, backend="elsewhere")  # no adapter here: its claim cannot be held to a declaration
+
+    def merged(*records) -> dict:
+        path = write_run(tmp_path / "review.jsonl", "run", list(records))
+        return {
+            r.backend + r.variant: r for r in cross_run.compare_observations(load_results([path]).records, ALL_CASES())
+        }
+
+    assert "malformed accumulation observation (OverflowError" in merged(jax, huge)["torchhuge"].message
+    assert merged(jax, elsewhere)["elsewhereeager"].outcome == "fail"
+    pair = merged(torch, jax)["torcheager"].pairs[0]
+    assert pair["outcome"] == "divergent" and "gives the sum" in pair["why"] and "float32" in pair["why"]
