@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from conformance.backends.base import AccumulationRun, GradientRun, UpdateRun, micro_batches, step_resolution
+from conformance.backends.base import (
+    REDUCTIONS,
+    AccumulationRun,
+    GradientRun,
+    UpdateRun,
+    micro_batches,
+    step_resolution,
+)
 from conformance.cases import Case
 from conformance.reference.conventions import SWITCH_NAMES, KinkConventions
 from conformance.reference.gradients import ReferenceGradient, exact_gradient
@@ -31,7 +38,6 @@ PROBES = 3
 KIND_GRADIENTS = "gradients"
 KIND_UPDATES = "updates"
 KIND_ACCUMULATION = "accumulation"
-REDUCTIONS = ("sum", "mean")
 
 
 def probe_seed(hypothesis_seed: object) -> int:

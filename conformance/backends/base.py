@@ -41,6 +41,9 @@ class UpdateRun:
     state: dict[str, dict[str, np.ndarray]]  # slot -> variable -> array, as `native_optimizers` reads it
 
 
+REDUCTIONS = ("sum", "mean")  # what an accumulation mechanism may promise of the micro-batch gradients
+
+
 @dataclass(frozen=True)
 class AccumulationRun:
     """The framework's own gradient accumulation over micro-batches, and what its documentation promises."""

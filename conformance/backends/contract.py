@@ -7,10 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from conformance.backends.base import AccumulationRun, GradientRun, UpdateRun
+from conformance.backends.base import REDUCTIONS, AccumulationRun, GradientRun, UpdateRun
 from conformance.cases import Case
-
-REDUCTIONS = ("sum", "mean")
 
 
 class ContractViolation(ValueError):
