@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ import sympy as sp
 
 from conformance.cases import Case
 from conformance.expressions import lower
-from conformance.reference import symbolic
+from conformance.reference import cache, symbolic
 from conformance.reference.conventions import KinkConventions
 from conformance.reference.rounding import TINY, UNIT_ROUNDOFF, FlushBound, RoundingBound
 
@@ -35,27 +36,12 @@ class CompiledGradient:
 
     def __init__(self, case: Case):
         self.case = case
-        self.symbols = {
-            # identifiers as names ("w__3", unique since tensor names are identifiers): lambdify uses them as they are
-            spec.name: np.array(
-                [sp.Symbol(f"{spec.name}__{i}", real=True) for i in range(spec.size)], dtype=object
-            ).reshape(spec.shape)
-            for spec in case.tensors
-        }
-        target = symbolic.SymbolicTarget()
-        loss = sp.sympify(np.asarray(lower(case.loss, target, self.symbols), dtype=object).item())
-        variables = [symbol for name in case.variable_names for symbol in self.symbols[name].ravel()]
-        gradients = [sp.diff(loss, symbol) for symbol in variables]
-        bound, flushed = RoundingBound(target.constants), FlushBound()
-        bounds = [_sum_of(bound(gradient), flushed(gradient)) for gradient in gradients]
-        inputs = [symbol for spec in case.tensors for symbol in self.symbols[spec.name].ravel()]
-        arguments = [inputs + list(target.constants), list(symbolic.CONVENTION_SYMBOLS), UNIT_ROUNDOFF, TINY]
-        self._literal_values = list(target.constants.values())
-        modules = [symbolic.NUMPY_IMPLEMENTATIONS, "numpy"]
-        self._evaluate = sp.lambdify(
-            arguments, [loss, *gradients, *bounds], modules=modules, cse=_shared_subexpressions
-        )
-        self.gradient_expressions = dict(zip(variables, gradients, strict=True))
+        kept = cache.load(case)
+        if kept is None:
+            self._evaluate, self._literal_values = _compile(case)
+            cache.store(case, self._evaluate, self._literal_values)
+        else:
+            self._evaluate, self._literal_values = kept
 
     def __call__(self, inputs: dict[str, np.ndarray], conventions: KinkConventions, dtype: str) -> ReferenceGradient:
         flat = [float(v) for spec in self.case.tensors for v in np.asarray(inputs[spec.name], np.float64).ravel()]
@@ -79,6 +65,29 @@ class CompiledGradient:
             result[spec.name] = flat[start : start + spec.size].reshape(spec.shape)
             start += spec.size
         return result
+
+
+def _compile(case: Case) -> tuple[Callable, list[float]]:
+    """The numpy function of (inputs and literals, conventions, unit roundoff, tiny) that returns the loss, every
+    gradient element and every element's bound; and the literals' values."""
+    symbols = {
+        # identifiers as names ("w__3", unique since tensor names are identifiers): lambdify uses them as they are
+        spec.name: np.array(
+            [sp.Symbol(f"{spec.name}__{i}", real=True) for i in range(spec.size)], dtype=object
+        ).reshape(spec.shape)
+        for spec in case.tensors
+    }
+    target = symbolic.SymbolicTarget()
+    loss = sp.sympify(np.asarray(lower(case.loss, target, symbols), dtype=object).item())
+    variables = [symbol for name in case.variable_names for symbol in symbols[name].ravel()]
+    gradients = [sp.diff(loss, symbol) for symbol in variables]
+    bound, flushed = RoundingBound(target.constants), FlushBound()
+    bounds = [_sum_of(bound(gradient), flushed(gradient)) for gradient in gradients]
+    inputs = [symbol for spec in case.tensors for symbol in symbols[spec.name].ravel()]
+    arguments = [inputs + list(target.constants), list(symbolic.CONVENTION_SYMBOLS), UNIT_ROUNDOFF, TINY]
+    modules = [symbolic.NUMPY_IMPLEMENTATIONS, "numpy"]
+    evaluate = sp.lambdify(arguments, [loss, *gradients, *bounds], modules=modules, cse=_shared_subexpressions)
+    return evaluate, list(target.constants.values())
 
 
 def _shared_subexpressions(expressions: list[sp.Expr]):
