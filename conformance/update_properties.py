@@ -192,11 +192,16 @@ def summed_reference(case: Case, inputs: dict, dtype: str) -> Callable:
     Keras), zeros where it gives zeros (jax.grad), as the optimizer then sees it."""
     unused = set(case.variable_names) - names_used(case.loss)
     u = unit_roundoff(dtype)
+    # the same parameters recur within one example (every trajectory from the start, each side's health and its
+    # comparisons): the exact sums at them are computed once
+    known: dict[tuple, tuple[dict, dict]] = {}
 
-    def reference_for(switches, conventions):
-        missing = set() if switches.no_gradient == "zero" else unused
-
-        def at(params: dict) -> tuple[dict, dict]:
+    def summed(params: dict, conventions) -> tuple[dict, dict]:
+        key = (
+            conventions.values(),
+            *((name, np.asarray(params[name], np.float64).tobytes()) for name in sorted(params)),
+        )
+        if key not in known:
             batches = micro_batches(case, {**inputs, **params})
             references = [exact_gradient(case, batch, conventions, dtype) for batch in batches]
             gradients = {name: sum(r.gradients[name] for r in references) for name in references[0].gradients}
@@ -205,7 +210,15 @@ def summed_reference(case: Case, inputs: dict, dtype: str) -> Callable:
                 + (len(references) - 1) * u * sum(np.abs(r.gradients[name]) for r in references)
                 for name in references[0].bounds
             }
-            return {name: None if name in missing else gradient for name, gradient in gradients.items()}, bounds
+            known[key] = gradients, bounds
+        return known[key]
+
+    def reference_for(switches, conventions):
+        missing = set() if switches.no_gradient == "zero" else unused
+
+        def at(params: dict) -> tuple[dict, dict]:
+            gradients, bounds = summed(params, conventions)
+            return {name: None if name in missing else gradient for name, gradient in gradients.items()}, dict(bounds)
 
         return at
 
