@@ -106,7 +106,10 @@ class ConformanceItem:
         allow (conformance.backends.contract) turned into BackendError. A case the backend cannot run natively makes
         the item not applicable, or, for a comparison `partner`, gives None (that partner is left out)."""
         backend = backend or self.backend
-        variant = self.spec.variant if backend is self.backend else backend.variants[0]
+        if backend is self.backend:
+            variant = self.spec.variant
+        else:  # a partner runs its first variant of the kind
+            variant = (backend.training_step_variants() if method == "updates" else backend.variants)[0]
         device = self.spec.device if backend is self.backend else "cpu"
         try:
             result = getattr(backend, method)(self.case, *args, self.spec.dtype, variant, device)

@@ -30,6 +30,8 @@ class Verdict:
     caught_by: tuple[str, ...]  # properties that failed with the fault and passed without it
     errors: int  # items that crashed with the fault
     items: int
+    caught_in: tuple[str, ...] = ()  # the backend's variants with an item that caught it
+    ran_in: tuple[str, ...] = ()  # the variants with an item run
 
     @property
     def caught(self) -> bool:
@@ -73,25 +75,37 @@ def run_suite(
 
 def verdict(fault: faults.Fault, planted: dict, baseline: dict) -> Verdict:
     healthy = ("pass", "divergent")  # divergent: an explained difference, e.g. Keras averaging where torch sums
-    caught = sorted({key[1] for key, outcome in planted.items() if outcome == "fail" and baseline.get(key) in healthy})
+    catching = [key for key, outcome in planted.items() if outcome == "fail" and baseline.get(key) in healthy]
     errors = sum(outcome == "error" for outcome in planted.values())
-    return Verdict(fault, tuple(caught), errors, len(planted))
+    return Verdict(
+        fault,
+        tuple(sorted({key[1] for key in catching})),
+        errors,
+        len(planted),
+        caught_in=tuple(sorted({key[2] for key in catching})),
+        ran_in=tuple(sorted({key[2] for key in planted})),
+    )
 
 
 def table(verdicts: Sequence[Verdict]) -> str:
-    """A Markdown table, one row per fault and backend."""
+    """A Markdown table, one row per fault and backend; a variant that ran the fault's properties and caught
+    nothing is named as missed."""
     rows = [
-        "| fault | backend | what it does | properties run | caught by | family | items |",
-        "|---|---|---|---|---|---|---|",
+        "| fault | backend | what it does | properties run | caught by | family | variants | items |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for v in verdicts:
         caught = ", ".join(v.caught_by) if v.caught else "**NOT CAUGHT**"
         if v.errors:
             caught += f" ({v.errors} items crashed)"
         families = ", ".join(sorted({name.split(".")[0] for name in v.caught_by})) or "-"
+        missed = [variant for variant in v.ran_in if variant not in v.caught_in]
+        variants = ", ".join(v.caught_in) or "-"
+        if missed:
+            variants += f"; **missed in {', '.join(missed)}**"
         rows.append(
             f"| {v.fault.name} | {v.fault.backend} | {v.fault.description} | {v.fault.selected} | "
-            f"{caught} | {families} | {v.items} |"
+            f"{caught} | {families} | {variants} | {v.items} |"
         )
     return "\n".join(rows)
 

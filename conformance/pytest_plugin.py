@@ -224,6 +224,19 @@ def _selected(case: Case, requires: str | None) -> bool:
     }[requires]
 
 
+def _variants(backend, marker: pytest.Mark) -> tuple[str, ...]:
+    """Gradient items run every variant; update items every variant of the training step (torch's optimizer
+    implementations), comparisons with other backends only its first (the merge compares the others at the
+    probes); accumulation items the first variant."""
+    requires = marker.kwargs.get("requires")
+    if requires in (None, "no_update", "expect"):
+        return backend.variants
+    if requires in ("update", "expect_update"):
+        variants = backend.training_step_variants()
+        return variants[:1] if marker.kwargs.get("first_variant_only") else variants
+    return backend.variants[:1]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "conformance_item" not in metafunc.fixturenames:
         return
@@ -241,13 +254,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                     spec = ItemSpec(marker.args[0], case, name, "default", "cpu", dtype)
                     params.append(pytest.param(spec, id=spec.id, marks=pytest.mark.skip(reason=reason)))
                     continue
-                # updates and accumulation run each framework's first variant: compilation is the gradients' concern
-                variants = (
-                    backend.variants
-                    if marker.kwargs.get("requires") in (None, "no_update", "expect")
-                    else backend.variants[:1]
-                )
-                for variant in variants:
+                for variant in _variants(backend, marker):
                     for device in backend.devices():
                         spec = ItemSpec(marker.args[0], case, name, variant, device, dtype)
                         params.append(pytest.param(spec, id=spec.id))

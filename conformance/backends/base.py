@@ -83,6 +83,9 @@ class Backend:
 
     name: str = ""
     variants: tuple[str, ...] = ("default",)
+    # the ways the framework runs a training step, where it ships several (torch's for-loop, foreach and fused
+    # optimizers): the update items' variants; empty: the first of `variants`
+    update_variants: tuple[str, ...] = ()
     conventions: KinkConventions = KinkConventions()
     accumulation_mechanism: AccumulationMechanism | None = None  # None: no native accumulation
     optimizers: OptimizerDeclaration | None = None  # None: no native optimizers (update items not applicable)
@@ -94,9 +97,13 @@ class Backend:
     def versions(self) -> dict[str, str]:
         raise NotImplementedError
 
-    def decay_rates_in_dtype(self, device: str) -> bool:
-        """Whether the native optimizers cast decay rates to the variables' dtype before computing 1 - b^t on
-        `device` (the conservative default; see update_properties.step_roundings)."""
+    def training_step_variants(self) -> tuple[str, ...]:
+        """The variants update items run: `update_variants`, else the first of `variants`."""
+        return self.update_variants or self.variants[:1]
+
+    def decay_rates_in_dtype(self, device: str, variant: str | None = None) -> bool:
+        """Whether the native optimizers, run as `variant` (an update variant), cast decay rates to the variables'
+        dtype before computing 1 - b^t on `device` (the conservative default; see update_properties.step_roundings)."""
         return True
 
     def devices(self) -> list[str]:

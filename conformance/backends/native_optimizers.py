@@ -67,10 +67,15 @@ def _source(value: Any) -> str:
     return value.source() if isinstance(value, Call) else repr(value)
 
 
-def build(call: Call, params: Any = None) -> Any:
-    """Runs the call: imports the framework, resolves the dotted name by attribute access, substitutes `params`."""
+def build_target(call: Call) -> Any:
+    """What the call calls: imports the framework and resolves the dotted name by attribute access."""
     root, *path = call.function.split(".")
-    function = functools.reduce(getattr, path, importlib.import_module(MODULES[root]))
+    return functools.reduce(getattr, path, importlib.import_module(MODULES[root]))
+
+
+def build(call: Call, params: Any = None) -> Any:
+    """Runs the call (see build_target), substituting `params`."""
+    function = build_target(call)
     args = [params if a is PARAMS else build(a, params) if isinstance(a, Call) else a for a in call.args]
     kwargs = {k: build(v, params) if isinstance(v, Call) else v for k, v in call.kwargs.items()}
     return function(*args, **kwargs)
@@ -165,9 +170,25 @@ def _native_value(value: float | bool) -> float | bool:
 # ---------------------------------------------------------------------------------------------------- building
 
 
-def torch_optimizer(rule: str, given: Hyper, params: list[Any]) -> Any:
-    """`torch.optim.<Rule>(params, ...)` for a list of leaf tensors."""
-    return build(native_call("torch", rule, given), params)
+def torch_optimizer(
+    rule: str, given: Hyper, params: list[Any], implementation: Mapping[str, bool] | None = None
+) -> Any:
+    """`torch.optim.<Rule>(params, ...)` for a list of leaf tensors, with `implementation` (`foreach=True`,
+    `fused=True`) among its arguments; NotApplicable where the class has no such argument."""
+    import inspect
+
+    import torch
+
+    call = native_call("torch", rule, given)
+    accepted = inspect.signature(build_target(call)).parameters
+    implementation = implementation or {}
+    for argument in implementation:
+        if argument not in accepted:
+            raise NotApplicable(
+                f"{call.function} has no {argument} implementation (its constructor takes no `{argument}`, torch "
+                f"{torch.__version__})"
+            )
+    return build(Call(call.function, call.args, {**call.kwargs, **implementation}), params)
 
 
 def keras_optimizer(rule: str, given: Hyper) -> Any:

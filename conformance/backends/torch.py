@@ -182,9 +182,20 @@ OPTIMIZERS = OptimizerDeclaration(
 )
 
 
+OPTIMIZER_IMPLEMENTATIONS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def _implementation(variant: str) -> dict[str, bool]:
+    if variant not in OPTIMIZER_IMPLEMENTATIONS:
+        raise ValueError(f"torch runs updates as {', '.join(OPTIMIZER_IMPLEMENTATIONS)}, not {variant!r}")
+    return OPTIMIZER_IMPLEMENTATIONS[variant]
+
+
 class TorchBackend(Backend):
     name = "torch"
     variants = ("eager",)
+    # torch.optim's three implementations of each rule, asked for by name (on CPU the for-loop is the default)
+    update_variants = tuple(OPTIMIZER_IMPLEMENTATIONS)
     accumulation_mechanism = AccumulationMechanism("sum")  # .grad sums over backward() calls
     optimizers = OPTIMIZERS
     conventions = KinkConventions(
@@ -221,11 +232,11 @@ class TorchBackend(Backend):
 
         return torch
 
-    def decay_rates_in_dtype(self, device: str) -> bool:
-        """On CPU torch.optim takes the for-loop path (torch/optim/adam.py, _single_tensor_adam: bias_correction1 =
-        1 - beta1 ** step with step a Python float); on CUDA the foreach and fused paths raise float32 step tensors
-        to beta's power."""
-        return device != "cpu"
+    def decay_rates_in_dtype(self, device: str, variant: str | None = None) -> bool:
+        """The for-loop and foreach implementations compute 1 - beta1 ** step with step a Python float
+        (torch/optim/adam.py: _single_tensor_adam, and _multi_tensor_adam when not capturable); the fused kernel,
+        and a variant not named, are held to the conservative bound (decay rates in the dtype)."""
+        return variant not in ("for-loop", "foreach")
 
     def versions(self):
         return {"torch": self.torch.__version__}
@@ -277,7 +288,9 @@ class TorchBackend(Backend):
 
     def updates(self, case: Case, inputs: Arrays, hyper: dict, dtype: str, variant: str, device: str) -> UpdateRun:
         leaves, data, target = self._tensors(case, inputs, dtype, device)
-        optimizer = native_optimizers.torch_optimizer(case.update.rule, hyper, list(leaves.values()))
+        optimizer = native_optimizers.torch_optimizer(
+            case.update.rule, hyper, list(leaves.values()), _implementation(variant)
+        )
         to_numpy = lambda tensor: tensor.detach().cpu().numpy()  # noqa: E731
         values, gradients = [copied(leaves, to_numpy)], []
         batches = [self._tensors(case, batch, dtype, device)[1] for batch in micro_batches(case, inputs)]

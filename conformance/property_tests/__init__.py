@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from conformance import profiles
 
 
-def property_test(name: str, requires: str | None = None) -> Callable:
-    """A property test: marked for the plugin, given Hypothesis' data, under the suite's chosen profile, and
-    targeted at the example's largest error / tolerance."""
+def property_test(name: str, requires: str | None = None, first_variant_only: bool = False) -> Callable:
+    """A property test: marked for the plugin (`first_variant_only`: of a backend's update variants), given
+    Hypothesis' data, under the suite's chosen profile, and targeted at the example's largest error / tolerance."""
 
     def decorate(test: Callable) -> Callable:
         @functools.wraps(test)
@@ -31,6 +31,7 @@ def property_test(name: str, requires: str | None = None) -> Callable:
                 # item pays for every one before it shrinks
                 hypothesis.target(conformance_item.example_ratio, label="error / tolerance")
 
-        return pytest.mark.conformance(name, requires=requires)(profiles.chosen()(given(data=st.data())(targeted)))
+        marker = pytest.mark.conformance(name, requires=requires, first_variant_only=first_variant_only)
+        return marker(profiles.chosen()(given(data=st.data())(targeted)))
 
     return decorate

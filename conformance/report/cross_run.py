@@ -133,7 +133,8 @@ def _as_declared(observed: GradientObservation | UpdateObservation | Accumulatio
     """For a backend whose adapter is here, what it declares rules, not what the file says: a file may not claim
     other conventions, nor another accumulation mechanism (its reduction, a step read back, a narrower accumulator
     widen its bound), and the decay rates' precision (which widens Adam's step bound) is the adapter's for the
-    record's device. A backend whose adapter is not here keeps the file's conventions, checked admissible."""
+    record's device and variant. A backend whose adapter is not here keeps the file's conventions, checked
+    admissible."""
     adapter = backends.load(record.backend)
     declared = {name: getattr(adapter.conventions, name) for name in SWITCH_NAMES}
     if {name: getattr(observed.conventions, name) for name in SWITCH_NAMES} != declared:
@@ -141,7 +142,9 @@ def _as_declared(observed: GradientObservation | UpdateObservation | Accumulatio
     observed = replace(observed, conventions=adapter.conventions)
     if isinstance(observed, UpdateObservation):
         observed = replace(
-            observed, decay_rates_in_dtype=adapter.decay_rates_in_dtype(record.device), optimizers=adapter.optimizers
+            observed,
+            decay_rates_in_dtype=adapter.decay_rates_in_dtype(record.device, record.variant),
+            optimizers=adapter.optimizers,
         )
     if isinstance(observed, AccumulationObservation):
         declared = adapter.accumulation_mechanism

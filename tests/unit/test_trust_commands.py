@@ -32,6 +32,16 @@ def test_an_uncaught_fault_stands_out_in_the_table():
     assert "**NOT CAUGHT**" in rows[3]
 
 
+def test_a_variant_that_ran_the_properties_and_caught_nothing_is_named_in_the_table():
+    baseline = {("a", "update.matches_reference", variant, "float32"): "pass" for variant in ("for-loop", "fused")}
+    planted = {**baseline, ("a", "update.matches_reference", "for-loop", "float32"): "fail"}
+    found = verdict(FAULT, planted, baseline)
+    assert found.caught_in == ("for-loop",) and found.ran_in == ("for-loop", "fused")
+    assert "| for-loop; **missed in fused** |" in table([found]).splitlines()[2]
+    everywhere = verdict(FAULT, dict.fromkeys(baseline, "fail"), baseline)
+    assert "| for-loop, fused |" in table([everywhere]).splitlines()[2]
+
+
 def test_every_fault_has_a_distinct_key_and_cases():
     keys = [fault.key for fault in faults.FAULTS]
     assert len(keys) == len(set(keys)) and all(fault.cases and fault.expected for fault in faults.FAULTS)

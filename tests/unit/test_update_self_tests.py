@@ -45,14 +45,14 @@ def backend_or_skip(name: str):
 def update_check(backend, case, inputs: dict, hyper: dict, dtype: str):
     """`update.matches_reference` as tests/conformance/test_updates.py runs it: steps and fed gradients."""
     complete = optimizers.hyperparameters(case.update.rule, backend.name, backend.optimizers, hyper)
-    run = backend.updates(case, inputs, hyper, dtype, backend.variants[0], "cpu")
+    run = backend.updates(case, inputs, hyper, dtype, backend.training_step_variants()[0], "cpu")
     side = update_properties.Side(
         backend.name,
         complete,
         backend.optimizers,
         backend.conventions,
         run,
-        backend.decay_rates_in_dtype("cpu"),
+        backend.decay_rates_in_dtype("cpu", backend.training_step_variants()[0]),
     )
     reference_at = update_properties.summed_reference(case, inputs, dtype)(side.switches, side.conventions)
     start = {spec.name: inputs[spec.name] for spec in case.variables}
