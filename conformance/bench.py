@@ -3,8 +3,8 @@ dtype and case, beside a bare loop that differentiates with the framework alone.
 
 Per example (medians over repeats, after a warm-up that compiles what the suite caches):
     bare       one differentiation as the framework's users write it, inputs already in the framework
-    adapter    the backend's `gradients`: inputs converted in, two differentiations (the second checks that none
-               leaves state behind), values and gradients copied out
+    adapter    the backend's `differentiate_once`, as the property calls it: inputs converted in, one
+               differentiation, values and gradients copied out
     reference  the exact gradient and its bound (`exact_gradient`), once the case is compiled
     example    one Hypothesis example of the property test itself, as pytest runs it
     harness    example - adapter - reference: drawing, comparison, bookkeeping and Hypothesis' own work
@@ -83,8 +83,8 @@ def measure(backend, case, variant: str, dtype: str, repeats: int) -> Row:
         bare_ms = median_ms(bare, repeats)
     except NotImplementedError:
         bare_ms = None
-    backend.gradients(case, inputs, dtype, variant, "cpu")
-    adapter = median_ms(lambda: backend.gradients(case, inputs, dtype, variant, "cpu"), repeats)
+    backend.differentiate_once(case, inputs, dtype, variant, "cpu")
+    adapter = median_ms(lambda: backend.differentiate_once(case, inputs, dtype, variant, "cpu"), repeats)
     exact_gradient(case, inputs, backend.conventions, dtype)
     reference = median_ms(lambda: exact_gradient(case, inputs, backend.conventions, dtype), repeats)
     spec = ItemSpec("gradient.matches_reference", case, backend.name, variant, "cpu", dtype)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -220,15 +221,15 @@ def torch_stale_gradients(patches: Patches) -> None:
     """Every torch.optim step after the first applies the gradient of the step before (a stale parameter's)."""
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    previous: dict[int, list] = {}
+    previous: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # an id would pass to the next optimizer
 
     def stale(optimizer, args, kwargs):
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         current = [None if p.grad is None else p.grad.detach().clone() for p in parameters]
-        for parameter, old in zip(parameters, previous.get(id(optimizer), []), strict=False):
+        for parameter, old in zip(parameters, previous.get(optimizer, []), strict=False):
             if old is not None and parameter.grad is not None:
                 parameter.grad.copy_(old)
-        previous[id(optimizer)] = current
+        previous[optimizer] = current
 
     patches.keep(register_optimizer_step_pre_hook(stale))
 

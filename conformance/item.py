@@ -98,8 +98,12 @@ class ConformanceItem:
             pytest.skip(f"{NOT_APPLICABLE}the goldens hold to {stated} precision only")
         return goldens
 
-    def gradients(self, inputs: dict[str, np.ndarray], backend: Backend | None = None) -> GradientRun:
-        return self.call("gradients", inputs, backend=backend)
+    def gradients(
+        self, inputs: dict[str, np.ndarray], backend: Backend | None = None, repeated: bool = False
+    ) -> GradientRun:
+        """The backend's gradients at `inputs`: one differentiation, or with `repeated` a second one at the same
+        point (its fields, None otherwise, are what differentiation.* read)."""
+        return self.call("gradients" if repeated else "differentiate_once", inputs, backend=backend)
 
     def call(self, method: str, *args, backend: Backend | None = None, partner: bool = False):
         """`backend.<method>(case, *args, dtype, variant, device)`, crashes and what the adapter's contract does not

@@ -22,14 +22,15 @@ class NotApplicable(Exception):
 
 @dataclass(frozen=True)
 class GradientRun:
-    """Everything one differentiation, and its repetition, left behind, copied out of the framework."""
+    """Everything one differentiation, and its repetition, left behind, copied out of the framework (the
+    repetition's fields are None where a property asked for one differentiation: `differentiate_once`)."""
 
     loss: float
     values_before: Arrays
     values_after: Arrays  # after the first differentiation
-    values_after_repeat: Arrays  # after differentiating a second time, as a user would in the next step
+    values_after_repeat: Arrays | None  # after differentiating a second time, as a user would in the next step
     gradients: dict[str, np.ndarray | None]  # None: the framework gives no gradient (an unused variable)
-    gradients_repeat: dict[str, np.ndarray | None]
+    gradients_repeat: dict[str, np.ndarray | None] | None
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,13 @@ class Backend:
         return ["cpu"]
 
     def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
+        """Differentiate, then differentiate again at the same point, as a user would in the next step."""
         raise NotImplementedError
+
+    def differentiate_once(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
+        """One differentiation, for the properties that read one (the repetition's fields may be None): by default
+        `gradients`, which differentiates twice; an adapter may do the one alone."""
+        return self.gradients(case, inputs, dtype, variant, device)
 
     def bare_gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> Callable[[], Any]:
         """One differentiation as the framework's users write it, with the inputs already in the framework and

@@ -17,20 +17,31 @@ class ContractViolation(ValueError):
 
 def check(method: str, result: Any, case: Case, dtype: str) -> None:
     """ContractViolation unless `result` is what `Backend.<method>` promises for `case` in `dtype`."""
-    checks = {"gradients": _gradient_run, "updates": _update_run, "accumulation": _accumulation_run}
+    checks = {
+        "gradients": _gradient_run,
+        "differentiate_once": _one_differentiation,
+        "updates": _update_run,
+        "accumulation": _accumulation_run,
+    }
     if method in checks:
         checks[method](result, case, dtype)
 
 
-def _gradient_run(run: Any, case: Case, dtype: str) -> None:
-    _is(run, GradientRun, "gradients")
+def _gradient_run(run: Any, case: Case, dtype: str, method: str = "gradients", repeated: bool = True) -> None:
+    _is(run, GradientRun, method)
     # the values before are the inputs as the adapter placed them; what differentiation or a step makes of them
     # afterwards, their dtype included, is the framework's doing, for the properties to judge
-    _variables(run.values_before, case, "gradients: values_before", dtype=dtype)
-    for field in ("values_after", "values_after_repeat"):
-        _variables(getattr(run, field), case, f"gradients: {field}")
-    for field in ("gradients", "gradients_repeat"):
-        _variables(getattr(run, field), case, f"gradients: {field}", none_allowed=True)
+    _variables(run.values_before, case, f"{method}: values_before", dtype=dtype)
+    _variables(run.values_after, case, f"{method}: values_after")
+    _variables(run.gradients, case, f"{method}: gradients", none_allowed=True)
+    if repeated or run.values_after_repeat is not None or run.gradients_repeat is not None:
+        _variables(run.values_after_repeat, case, f"{method}: values_after_repeat")
+        _variables(run.gradients_repeat, case, f"{method}: gradients_repeat", none_allowed=True)
+
+
+def _one_differentiation(run: Any, case: Case, dtype: str) -> None:
+    """A GradientRun whose repetition may be left out (None, both), or given as in `gradients`."""
+    _gradient_run(run, case, dtype, "differentiate_once", repeated=False)
 
 
 def _update_run(run: Any, case: Case, dtype: str) -> None:

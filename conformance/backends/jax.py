@@ -297,6 +297,14 @@ class JaxBackend(Backend):
         return {s.name: placed[s.name] for s in case.variables}, {s.name: placed[s.name] for s in case.data}
 
     def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
+        return self._differentiated(case, inputs, dtype, variant, device, repeated=True)
+
+    def differentiate_once(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
+        return self._differentiated(case, inputs, dtype, variant, device, repeated=False)
+
+    def _differentiated(
+        self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str, repeated: bool
+    ) -> GradientRun:
         with self.precision(dtype):
             params, data = self._placed(case, inputs, dtype, device)
             value_and_grad = self._value_and_grad(case, dtype, variant)
@@ -304,6 +312,8 @@ class JaxBackend(Backend):
             loss, grads = value_and_grad(params, data)
             gradients = copied(grads, np.asarray)
             values_after = copied(params, np.asarray)
+            if not repeated:
+                return GradientRun(float(loss), values_before, values_after, None, gradients, None)
             _, grads = value_and_grad(params, data)
             return GradientRun(
                 float(loss),
@@ -361,7 +371,7 @@ class JaxBackend(Backend):
 
         jax = self.jax
         batches = micro_batches(case, inputs)
-        micro_gradients = [self.gradients(case, batch, dtype, variant, device).gradients for batch in batches]
+        micro_gradients = [self.differentiate_once(case, batch, dtype, variant, device).gradients for batch in batches]
         with self.precision(dtype):
             jnp_dtype = getattr(jax.numpy, dtype)
             params = {spec.name: jax.numpy.asarray(inputs[spec.name], jnp_dtype) for spec in case.variables}

@@ -269,6 +269,12 @@ class TensorFlowBackend(Backend):
         return lambda: differentiate(data)
 
     def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
+        return self._differentiated(case, inputs, dtype, variant, repeated=True)
+
+    def differentiate_once(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
+        return self._differentiated(case, inputs, dtype, variant, repeated=False)
+
+    def _differentiated(self, case: Case, inputs: Arrays, dtype: str, variant: str, repeated: bool) -> GradientRun:
         tf = self.tf
         tf_dtype = getattr(tf, dtype)
         variables, differentiate = self._differentiation(case, dtype, variant)
@@ -280,6 +286,8 @@ class TensorFlowBackend(Backend):
         loss, grads = differentiate(data)
         gradients = {name: None if grad is None else np.array(grad.numpy()) for name, grad in grads.items()}
         values_after = copied(variables, to_numpy)
+        if not repeated:
+            return GradientRun(float(loss.numpy()), values_before, values_after, None, gradients, None)
         _, grads = differentiate(data)
         gradients_repeat = {name: None if grad is None else np.array(grad.numpy()) for name, grad in grads.items()}
         return GradientRun(
@@ -321,7 +329,7 @@ class TensorFlowBackend(Backend):
         tf = self.tf
         tf_dtype = getattr(tf, dtype)
         batches = micro_batches(case, inputs)
-        micro_gradients = [self.gradients(case, batch, dtype, variant, device).gradients for batch in batches]
+        micro_gradients = [self.differentiate_once(case, batch, dtype, variant, device).gradients for batch in batches]
         variables = {
             spec.name: tf.Variable(inputs[spec.name], dtype=tf_dtype, name=spec.name) for spec in case.variables
         }

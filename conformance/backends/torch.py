@@ -245,6 +245,12 @@ class TorchBackend(Backend):
         return ["cpu"] + (["cuda"] if self.torch.cuda.is_available() else [])
 
     def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
+        return self._differentiated(case, inputs, dtype, device, repeated=True)
+
+    def differentiate_once(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
+        return self._differentiated(case, inputs, dtype, device, repeated=False)
+
+    def _differentiated(self, case: Case, inputs: Arrays, dtype: str, device: str, repeated: bool) -> GradientRun:
         leaves, data, target = self._tensors(case, inputs, dtype, device)
         to_numpy = lambda tensor: tensor.detach().cpu().numpy()  # noqa: E731
 
@@ -261,6 +267,8 @@ class TorchBackend(Backend):
         values_before = copied(leaves, to_numpy)
         loss, gradients = differentiate()
         values_after = copied(leaves, to_numpy)
+        if not repeated:
+            return GradientRun(loss, values_before, values_after, None, gradients, None)
         _, gradients_repeat = differentiate()
         return GradientRun(loss, values_before, values_after, copied(leaves, to_numpy), gradients, gradients_repeat)
 
@@ -308,7 +316,7 @@ class TorchBackend(Backend):
     def accumulation(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> AccumulationRun:
         """k backward() calls without zero_grad() in between: .grad holds the sum."""
         batches = micro_batches(case, inputs)
-        micro_gradients = [self.gradients(case, batch, dtype, variant, device).gradients for batch in batches]
+        micro_gradients = [self.differentiate_once(case, batch, dtype, variant, device).gradients for batch in batches]
         leaves, _, target = self._tensors(case, inputs, dtype, device)
         to_numpy = lambda tensor: tensor.detach().cpu().numpy()  # noqa: E731
         for batch in batches:

@@ -31,6 +31,9 @@ def gradient_run(case, **changes) -> GradientRun:
 
 def test_a_run_as_the_interface_describes_it_passes():
     check("gradients", gradient_run(MATRIX, gradients={**values(MATRIX), "W": None}), MATRIX, "float32")
+    once = gradient_run(MATRIX, values_after_repeat=None, gradients_repeat=None)
+    check("differentiate_once", once, MATRIX, "float32")
+    check("differentiate_once", gradient_run(MATRIX), MATRIX, "float32")  # the default: `gradients`, twice
     check("updates", UpdateRun([values(ADAM)] * 2, [values(ADAM)], {}), ADAM, "float32")
     accumulated = AccumulationRun("m", "sum", [values(ACCUMULATE)] * 3, values(ACCUMULATE), "c")
     check("accumulation", accumulated, ACCUMULATE, "float32")
@@ -44,6 +47,9 @@ def test_a_run_as_the_interface_describes_it_passes():
         ("gradients", MATRIX, gradient_run(MATRIX, values_before=values(MATRIX, "float64")), "is float64, not float32"),
         ("gradients", MATRIX, gradient_run(MATRIX, gradients_repeat={"W": [[0.0] * 3] * 2}), "a list, not a float"),
         ("gradients", MATRIX, (0.0, {}), "returned a tuple, not a GradientRun"),
+        ("gradients", MATRIX, gradient_run(MATRIX, gradients_repeat=None), "gradients_repeat: variables NoneType"),
+        ("differentiate_once", MATRIX, gradient_run(MATRIX, gradients_repeat=None), "gradients_repeat: variables"),
+        ("differentiate_once", MATRIX, gradient_run(MATRIX, gradients=None), "differentiate_once: gradients:"),
         ("updates", ADAM, UpdateRun([values(ADAM)], [values(ADAM)], {}), "1 values and 1 gradients for 1 steps"),
         ("accumulation", ACCUMULATE, AccumulationRun("m", "total", [], {}, "c"), "promise 'total'"),
         ("accumulation", ACCUMULATE, AccumulationRun("m", "sum", [values(ACCUMULATE)], {}, "c"), "1 micro-batch"),
@@ -67,3 +73,20 @@ def test_an_adapter_that_flattens_gradients_is_an_error_that_names_it():
     item = ConformanceItem(ItemSpec("gradient.matches_reference", MATRIX, "torch", "eager", "cpu", "float32"), [])
     with pytest.raises(BackendError, match="the flattening adapter breaks its contract: gradients: gradients: W"):
         item.call("gradients", values(MATRIX), backend=Flattening())
+
+
+@pytest.mark.parametrize("name", ["torch", "tensorflow", "jax"])
+def test_one_differentiation_gives_the_first_of_two_and_leaves_the_repetition_out(name):
+    from conformance import backends
+
+    backend = backends.load(name)
+    if backend.unavailable_reason():
+        pytest.skip(backend.unavailable_reason())
+    inputs = {spec.name: np.linspace(-1.0, 1.0, spec.size).reshape(spec.shape) for spec in MATRIX.tensors}
+    for variant in backend.variants:
+        twice = backend.gradients(MATRIX, inputs, "float64", variant, "cpu")
+        once = backend.differentiate_once(MATRIX, inputs, "float64", variant, "cpu")
+        check("differentiate_once", once, MATRIX, "float64")
+        assert once.values_after_repeat is None and once.gradients_repeat is None
+        np.testing.assert_array_equal(once.gradients["W"], twice.gradients["W"])
+        np.testing.assert_array_equal(once.values_after["W"], twice.values_after["W"])
