@@ -31,11 +31,16 @@ class Verdict:
     errors: int  # items that crashed with the fault
     items: int
     caught_in: tuple[str, ...] = ()  # the backend's variants with an item that caught it
-    ran_in: tuple[str, ...] = ()  # the variants with an item run
+    ran_in: tuple[str, ...] = ()  # the variants with an item that was healthy without the fault
+
+    @property
+    def missed_in(self) -> tuple[str, ...]:
+        return tuple(variant for variant in self.ran_in if variant not in self.caught_in)
 
     @property
     def caught(self) -> bool:
-        return bool(self.caught_by)
+        """Caught by some property, in every variant that ran healthy items of the fault's properties."""
+        return bool(self.caught_by) and not self.missed_in
 
 
 def run_suite(
@@ -83,26 +88,25 @@ def verdict(fault: faults.Fault, planted: dict, baseline: dict) -> Verdict:
         errors,
         len(planted),
         caught_in=tuple(sorted({key[2] for key in catching})),
-        ran_in=tuple(sorted({key[2] for key in planted})),
+        ran_in=tuple(sorted({key[2] for key in planted if baseline.get(key) in healthy})),
     )
 
 
 def table(verdicts: Sequence[Verdict]) -> str:
-    """A Markdown table, one row per fault and backend; a variant that ran the fault's properties and caught
-    nothing is named as missed."""
+    """A Markdown table, one row per fault and backend; a variant that ran healthy items of the fault's
+    properties and caught nothing is named as missed (and the fault counts as not caught)."""
     rows = [
         "| fault | backend | what it does | properties run | caught by | family | variants | items |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for v in verdicts:
-        caught = ", ".join(v.caught_by) if v.caught else "**NOT CAUGHT**"
+        caught = ", ".join(v.caught_by) if v.caught_by else "**NOT CAUGHT**"
         if v.errors:
             caught += f" ({v.errors} items crashed)"
         families = ", ".join(sorted({name.split(".")[0] for name in v.caught_by})) or "-"
-        missed = [variant for variant in v.ran_in if variant not in v.caught_in]
         variants = ", ".join(v.caught_in) or "-"
-        if missed:
-            variants += f"; **missed in {', '.join(missed)}**"
+        if v.missed_in:
+            variants += f"; **missed in {', '.join(v.missed_in)}**"
         rows.append(
             f"| {v.fault.name} | {v.fault.backend} | {v.fault.description} | {v.fault.selected} | "
             f"{caught} | {families} | {variants} | {v.items} |"

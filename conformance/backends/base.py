@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +136,15 @@ class Backend:
     def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
         """A standalone script that computes the case's gradients with this framework alone."""
         raise NotImplementedError
+
+
+def decay_rates_in_dtype_of(backend: Backend, device: str, variant: str) -> bool:
+    """`backend.decay_rates_in_dtype(device, variant)`; `(device)` alone for an adapter written before update
+    variants, which overrides the method with one argument."""
+    method = backend.decay_rates_in_dtype
+    if len(inspect.signature(method).parameters) < 2:
+        return method(device)
+    return method(device, variant)
 
 
 def micro_batches(case: Case, inputs: Arrays) -> list[Arrays]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conformance import backends, observations, strategies, update_properties
-from conformance.backends.base import Backend, micro_batches
+from conformance.backends.base import Backend, decay_rates_in_dtype_of, micro_batches
 from conformance.property_tests import property_test
 from conformance.reference import optimizers
 from conformance.tolerance import compare, worst
@@ -56,7 +56,7 @@ def _own_side(item, complete: dict, run) -> update_properties.Side:
         backend.optimizers,
         backend.conventions,
         run,
-        backend.decay_rates_in_dtype(item.spec.device, item.spec.variant),
+        decay_rates_in_dtype_of(backend, item.spec.device, item.spec.variant),
     )
 
 
@@ -125,7 +125,7 @@ def test_updates_at_probes(conformance_item):
         hypers,
         runs,
         item.backend.conventions,
-        item.backend.decay_rates_in_dtype(item.spec.device, item.spec.variant),
+        decay_rates_in_dtype_of(item.backend, item.spec.device, item.spec.variant),
     )
     for inputs, hyper, run in zip(probes, hypers, runs, strict=True):
         complete = _complete(item, hyper, item.backend)
@@ -172,7 +172,7 @@ def test_update_agrees_across_backends(conformance_item, data):
             other.optimizers,
             other.conventions,
             their_run,
-            other.decay_rates_in_dtype("cpu", other.training_step_variants()[0]),
+            decay_rates_in_dtype_of(other, "cpu", other.training_step_variants()[0]),
         )
         verdict = update_properties.agreement(rule, hyper, own, theirs, start, reference_for, item.spec.dtype)
         if verdict.outcome == "divergent":
@@ -262,7 +262,7 @@ def test_update_goldens(conformance_item, data):
         item.backend.optimizers.switches,
         run,
         item.spec.dtype,
-        item.backend.decay_rates_in_dtype(item.spec.device, item.spec.variant),
+        decay_rates_in_dtype_of(item.backend, item.spec.device, item.spec.variant),
     )
     unit_roundoff = float(np.finfo(item.spec.dtype).eps) / 2
     comparisons = []

@@ -4,9 +4,11 @@ second or more per case, every run, for the same case.
 An entry is the generated function's code object (as `marshal` writes `.pyc` files) and the names its globals
 come from, keyed by everything the generated code depends on: the loss as parsed, the tensors' names and shapes,
 the source of the modules that derive the reference, and the versions of Python, SymPy and numpy. A case whose
-file changes in any of these has another key; nothing but the numbers of the case's tensors is an input of the
-function. An entry that cannot be read, or names a global that is not where it was, is compiled anew; a cache
-that cannot be written (a read-only home) is no cache.
+file changes in any of these has another key; the tensors' values, the literals' values (kept with the entry),
+the conventions and the unit roundoff are the function's inputs, not part of its code. An entry that cannot be
+read, or names a global that is not where it was, is compiled anew; a cache that cannot be written (a read-only
+home) is no cache. An entry is code: it is read only from a directory and a file of this user's that no one else
+can write to.
 
 Entries live in the suite's cache directory (`conformance.caches`), under `reference/`.
 """
@@ -38,6 +40,12 @@ def _entries() -> Path | None:
     return None if where is None else where / "reference"
 
 
+def _private(path: Path) -> bool:
+    """An entry is code: it is read only from a directory of this user's that no one else can write to."""
+    status = path.stat()
+    return status.st_uid == os.getuid() and not status.st_mode & 0o022
+
+
 def _derivation_digest() -> str:
     """The source of every module whose code shapes the generated function, and the versions that run it."""
     from conformance.reference import gradients  # imports this module
@@ -50,13 +58,19 @@ def _derivation_digest() -> str:
     return digest.hexdigest()
 
 
-_DERIVATION: list[str] = []  # computed once per process
+_DERIVATION: list[str] = []
+
+
+def seal_derivation() -> None:
+    """Take the digest of the derivation's modules as this process imported them (`gradients` calls this last
+    thing at its import): a module edited later, while the process runs, must not lend its key to old code."""
+    _DERIVATION[:] = [_derivation_digest()]
 
 
 def key(case: Case) -> str:
     """The entry's name: the derivation's digest and the case as the generated code sees it."""
     if not _DERIVATION:
-        _DERIVATION.append(_derivation_digest())
+        seal_derivation()
     digest = hashlib.sha256(_DERIVATION[0].encode())
     digest.update(repr(case.loss).encode())
     for spec in case.tensors:
@@ -112,13 +126,16 @@ def store(case: Case, function: types.FunctionType, literal_values: list[float])
                 return
             origins[name] = origin
     payload = marshal.dumps((FORMAT, function.__code__, origins, list(literal_values)))
+    temporary = None
     try:
-        where.mkdir(parents=True, exist_ok=True)
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=where, delete=False, suffix=".tmp") as file:
+            temporary = Path(file.name)
             file.write(payload)
-        os.replace(file.name, where / f"{key(case)}.reference")
+        os.replace(temporary, where / f"{key(case)}.reference")
     except OSError:
-        return
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
 
 
 def load(case: Case) -> tuple[types.FunctionType, list[float]] | None:
@@ -126,11 +143,14 @@ def load(case: Case) -> tuple[types.FunctionType, list[float]] | None:
     where = _entries()
     if where is None:
         return None
+    entry = where / f"{key(case)}.reference"
     try:
-        stored_format, code, origins, literal_values = marshal.loads((where / f"{key(case)}.reference").read_bytes())
+        if not (_private(where) and _private(entry)):
+            return None
+        stored_format, code, origins, literal_values = marshal.loads(entry.read_bytes())
         if stored_format != FORMAT or not isinstance(code, types.CodeType):
             return None
         namespace = {"__builtins__": builtins, **{name: _resolve(origin) for name, origin in origins.items()}}
+        return types.FunctionType(code, namespace), [float(value) for value in literal_values]
     except (OSError, ValueError, EOFError, TypeError, KeyError, AttributeError):
         return None
-    return types.FunctionType(code, namespace), [float(value) for value in literal_values]

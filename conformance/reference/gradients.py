@@ -127,3 +127,6 @@ def shaped_like(case: Case, shapes: dict[str, tuple[int, ...]]) -> Case:
         data = tuple(dataclasses.replace(spec, shape=tuple(shapes[spec.name])) for spec in case.data)
         _reshaped[key] = dataclasses.replace(case, data=data)
     return _reshaped[key]
+
+
+cache.seal_derivation()  # the digest of the derivation as imported (see cache.seal_derivation)

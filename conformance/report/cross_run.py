@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
 from conformance import backends, properties, update_properties
+from conformance.backends.base import decay_rates_in_dtype_of
 from conformance.cases import Case
 from conformance.observations import (
     AccumulationObservation,
@@ -143,7 +144,7 @@ def _as_declared(observed: GradientObservation | UpdateObservation | Accumulatio
     if isinstance(observed, UpdateObservation):
         observed = replace(
             observed,
-            decay_rates_in_dtype=adapter.decay_rates_in_dtype(record.device, record.variant),
+            decay_rates_in_dtype=decay_rates_in_dtype_of(adapter, record.device, record.variant),
             optimizers=adapter.optimizers,
         )
     if isinstance(observed, AccumulationObservation):

@@ -92,6 +92,20 @@ def test_an_unreadable_or_foreign_entry_is_compiled_anew(cache_dir):
     assert cache.load(case) is None
 
 
+def test_the_derivation_is_the_one_imported_and_a_shared_directory_is_not_read(cache_dir, monkeypatch):
+    case = load_case(SHIPPED / "exp-log.toml")
+    before = cache.key(case)
+    # the digest was taken at import: the files read again now (edited, say) lend no key to the code running
+    monkeypatch.setattr(Path, "read_bytes", lambda self: b"edited since")
+    assert cache.key(case) == before
+    monkeypatch.undo()
+    monkeypatch.setenv(caches.ENVIRONMENT_VARIABLE, str(cache_dir.parent))
+    CompiledGradient(case)
+    assert cache.load(case) is not None
+    cache_dir.chmod(0o777)  # anyone may write code there: it is not run
+    assert cache.load(case) is None
+
+
 def test_off_keeps_nothing_and_a_read_only_directory_is_no_error(tmp_path, monkeypatch):
     case = load_case(SHIPPED / "relu-kink.toml")
     monkeypatch.setenv(caches.ENVIRONMENT_VARIABLE, "off")

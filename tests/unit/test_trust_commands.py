@@ -36,10 +36,13 @@ def test_a_variant_that_ran_the_properties_and_caught_nothing_is_named_in_the_ta
     baseline = {("a", "update.matches_reference", variant, "float32"): "pass" for variant in ("for-loop", "fused")}
     planted = {**baseline, ("a", "update.matches_reference", "for-loop", "float32"): "fail"}
     found = verdict(FAULT, planted, baseline)
-    assert found.caught_in == ("for-loop",) and found.ran_in == ("for-loop", "fused")
+    assert found.caught_in == ("for-loop",) and found.missed_in == ("fused",) and not found.caught
     assert "| for-loop; **missed in fused** |" in table([found]).splitlines()[2]
     everywhere = verdict(FAULT, dict.fromkeys(baseline, "fail"), baseline)
-    assert "| for-loop, fused |" in table([everywhere]).splitlines()[2]
+    assert everywhere.caught and "| for-loop, fused |" in table([everywhere]).splitlines()[2]
+    # a variant whose items were not applicable without the fault (fused RMSprop) misses nothing
+    not_applicable = {**baseline, ("a", "update.matches_reference", "fused", "float32"): "not_applicable"}
+    assert verdict(FAULT, planted, not_applicable).caught
 
 
 def test_every_fault_has_a_distinct_key_and_cases():

@@ -94,3 +94,14 @@ def test_update_items_are_a_column_per_variant_and_comparisons_run_the_first():
     assert variants["test_update_agrees_across_backends"] == {"for-loop"}
     for test in ("test_matches_reference", "test_accumulation_native", "test_accumulation_at_probes"):
         assert variants[test] == {"eager"}
+
+
+def test_an_adapter_written_before_update_variants_keeps_its_one_argument_declaration():
+    from conformance.backends.base import Backend, decay_rates_in_dtype_of
+
+    class Older(Backend):
+        def decay_rates_in_dtype(self, device):
+            return device == "cpu"
+
+    assert decay_rates_in_dtype_of(Older(), "cpu", "default") is True
+    assert decay_rates_in_dtype_of(backends.load("torch"), "cpu", "for-loop") is False
