@@ -277,7 +277,9 @@ def keras_nudged_variables(patches: Patches) -> None:
 
 def _after_keras_applies(patches: Patches, before_apply=None, after=None) -> None:
     """Every Keras optimizer's `apply_gradients` runs as released, between `before_apply(optimizer)` and
-    `after(optimizer, variable, value_before)` for each variable it was given."""
+    `after(optimizer, variable, value_before)` for each variable it was given. Values are read and assigned with
+    TensorFlow ops, so that the fault acts eagerly and in a training step under tf.function or XLA alike (a traced
+    function runs reads and assignments of one variable in the order written)."""
     import tensorflow as tf
 
     base = tf.keras.optimizers.Optimizer
@@ -287,7 +289,7 @@ def _after_keras_applies(patches: Patches, before_apply=None, after=None) -> Non
         pairs = list(grads_and_vars)
         if before_apply:
             before_apply(self)
-        before = [np.array(variable.numpy(), copy=True) for _, variable in pairs]
+        before = [tf.identity(variable) for _, variable in pairs]
         result = original(self, pairs, *args, **kwargs)
         if after:
             for (_, variable), old in zip(pairs, before, strict=True):
@@ -301,7 +303,7 @@ def keras_longer_steps(patches: Patches) -> None:
     """Every variable change a Keras optimizer makes is 1.001 times what it computed."""
 
     def lengthen(optimizer, variable, old):
-        variable.assign(old + (variable.numpy() - old) * SCALE)
+        variable.assign(old + (variable - old) * SCALE)
 
     _after_keras_applies(patches, after=lengthen)
 
@@ -314,9 +316,9 @@ def keras_uncorrected_adam(patches: Patches) -> None:
         if type(optimizer) is not tf.keras.optimizers.Adam:
             return
         index = optimizer._get_variable_index(variable)
-        m, v = optimizer._momentums[index].numpy(), optimizer._velocities[index].numpy()
-        lr, eps = np.asarray(optimizer.learning_rate, old.dtype), old.dtype.type(optimizer.epsilon)
-        variable.assign(old - lr * m / (np.sqrt(v) + eps))
+        m, v = optimizer._momentums[index], optimizer._velocities[index]
+        lr, eps = tf.cast(optimizer.learning_rate, old.dtype), tf.cast(optimizer.epsilon, old.dtype)
+        variable.assign(old - lr * m / (tf.sqrt(v) + eps))
 
     _after_keras_applies(patches, after=uncorrect)
 
@@ -356,20 +358,33 @@ def keras_dropped_micro_batch(patches: Patches) -> None:
 
 
 def keras_stale_gradients(patches: Patches) -> None:
-    """GradientTape.gradient returns the gradients of its previous call, as if taken at a stale parameter."""
-    previous: list = []
+    """GradientTape.gradient returns the gradients of its previous call of the same shapes, as if taken at a stale
+    parameter. They are kept in variables made outside any function (`tf.init_scope`), which a training step
+    under tf.function or XLA reads and assigns each time it runs, as an eager step does."""
+    import tensorflow as tf
+
+    kept: dict[tuple, tuple[dict, object]] = {}
 
     def stale(gradients, sources):
-        result = previous[0] if previous and _shapes(previous[0]) == _shapes(gradients) else gradients
-        previous[:] = [gradients]
-        return result
+        named = dict(gradients) if isinstance(gradients, dict) else dict(enumerate(gradients))
+        present = {key: gradient for key, gradient in named.items() if gradient is not None}
+        signature = tuple((key, tuple(g.shape), g.dtype.name) for key, g in present.items())
+        if signature not in kept:
+            with tf.init_scope():
+                kept[signature] = (
+                    {key: tf.Variable(tf.zeros(g.shape, g.dtype), trainable=False) for key, g in present.items()},
+                    tf.Variable(False, trainable=False),
+                )
+        previous, filled = kept[signature]
+        was_filled = tf.identity(filled)
+        result = {key: tf.where(was_filled, tf.identity(previous[key]), g) for key, g in present.items()}
+        for key, gradient in present.items():
+            previous[key].assign(gradient)
+        filled.assign(True)
+        changed = {key: result.get(key) for key in named}
+        return changed if isinstance(gradients, dict) else [changed[index] for index in range(len(gradients))]
 
     _wrap_tape_gradient(patches, stale)
-
-
-def _shapes(structure) -> list:
-    values = structure.values() if isinstance(structure, dict) else structure
-    return [None if value is None else tuple(value.shape) for value in values]
 
 
 # ---------------------------------------------------------------------------------------------------- jax
@@ -393,51 +408,53 @@ def jax_scaled_gradients(patches: Patches) -> None:
     patches.setattr(jax, "value_and_grad", value_and_grad)
 
 
-def _wrap_compiled_gradients(patches: Patches, change) -> None:
-    """What a function compiled by `jax.jit` returns as (value, gradients) passes through `change(gradients)` on
-    every call, outside the compiled code, so that each call counts (a wrapper inside jit runs once, at tracing)."""
+def _wrap_gradients_on_host(patches: Patches, change) -> None:
+    """The gradients `jax.value_and_grad` returns pass through `change` (numpy arrays in, the same shapes and dtypes
+    out) on the host every time they are computed, eagerly or inside a compiled training step: through jax's
+    `io_callback`, which a jitted program calls, in order, each time it runs (a plain wrapper would act once, when
+    jit traces it)."""
     import jax
+    from jax.experimental import io_callback
 
-    original = jax.jit
+    original = jax.value_and_grad
 
-    def jit(function, *args, **kwargs):
-        compiled = original(function, *args, **kwargs)
+    def value_and_grad(function, *args, **kwargs):
+        differentiate = original(function, *args, **kwargs)
 
-        def call(*call_args, **call_kwargs):
-            result = compiled(*call_args, **call_kwargs)
-            if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict):
-                return result[0], change(result[1])
-            return result
+        def changed(*call_args, **call_kwargs):
+            value, grads = differentiate(*call_args, **call_kwargs)
+            shapes = jax.tree.map(lambda g: jax.ShapeDtypeStruct(g.shape, g.dtype), grads)
+            return value, io_callback(change, shapes, grads, ordered=True)
 
-        return call
+        return changed
 
-    patches.setattr(jax, "jit", jit)
+    patches.setattr(jax, "value_and_grad", value_and_grad)
 
 
 def jax_dropped_micro_batch(patches: Patches) -> None:
-    """Every second call of a compiled jax.value_and_grad returns zero gradients: a step's micro-batch sum drops
-    every other one."""
+    """Every second gradient jax.value_and_grad computes is zeros: a step's micro-batch sum drops every other one."""
     import jax
 
     calls = itertools.count()
-    _wrap_compiled_gradients(
-        patches, lambda grads: jax.tree.map(jax.numpy.zeros_like, grads) if next(calls) % 2 else grads
-    )
+    _wrap_gradients_on_host(patches, lambda grads: jax.tree.map(np.zeros_like, grads) if next(calls) % 2 else grads)
 
 
 def jax_stale_gradients(patches: Patches) -> None:
-    """A compiled jax.value_and_grad returns the gradients of its previous call, as if taken at a stale parameter."""
+    """jax.value_and_grad returns the gradients of its previous computation of the same shapes and dtypes, as if
+    taken at a stale parameter."""
     import jax
 
     previous: list = []
 
+    def signature(grads):
+        return jax.tree.map(lambda g: (g.shape, g.dtype), grads)
+
     def stale(grads):
-        shapes = jax.tree.map(lambda g: g.shape, grads)
-        result = previous[0] if previous and jax.tree.map(lambda g: g.shape, previous[0]) == shapes else grads
+        result = previous[0] if previous and signature(previous[0]) == signature(grads) else grads
         previous[:] = [grads]
         return result
 
-    _wrap_compiled_gradients(patches, stale)
+    _wrap_gradients_on_host(patches, stale)
 
 
 def optax_longer_steps(patches: Patches) -> None:

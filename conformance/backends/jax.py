@@ -214,9 +214,13 @@ def _keep_compilations(jax) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+TRAINING_STEPS = ("jit", "eager")  # the whole training step compiled by jax.jit, or every call eager
+
+
 class JaxBackend(Backend):
     name = "jax"
     variants = ("jit", "eager")
+    update_variants = TRAINING_STEPS
     # optax.MultiSteps averages; its documented default accumulator_dtype is float32
     accumulation_mechanism = AccumulationMechanism("mean", step_read_back=True, accumulator_dtype="float32")
     optimizers = OPTIMIZERS
@@ -275,13 +279,18 @@ class JaxBackend(Backend):
         """64-bit mode for float64 only, scoped to the call."""
         return self.jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
 
-    def _value_and_grad(self, case: Case, dtype: str, variant: str):
-        jax = self.jax
-        target = JaxTarget(jax, getattr(jax.numpy, dtype))
+    def _loss_function(self, case: Case, dtype: str):
+        """The case's loss as a pure function of a parameter dict and a data dict."""
+        target = JaxTarget(self.jax, getattr(self.jax.numpy, dtype))
 
         def loss_function(params, data):
             return lower(case.loss, target, {**params, **data})
 
+        return loss_function
+
+    def _value_and_grad(self, case: Case, dtype: str, variant: str):
+        jax = self.jax
+        loss_function = self._loss_function(case, dtype)
         if variant == "eager":
             return jax.value_and_grad(loss_function)
         key = (id(case), dtype)
@@ -337,9 +346,8 @@ class JaxBackend(Backend):
         return differentiate
 
     def updates(self, case: Case, inputs: Arrays, hyper: dict, dtype: str, variant: str, device: str) -> UpdateRun:
-        """jax.grad per micro-batch, summed, then `optimizer.update` and `optax.apply_updates`."""
-        import optax
-
+        """A training step as optax's guides write it: `jax.value_and_grad` per micro-batch, summed, then
+        `optimizer.update` and `optax.apply_updates`; the whole step under `jax.jit` (jit), or every call eager."""
         jax = self.jax
         placement = jax.devices(device)[0]
         with self.precision(dtype):
@@ -349,22 +357,35 @@ class JaxBackend(Backend):
             batches = [
                 {spec.name: place(batch[spec.name]) for spec in case.data} for batch in micro_batches(case, inputs)
             ]
-            value_and_grad = self._value_and_grad(case, dtype, variant)
-            optimizer = native_optimizers.optax_optimizer(case.update.rule, hyper)
+            optimizer, step = self._training_step(case, hyper, dtype, variant)
             state = optimizer.init(params)
             values, gradients = [copied(params, np.asarray)], []
             for _ in range(case.update.steps):
-                grads = None
-                for batch in batches:
-                    _, batch_grads = value_and_grad(params, batch)
-                    grads = (
-                        batch_grads if grads is None else jax.tree_util.tree_map(lambda a, b: a + b, grads, batch_grads)
-                    )
+                params, state, grads = step(params, state, batches)
                 gradients.append(copied(grads, np.asarray))
-                updates, state = optimizer.update(grads, state, params)
-                params = optax.apply_updates(params, updates)
                 values.append(copied(params, np.asarray))
             return UpdateRun(values, gradients, native_optimizers.optax_state(state, list(params)))
+
+    def _training_step(self, case: Case, hyper: dict, dtype: str, variant: str):
+        """The optimizer and a step closed over it, so that under jit its hyperparameters are constants of the
+        compiled program, as in a user's training loop (compiled anew for each run: each draws hyperparameters)."""
+        if variant not in TRAINING_STEPS:
+            raise ValueError(f"jax runs training steps as {', '.join(TRAINING_STEPS)}, not {variant!r}")
+        import optax
+
+        jax = self.jax
+        optimizer = native_optimizers.optax_optimizer(case.update.rule, hyper)
+        loss_function = self._loss_function(case, dtype)
+
+        def train_step(params, state, batches):
+            grads = None
+            for batch in batches:
+                _, batch_grads = jax.value_and_grad(loss_function)(params, batch)
+                grads = batch_grads if grads is None else jax.tree_util.tree_map(lambda a, b: a + b, grads, batch_grads)
+            updates, state = optimizer.update(grads, state, params)
+            return optax.apply_updates(params, updates), state, grads
+
+        return optimizer, jax.jit(train_step) if variant == "jit" else train_step
 
     def accumulation(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> AccumulationRun:
         """optax.MultiSteps(optax.sgd(1.0), every_k_schedule=k): the k-th call applies the mean."""

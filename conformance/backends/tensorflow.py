@@ -199,9 +199,23 @@ OPTIMIZERS = OptimizerDeclaration(
 )
 
 
+# How a training step runs: eagerly, traced by tf.function, or compiled whole by XLA (`jit_compile=True`), as
+# keras.io's "Writing a training loop from scratch in TensorFlow" writes it. Autograph is off, as in the gradient
+# items: the step's loops are over Python lists, which autograph leaves as they are.
+TRAINING_STEPS = {"eager": None, "function": {"autograph": False}, "xla": {"autograph": False, "jit_compile": True}}
+
+
+def _training_step(tf, train_step, variant: str):
+    if variant not in TRAINING_STEPS:
+        raise ValueError(f"tensorflow runs training steps as {', '.join(TRAINING_STEPS)}, not {variant!r}")
+    options = TRAINING_STEPS[variant]
+    return train_step if options is None else tf.function(train_step, **options)
+
+
 class TensorFlowBackend(Backend):
     name = "tensorflow"
     variants = ("eager", "function")
+    update_variants = tuple(TRAINING_STEPS)
     accumulation_mechanism = AccumulationMechanism("mean", step_read_back=True)  # gradient_accumulation_steps
     optimizers = OPTIMIZERS
     conventions = KinkConventions(
@@ -295,7 +309,10 @@ class TensorFlowBackend(Backend):
         )
 
     def updates(self, case: Case, inputs: Arrays, hyper: dict, dtype: str, variant: str, device: str) -> UpdateRun:
-        """The article's loop: GradientTape, the micro-batches' gradients summed, then `apply_gradients`."""
+        """keras.io's custom training loop: GradientTape, the micro-batches' gradients summed, then
+        `apply_gradients`; one step as a function of the data, run eagerly or as `tf.function` (with
+        `jit_compile=True` for xla). The optimizer is built on every variable before the first step, as
+        `Model.fit` builds it (a slot of a variable that never has a gradient stays at its initial value)."""
         tf = self.tf
         tf_dtype = getattr(tf, dtype)
         variables = {
@@ -307,9 +324,9 @@ class TensorFlowBackend(Backend):
         ]
         target = TensorFlowTarget(tf, tf_dtype)
         optimizer = native_optimizers.keras_optimizer(case.update.rule, hyper)
-        to_numpy = lambda tensor: tensor.numpy()  # noqa: E731
-        values, gradients = [copied(variables, to_numpy)], []
-        for _ in range(case.update.steps):
+        optimizer.build(list(variables.values()))  # as Keras' own fit does before its first step
+
+        def train_step(batches):
             summed = {name: None for name in variables}
             for batch in batches:
                 with tf.GradientTape() as tape:
@@ -317,10 +334,17 @@ class TensorFlowBackend(Backend):
                 for name, grad in tape.gradient(loss, variables).items():
                     if grad is not None:
                         summed[name] = grad if summed[name] is None else summed[name] + grad
-            gradients.append({name: None if grad is None else np.array(grad.numpy()) for name, grad in summed.items()})
             optimizer.apply_gradients(
                 [(summed[name], variables[name]) for name in variables if summed[name] is not None]
             )
+            return summed
+
+        step = _training_step(tf, train_step, variant)
+        to_numpy = lambda tensor: tensor.numpy()  # noqa: E731
+        values, gradients = [copied(variables, to_numpy)], []
+        for _ in range(case.update.steps):
+            summed = step(batches)
+            gradients.append({name: None if grad is None else np.array(grad.numpy()) for name, grad in summed.items()})
             values.append(copied(variables, to_numpy))
         return UpdateRun(values, gradients, native_optimizers.keras_state(optimizer, case.update.rule, variables))
 

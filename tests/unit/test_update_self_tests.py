@@ -42,17 +42,17 @@ def backend_or_skip(name: str):
     return backends.load(name)
 
 
-def update_check(backend, case, inputs: dict, hyper: dict, dtype: str):
+def update_check(backend, case, inputs: dict, hyper: dict, dtype: str, variant: str):
     """`update.matches_reference` as tests/conformance/test_updates.py runs it: steps and fed gradients."""
     complete = optimizers.hyperparameters(case.update.rule, backend.name, backend.optimizers, hyper)
-    run = backend.updates(case, inputs, hyper, dtype, backend.training_step_variants()[0], "cpu")
+    run = backend.updates(case, inputs, hyper, dtype, variant, "cpu")
     side = update_properties.Side(
         backend.name,
         complete,
         backend.optimizers,
         backend.conventions,
         run,
-        backend.decay_rates_in_dtype("cpu", backend.training_step_variants()[0]),
+        backend.decay_rates_in_dtype("cpu", variant),
     )
     reference_at = update_properties.summed_reference(case, inputs, dtype)(side.switches, side.conventions)
     start = {spec.name: inputs[spec.name] for spec in case.variables}
@@ -79,12 +79,27 @@ def assert_caught(fails, strategy, what: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- the tests
 
+# every way each framework runs a training step (torch's optimizer implementations, tf.function and XLA, a jitted
+# step), named here so that the parameters need no framework imported
+TRAINING_STEPS = {
+    "torch": ("for-loop", "foreach", "fused"),
+    "tensorflow": ("eager", "function", "xla"),
+    "jax": ("jit", "eager"),
+}
 UPDATE_FAULT_PARAMS = [
-    pytest.param(fault, case_id, dtype, id=f"{fault.key}-{case_id}-{dtype}")
+    pytest.param(fault, case_id, dtype, variant, id=f"{fault.key}-{case_id}-{dtype}-{variant}")
     for fault in faults.FAULTS
     if fault.expected == ("update.matches_reference",)
     for case_id in fault.cases
     for dtype in DTYPES
+    for variant in TRAINING_STEPS[fault.backend]
+]
+UPDATE_PARAMS = [
+    pytest.param(framework, case_id, dtype, variant, id=f"{framework}-{case_id}-{dtype}-{variant}")
+    for framework, variants in TRAINING_STEPS.items()
+    for case_id in UPDATE_CASES
+    for dtype in DTYPES
+    for variant in variants
 ]
 ACCUMULATION_FAULT_PARAMS = [
     pytest.param(fault, case_id, dtype, id=f"{fault.key}-{case_id}-{dtype}")
@@ -95,28 +110,32 @@ ACCUMULATION_FAULT_PARAMS = [
 ]
 
 
-@pytest.mark.parametrize(("fault", "case_id", "dtype"), UPDATE_FAULT_PARAMS)
-def test_a_broken_optimizer_is_caught(planted, fault, case_id, dtype):
+@pytest.mark.parametrize(("fault", "case_id", "dtype", "variant"), UPDATE_FAULT_PARAMS)
+def test_a_broken_optimizer_is_caught(planted, fault, case_id, dtype, variant):
     # a fresh adapter: the shared one may hold functions compiled before the fault was planted
     backend, case = type(backend_or_skip(fault.backend))(), shipped(case_id)
     fault.plant(planted)
     assert_caught(
-        lambda draw: not update_check(backend, case, *draw, dtype).ok,
+        lambda draw: not update_check(backend, case, *draw, dtype, variant).ok,
         draws(case, dtype),
-        f"{fault.key} on {case_id} in {dtype}",
+        f"{fault.key} on {case_id} in {dtype}, {variant}",
     )
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case_id", UPDATE_CASES)
-@pytest.mark.parametrize("framework", ["torch", "jax", "tensorflow"])
+def test_every_training_step_is_named():
+    """The table above names each backend's training-step variants as the adapters declare them."""
+    for name, variants in TRAINING_STEPS.items():
+        assert backend_or_skip(name).training_step_variants() == variants
+
+
+@pytest.mark.parametrize(("framework", "case_id", "dtype", "variant"), UPDATE_PARAMS)
 @HANDFUL
 @given(data=st.data())
-def test_the_real_optimizer_passes_the_same_checks(framework, case_id, dtype, data):
+def test_the_real_optimizer_passes_the_same_checks(framework, case_id, dtype, variant, data):
     backend, case = backend_or_skip(framework), shipped(case_id)
     inputs = data.draw(strategies.inputs(case, dtype), label="inputs")
     hyper = data.draw(strategies.hyperparameters(case), label="hyperparameters")
-    comparison = update_check(backend, case, inputs, hyper, dtype)
+    comparison = update_check(backend, case, inputs, hyper, dtype, variant)
     assert comparison.ok, comparison
 
 
