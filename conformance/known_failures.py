@@ -1,10 +1,10 @@
 """Failures the suite found in the frameworks themselves, as data, each with its signature.
 
-An entry names the items it applies to (property, backend, dtype, case) and the failure's signature: where the
-values differ (a glob, `*` and `?` its only wildcards, over the failing comparisons' locations, such as
-"accumulated *") and by how much at most (relative to the expected value). Every failing value of an example must
-have the signature. An example that fails with that signature is the known failure: it is recorded
-as such and not shrunk again; any other failure of the same item is a `fail`. An entry that applied to items of a
+An entry names the items it applies to (property, backend, dtype, case, variant, device) and the failure's
+signature: where the values differ (a glob, `*` and `?` its only wildcards, over the failing comparisons'
+locations, such as "accumulated *") and by how much at most (relative to the expected value). Every failing value
+of an example must have the signature. An example that fails with that signature is the known failure: it is
+recorded as such and not shrunk again; any other failure of the same item is a `fail`. An entry that applied to items of a
 run but matched none of their examples is reported as stale.
 
 Entries come from `known_failures.toml` beside this module, from a backend's `known_failures` (a backend's owner
@@ -26,7 +26,7 @@ from conformance.tolerance import Comparison
 SHIPPED = Path(__file__).with_name("known_failures.toml")
 ENVIRONMENT = "CONFORMANCE_KNOWN_FAILURES"
 _REQUIRED = {"property": str, "backend": str, "where": str, "max_relative_error": (int, float), "reason": str}
-_OPTIONAL = {"dtype": str, "case": str}
+_OPTIONAL = {"dtype": str, "case": str, "variant": str, "device": str}
 
 
 class KnownFailureError(ValueError):
@@ -42,14 +42,18 @@ class KnownFailure:
     reason: str
     dtype: str = "*"
     case: str = "*"
+    variant: str = "*"  # a bug of one way of running the framework (torch's fused optimizers, an XLA step)
+    device: str = "*"
     source: str = ""
 
-    def applies_to(self, property_name: str, backend: str, dtype: str, case_id: str) -> bool:
+    def applies_to(self, property_name: str, backend: str, dtype: str, case_id: str, variant: str, device: str) -> bool:
         return (
             self.property == property_name
             and self.backend == backend
             and _glob(self.dtype, dtype)
             and _glob(self.case, case_id)
+            and _glob(self.variant, variant)
+            and _glob(self.device, device)
         )
 
     def matches(self, comparison: Comparison) -> bool:

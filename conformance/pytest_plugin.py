@@ -268,7 +268,11 @@ def conformance_item(request: pytest.FixtureRequest) -> ConformanceItem:
     item = ConformanceItem(
         spec,
         other_backends=[n for n in suite.backend_names if n != spec.backend],
-        known=[k for k in suite.known if k.applies_to(spec.property, spec.backend, spec.dtype, spec.case.id)],
+        known=[
+            k
+            for k in suite.known
+            if k.applies_to(spec.property, spec.backend, spec.dtype, spec.case.id, spec.variant, spec.device)
+        ],
         probe_seed=observations.probe_seed(request.config.getoption("hypothesis_seed", default=None)),
     )
     request.node._conformance_item = item

@@ -57,14 +57,28 @@ def test_a_file_that_is_not_toml_names_the_file(tmp_path):
 
 def test_the_signature_is_where_and_how_much():
     entry = KnownFailure(**{**ENTRY, "case": "accumulation/*"})
-    assert entry.applies_to("accumulation.native", "jax", "float64", "accumulation/sum-two-micro-batches")
-    assert not entry.applies_to("accumulation.native", "jax", "float32", "accumulation/sum-two-micro-batches")
-    assert not entry.applies_to("accumulation.native", "torch", "float64", "accumulation/sum-two-micro-batches")
-    assert not entry.applies_to("accumulation.native", "jax", "float64", "seed/accumulate-sgd")
+    item = ("accumulation.native", "jax", "float64", "accumulation/sum-two-micro-batches", "jit", "cpu")
+    assert entry.applies_to(*item)
+    assert not entry.applies_to("accumulation.native", "jax", "float32", *item[3:])
+    assert not entry.applies_to("accumulation.native", "torch", *item[2:])
+    assert not entry.applies_to(*item[:3], "seed/accumulate-sgd", *item[4:])
     small = compare("accumulated x (mean)", 1.0 + 1e-7, 1.0, 1e-12)
     large = compare("accumulated x (mean)", 1.01, 1.0, 1e-12)
     elsewhere = compare("step 1: x", 1.0 + 1e-7, 1.0, 1e-12)
     assert entry.matches(small) and not entry.matches(large) and not entry.matches(elsewhere)
+
+
+def test_an_entry_may_name_the_variants_and_devices_it_applies_to():
+    """A bug of one way of running a framework (torch's fused optimizers, an XLA step) or of one device."""
+    fused = KnownFailure(**{**ENTRY, "backend": "torch", "variant": "fused", "device": "cuda*"})
+    item = ("accumulation.native", "torch", "float64", "accumulation/sum-two-micro-batches")
+    assert fused.applies_to(*item, "fused", "cuda")
+    assert not fused.applies_to(*item, "for-loop", "cuda")
+    assert not fused.applies_to(*item, "fused", "cpu")
+    parsed = parse({"known": [{**ENTRY, "variant": "xla"}]}, "f.toml")[0]
+    assert parsed.variant == "xla" and parsed.device == "*"
+    with pytest.raises(KnownFailureError, match=r"known\[0\]\.variant: has the wrong type"):
+        parse({"known": [{**ENTRY, "variant": 3}]}, "f.toml")
 
 
 def _run_with_known(tmp_path: Path, max_relative_error: float) -> tuple[int, list[dict]]:
