@@ -4,8 +4,8 @@ An entry names the items it applies to (property, backend, dtype, case, variant,
 signature: where the values differ (a glob, `*` and `?` its only wildcards, over the failing comparisons'
 locations, such as "accumulated *") and by how much at most (relative to the expected value). Every failing value
 of an example must have the signature. An example that fails with that signature is the known failure: it is
-recorded as such and not shrunk again; any other failure of the same item is a `fail`. An entry that applied to items of a
-run but matched none of their examples is reported as stale.
+recorded as such and not shrunk again; any other failure of the same item is a `fail`. An entry that applied to
+items of a run but matched none of their examples is reported as stale.
 
 Entries come from `known_failures.toml` beside this module, from a backend's `known_failures` (a backend's owner
 supplies their own), and from the files named in CONFORMANCE_KNOWN_FAILURES (separated by the path separator).
