@@ -61,3 +61,19 @@ def test_soak_counts_known_failures_apart_and_skips_a_cut_off_line(tmp_path):
     path = tmp_path / "seed-1.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "res', encoding="utf-8")
     assert outcome_counts(path) == {"pass": 1, "known": 1, "fail": 1}
+
+
+def test_only_variants_that_run_the_properties_meant_to_catch_a_fault_can_miss_it():
+    """Keras' gradient_accumulation_steps runs in the accumulation items (the first variant) alone: a training step
+    under tf.function, which does not use it, has no way to show its fault."""
+    accumulation = faults.find("overwritten-accumulation:tensorflow")
+    baseline = {
+        ("a", "accumulation.native", "eager", "float32"): "pass",
+        ("a", "update.matches_reference", "eager", "float32"): "pass",
+        ("a", "update.matches_reference", "xla", "float32"): "pass",
+    }
+    planted = {**baseline, ("a", "accumulation.native", "eager", "float32"): "fail"}
+    found = verdict(accumulation, planted, baseline)
+    assert found.ran_in == ("eager",) and found.caught
+    unseen = verdict(accumulation, dict(baseline), baseline)
+    assert unseen.missed_in == ("eager",) and not unseen.caught
