@@ -346,13 +346,19 @@ def keras_overwritten_accumulation(patches: Patches) -> None:
 
 
 def keras_dropped_micro_batch(patches: Patches) -> None:
-    """Every second call of GradientTape.gradient returns zeros: a step's micro-batch sum drops every other one."""
+    """Every second call of GradientTape.gradient returns zeros: a step's micro-batch sum drops every other one.
+    The calls are counted in a variable made outside any function, so that a step under tf.function or XLA counts
+    each time it runs, not once when it is traced."""
     import tensorflow as tf
 
-    calls = itertools.count()
+    counter: list = []
 
     def drop(gradients, sources):
-        return _each(gradients, tf.zeros_like) if next(calls) % 2 else gradients
+        if not counter:
+            with tf.init_scope():
+                counter.append(tf.Variable(0, dtype=tf.int64, trainable=False))
+        dropped = tf.equal(counter[0].assign_add(1) % 2, 0)
+        return _each(gradients, lambda g: tf.where(dropped, tf.zeros_like(g), g))
 
     _wrap_tape_gradient(patches, drop)
 

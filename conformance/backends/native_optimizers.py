@@ -192,7 +192,8 @@ def torch_optimizer(
 
 
 def keras_optimizer(rule: str, given: Hyper) -> Any:
-    """`tf.keras.optimizers.<Rule>(...)`; it builds its slots on the first `apply_gradients`."""
+    """`tf.keras.optimizers.<Rule>(...)`, not yet built (it builds its slots in `build` or on the first
+    `apply_gradients`)."""
     return build(native_call("tensorflow", rule, given))
 
 

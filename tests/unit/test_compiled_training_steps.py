@@ -1,0 +1,74 @@
+"""TensorFlow's `function` and `xla` and JAX's `jit` update variants compile the whole training step, as named: the
+step's Python runs when it is traced, not at every step, and XLA is asked for where the variant says so. Without
+this, a variant that quietly ran eagerly would pass every other test under a name it does not earn."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from conformance import backends
+from conformance.cases import load_case
+from conformance.pytest_plugin import SHIPPED_CASES
+
+STEPS = load_case(SHIPPED_CASES / "optimizers" / "adam-hyperparameters.toml", root=SHIPPED_CASES)
+
+
+def _inputs(case) -> dict[str, np.ndarray]:
+    return {spec.name: np.full(spec.shape, 0.5) for spec in case.tensors}
+
+
+def _counting(monkeypatch, module, name: str) -> list[int]:
+    """Counts the calls of `module.name`, passing them on."""
+    calls = [0]
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow is not installed")
+@pytest.mark.parametrize(
+    ("variant", "traced", "jit_compile"), [("eager", False, None), ("function", True, None), ("xla", True, True)]
+)
+def test_tensorflow_runs_the_step_as_its_variant_names(monkeypatch, variant, traced, jit_compile):
+    import tensorflow as tf
+
+    from conformance.backends import tensorflow as adapter
+
+    asked: list[dict] = []
+    original_function = tf.function
+
+    def function(python_function, **options):
+        asked.append(options)
+        return original_function(python_function, **options)
+
+    monkeypatch.setattr(tf, "function", function)
+    lowered = _counting(monkeypatch, adapter, "lower")
+    run = backends.load("tensorflow").updates(STEPS, _inputs(STEPS), {"lr": 0.1}, "float32", variant, "cpu")
+    assert len(run.values) == STEPS.update.steps + 1
+    if traced:
+        assert lowered[0] == 1 and len(asked) == 1 and asked[0].get("jit_compile") is jit_compile
+    else:
+        assert lowered[0] == STEPS.update.steps and not asked
+
+
+@pytest.mark.skipif(importlib.util.find_spec("optax") is None, reason="jax and optax are not installed")
+@pytest.mark.parametrize(("variant", "traced"), [("jit", True), ("eager", False)])
+def test_jax_jits_the_whole_step_or_nothing(monkeypatch, variant, traced):
+    import optax
+
+    from conformance.backends import jax as adapter
+
+    lowered = _counting(monkeypatch, adapter, "lower")
+    applied = _counting(monkeypatch, optax, "apply_updates")
+    run = backends.load("jax").updates(STEPS, _inputs(STEPS), {"lr": 0.1}, "float32", variant, "cpu")
+    assert len(run.values) == STEPS.update.steps + 1
+    once = 1 if traced else STEPS.update.steps  # traced once for the whole run, or run at every step
+    assert lowered[0] == once and applied[0] == once
