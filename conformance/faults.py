@@ -59,6 +59,7 @@ class Fault:
     expected: tuple[str, ...]  # the properties meant to catch it (others may catch it too)
     plant: Callable[[Patches], None]
     keyword: str | None = None  # pytest -k: the properties a mutation run selects (default: all)
+    own_process: bool = False  # the backend runs in a process of its own, which plants the fault (own_process.py)
 
     @property
     def selected(self) -> str:
@@ -751,11 +752,25 @@ _planted: Patches | None = None
 
 
 def plant_from_environment() -> str | None:
-    """Plants the fault that CONFORMANCE_FAULT names, for the life of this process; returns its key."""
-    global _planted
+    """Plants the fault that CONFORMANCE_FAULT names, for the life of this process, unless its backend runs in a
+    process of its own (there `plant_in_process` plants it); returns its key."""
     key = os.environ.get(FAULT_ENVIRONMENT)
-    if not key or _planted is not None:
-        return key
-    _planted = Patches()
-    find(key).plant(_planted)
+    if key and not find(key).own_process:
+        _plant(find(key))
     return key
+
+
+def plant_in_process(backend: str) -> None:
+    """In the process of a backend that runs in one of its own (own_process.py): plants the fault that
+    CONFORMANCE_FAULT names when it is that backend's, and no other (a fault of the frameworks it shares, jax's or
+    torch's, belongs to those backends' items)."""
+    key = os.environ.get(FAULT_ENVIRONMENT)
+    if key and find(key).backend == backend:
+        _plant(find(key))
+
+
+def _plant(fault: Fault) -> None:
+    global _planted
+    if _planted is None:
+        _planted = Patches()
+        fault.plant(_planted)

@@ -1,4 +1,4 @@
-"""The backend registry: the three built-in adapters, third-party ones from the `conformance.backends` entry points,
+"""The backend registry: the built-in adapters, third-party ones from the `conformance.backends` entry points,
 and, for one run, those named by CONFORMANCE_BACKENDS ("name=module:Class,..."; xdist workers inherit it).
 
 Nothing here imports a framework: a backend's module is imported only when the backend is asked for.
@@ -16,6 +16,8 @@ BUILTIN = {
     "torch": "conformance.backends.torch:TorchBackend",
     "tensorflow": "conformance.backends.tensorflow:TensorFlowBackend",
     "jax": "conformance.backends.jax:JaxBackend",
+    "keras-jax": "conformance.backends.keras_engines:KerasJaxBackend",
+    "keras-torch": "conformance.backends.keras_engines:KerasTorchBackend",
 }
 ENTRY_POINT_GROUP = "conformance.backends"
 ENVIRONMENT_VARIABLE = "CONFORMANCE_BACKENDS"

@@ -24,7 +24,8 @@ import numpy as np
 from conformance.backends.base import NotApplicable
 from conformance.reference.optimizers import FORCED, Hyper, State, base_rule, check_hyperparameters
 
-MODULES = {"torch": "torch", "tf": "tensorflow", "optax": "optax"}  # how a reproducer imports each root name
+# how a reproducer imports each root name
+MODULES = {"torch": "torch", "tf": "tensorflow", "keras": "keras", "optax": "optax"}
 
 
 class _Params:
@@ -82,10 +83,17 @@ def build(call: Call, params: Any = None) -> Any:
 
 
 def native_call(framework: str, rule: str, given: Hyper) -> Call:
-    """How a user of `framework` writes `rule` with the case's hyperparameters; NotApplicable where they cannot."""
+    """How a user of `framework` ("torch", "tensorflow", "keras": Keras 3 on any engine, "jax") writes `rule` with
+    the case's hyperparameters; NotApplicable where they cannot."""
     check_hyperparameters(rule, given)
     hyper = {**given, **FORCED.get(rule, {})}
-    return {"torch": _torch_call, "tensorflow": _keras_call, "jax": _optax_call}[framework](base_rule(rule), hyper)
+    calls = {
+        "torch": _torch_call,
+        "tensorflow": functools.partial(_keras_call, module="tf.keras"),
+        "keras": functools.partial(_keras_call, module="keras"),
+        "jax": _optax_call,
+    }
+    return calls[framework](base_rule(rule), hyper)
 
 
 # ---------------------------------------------------------------------------------------------------- torch
@@ -125,11 +133,11 @@ _KERAS_NAMES = {
 }
 
 
-def _keras_call(rule: str, hyper: dict) -> Call:
+def _keras_call(rule: str, hyper: dict, module: str) -> Call:
     if hyper.pop("dampening", 0.0):
         raise NotApplicable("keras.optimizers.SGD has no dampening (keras/src/optimizers/sgd.py)")
     kwargs = {_KERAS_NAMES.get(name, name): _native_value(value) for name, value in hyper.items()}
-    return Call(f"tf.keras.optimizers.{_KERAS_CLASSES[rule]}", (), kwargs)
+    return Call(f"{module}.optimizers.{_KERAS_CLASSES[rule]}", (), kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------- optax
@@ -191,10 +199,10 @@ def torch_optimizer(
     return build(Call(call.function, call.args, {**call.kwargs, **implementation}), params)
 
 
-def keras_optimizer(rule: str, given: Hyper) -> Any:
-    """`tf.keras.optimizers.<Rule>(...)`, not yet built (it builds its slots in `build` or on the first
-    `apply_gradients`)."""
-    return build(native_call("tensorflow", rule, given))
+def keras_optimizer(rule: str, given: Hyper, framework: str = "tensorflow") -> Any:
+    """`tf.keras.optimizers.<Rule>(...)`, or `keras.optimizers.<Rule>(...)` for the framework "keras" (Keras 3 on
+    another engine); not yet built (it builds its slots in `build` or on the first `apply_gradients`)."""
+    return build(native_call(framework, rule, given))
 
 
 def optax_optimizer(rule: str, given: Hyper) -> Any:

@@ -199,6 +199,13 @@ OPTIMIZERS = OptimizerDeclaration(
 )
 
 
+KERAS_ACCUMULATION = "keras: SGD(learning_rate=1, gradient_accumulation_steps=k), the step taken"
+KERAS_ACCUMULATION_CITATION = (
+    "https://keras.io/api/optimizers/#base-optimizer-class (gradient_accumulation_steps: "
+    "updated every k steps using the average value of the gradients)"
+)
+
+
 # How a training step runs: eagerly, traced by tf.function, or compiled whole by XLA (`jit_compile=True`), as
 # keras.io's "Writing a training loop from scratch in TensorFlow" writes it. Autograph is off, as in the gradient
 # items: the step's loops are over Python lists, which autograph leaves as they are.
@@ -371,12 +378,11 @@ class TensorFlowBackend(Backend):
             for name, variable in variables.items()
         }
         return AccumulationRun(
-            "keras: SGD(learning_rate=1, gradient_accumulation_steps=k), the step taken",
+            KERAS_ACCUMULATION,
             self.accumulation_mechanism.promise,
             micro_gradients,
             accumulated,
-            "https://keras.io/api/optimizers/#base-optimizer-class (gradient_accumulation_steps: "
-            "updated every k steps using the average value of the gradients)",
+            KERAS_ACCUMULATION_CITATION,
             resolution=step_resolution(inputs, {name: v.numpy() for name, v in variables.items()}, dtype),
         )
 

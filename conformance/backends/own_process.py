@@ -1,0 +1,179 @@
+"""Backends whose framework needs a process of its own: Keras 3 fixes its engine when it is first imported, so
+Keras on JAX and Keras on PyTorch cannot share a process with Keras on TensorFlow.
+
+The backend the suite loads is a proxy (`OwnProcess` before the adapter's class): it starts a child process with
+the adapter's environment (`KERAS_BACKEND=jax`), sends each call that needs the framework there as a pickle over
+a pipe, and returns what the adapter there returned. Everything else the suite reads (name, variants, conventions,
+optimizer declarations, reproducers) is the adapter class' own and is answered in this process. The child is the
+suite's own code started by this module, so its pickles are trusted; a case file's content reaches it only as a
+parsed `Case`.
+
+The child plants the fault `conformance mutate` names when the fault is its backend's (faults.plant_in_process).
+A child that dies (a crash inside the framework) is an error of the call that was running, and the next call
+starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from conformance.backends.base import Backend, NotApplicable
+
+FORWARDED = ("versions", "gradients", "differentiate_once", "updates", "accumulation")
+_HEADER = struct.Struct("<Q")
+_KEPT_CASES = 256  # parsed cases the child keeps, so that an adapter's per-case caches (keyed by the Case) hold
+
+
+class ProcessEnded(RuntimeError):
+    """The backend's process ended during a call; the message gives the last line it wrote."""
+
+
+def _send(stream: BinaryIO, message: Any) -> None:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def _receive(stream: BinaryIO) -> Any:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError("the other end closed the pipe")
+    (size,) = _HEADER.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise EOFError("the other end closed the pipe mid-message")
+    return pickle.loads(payload)  # noqa: S301 - both ends are this module, started by the suite itself
+
+
+class OwnProcess(Backend):
+    """Mixed in before an adapter class: its FORWARDED methods run in a child process of the adapter's own, with
+    `process_environment` set there before anything is imported."""
+
+    process_environment: dict[str, str] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._process: subprocess.Popen | None = None
+        self._log = None
+
+    def _adapter_location(self) -> str:
+        """The adapter class itself: the first base after this mixin, which the child instantiates."""
+        adapter = next(base for base in type(self).__mro__[1:] if base is not OwnProcess and base is not object)
+        return f"{adapter.__module__}:{adapter.__qualname__}"
+
+    def _start(self) -> subprocess.Popen:
+        package_root = str(Path(__file__).resolve().parents[2])
+        environment = {**os.environ, **self.process_environment}
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+        self._log = tempfile.TemporaryFile()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", __name__, self._adapter_location(), self.name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=environment,
+        )
+        return self._process
+
+    def _last_words(self) -> str:
+        """The last line the child wrote to its stderr, and how it ended."""
+        status = self._process.wait(timeout=10) if self._process else None
+        self._log.seek(0)
+        lines = self._log.read().decode("utf-8", "replace").strip().splitlines()
+        how = f"signal {-status}" if status is not None and status < 0 else f"exit status {status}"
+        return f"{how}: {lines[-1][:200]}" if lines else how
+
+    def _call(self, method: str, *args: Any) -> Any:
+        process = self._process if self._process and self._process.poll() is None else self._start()
+        try:
+            _send(process.stdin, (method, pickle.dumps(args[0]) if args else None, args[1:]))
+            status, payload = _receive(process.stdout)
+        except (OSError, EOFError):
+            words = self._last_words()
+            self._process = None
+            raise ProcessEnded(f"the {self.name} process ended during {method} ({words})") from None
+        if status == "ok":
+            return payload
+        if status == "not_applicable":
+            raise NotApplicable(payload)
+        kind, message = payload
+        error_class = getattr(builtins, kind, None)
+        if isinstance(error_class, type) and issubclass(error_class, Exception):
+            raise error_class(message)
+        raise RuntimeError(f"{kind}: {message}")
+
+    def close(self) -> None:
+        """Ends the child (it also ends by itself when this process goes: its stdin closes)."""
+        if self._process is not None:
+            self._process.stdin.close()
+            self._process.wait(timeout=30)
+            self._process = None
+
+    def versions(self):
+        return self._call("versions")
+
+    def gradients(self, case, inputs, dtype, variant, device):
+        return self._call("gradients", case, inputs, dtype, variant, device)
+
+    def differentiate_once(self, case, inputs, dtype, variant, device):
+        return self._call("differentiate_once", case, inputs, dtype, variant, device)
+
+    def updates(self, case, inputs, hyper, dtype, variant, device):
+        return self._call("updates", case, inputs, hyper, dtype, variant, device)
+
+    def accumulation(self, case, inputs, dtype, variant, device):
+        return self._call("accumulation", case, inputs, dtype, variant, device)
+
+    def bare_gradients(self, case, inputs, dtype, variant, device):
+        raise NotImplementedError(f"{self.name} runs in a process of its own: a call from here times the pipe")
+
+
+def serve(location: str, name: str) -> None:
+    """The child's loop: one request at a time from stdin, one reply each on the original stdout (the framework's
+    own prints go to stderr), until stdin closes."""
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    requests = sys.stdin.buffer
+    from conformance import faults
+
+    faults.plant_in_process(name)
+    module_name, _, class_name = location.partition(":")
+    adapter = getattr(importlib.import_module(module_name), class_name)()
+    cases: OrderedDict[bytes, Any] = OrderedDict()
+    while True:
+        try:
+            method, case_bytes, rest = _receive(requests)
+        except EOFError:
+            return
+        if method not in FORWARDED:
+            _send(replies, ("error", ("ValueError", f"{method!r} is not a call a backend process takes")))
+            continue
+        arguments = rest
+        if case_bytes is not None:
+            if case_bytes not in cases:
+                cases[case_bytes] = pickle.loads(case_bytes)  # noqa: S301 - sent by the proxy above
+                if len(cases) > _KEPT_CASES:
+                    cases.popitem(last=False)
+            arguments = (cases[case_bytes], *rest)
+        try:
+            reply = ("ok", getattr(adapter, method)(*arguments))
+        except NotApplicable as reason:
+            reply = ("not_applicable", str(reason))
+        except Exception as error:  # noqa: BLE001 - a crash inside the framework is the call's result
+            first_line = str(error).splitlines()[0][:300] if str(error) else ""
+            reply = ("error", (type(error).__name__, first_line))
+        _send(replies, reply)
+
+
+if __name__ == "__main__":
+    serve(*sys.argv[1:3])
