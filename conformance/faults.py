@@ -394,6 +394,98 @@ def keras_stale_gradients(patches: Patches) -> None:
     _wrap_tape_gradient(patches, stale)
 
 
+# ------------------------------------------------------------------------------------ keras on jax and torch
+
+
+def _after_keras3_applies(patches: Patches, before_apply=None, after=None, feed=None) -> None:
+    """Every Keras 3 optimizer's `apply` (which `stateless_apply` calls too) runs as released, given
+    `feed(optimizer, grads)` for the gradients where `feed` is set, between `before_apply(optimizer)` and
+    `after(optimizer, variable, value_before)` for each variable it updates. Values are read and assigned through
+    `keras.Variable`, which inside `stateless_apply`'s StatelessScope reads and records the step's own values, so
+    the fault acts in a jitted JAX step as in an eager PyTorch one."""
+    import keras
+
+    base = keras.optimizers.Optimizer
+    original = base.apply
+
+    def apply(self, grads, trainable_variables=None):
+        if before_apply:
+            before_apply(self)
+        if feed:
+            grads = feed(self, list(grads))
+        variables = list(trainable_variables if trainable_variables is not None else self._trainable_variables)
+        before = [keras.ops.copy(variable.value) for variable in variables]
+        result = original(self, grads, trainable_variables)
+        if after:
+            for variable, old in zip(variables, before, strict=True):
+                after(self, variable, old)
+        return result
+
+    patches.setattr(base, "apply", apply)
+
+
+def keras3_longer_steps(patches: Patches) -> None:
+    """Every variable change a Keras 3 optimizer makes is 1.001 times what it computed."""
+    _after_keras3_applies(
+        patches, after=lambda optimizer, variable, old: variable.assign(old + (variable.value - old) * SCALE)
+    )
+
+
+def keras3_uncorrected_adam(patches: Patches) -> None:
+    """Keras 3 Adam without bias correction: p = p_old - lr * m / (sqrt(v) + eps), from the optimizer's slots."""
+    import keras
+
+    def uncorrect(optimizer, variable, old):
+        adam = isinstance(optimizer, keras.optimizers.Adam) and not isinstance(optimizer, keras.optimizers.AdamW)
+        if not adam:
+            return
+        index = optimizer._get_variable_index(variable)
+        m, v = optimizer._momentums[index].value, optimizer._velocities[index].value
+        lr = keras.ops.cast(optimizer.learning_rate, old.dtype)
+        variable.assign(old - lr * m / (keras.ops.sqrt(v) + optimizer.epsilon))
+
+    _after_keras3_applies(patches, after=uncorrect)
+
+
+def keras3_bfloat16_variables(patches: Patches) -> None:
+    """Variables are rounded through bfloat16 after every Keras 3 step."""
+    import keras
+
+    def round_through_bfloat16(optimizer, variable, old):
+        variable.assign(keras.ops.cast(keras.ops.cast(variable.value, "bfloat16"), variable.dtype))
+
+    _after_keras3_applies(patches, after=round_through_bfloat16)
+
+
+def keras3_overwritten_accumulation(patches: Patches) -> None:
+    """gradient_accumulation_steps keeps only the last micro-batch: Keras 3's accumulators (`_accumulated_gradients`,
+    no public name) are zeroed before every `apply`."""
+    import keras
+
+    def forget(optimizer):
+        for accumulator in getattr(optimizer, "_accumulated_gradients", None) or []:
+            if accumulator is not None:
+                accumulator.assign(keras.ops.zeros_like(accumulator.value))
+
+    _after_keras3_applies(patches, before_apply=forget)
+
+
+def keras3_stale_gradients(patches: Patches) -> None:
+    """Every Keras 3 `apply` after an optimizer's first is fed the gradients of the one before (an eager step's:
+    on JAX, whose steps are jitted, jax_stale_gradients acts inside jax.value_and_grad instead)."""
+    import keras
+
+    previous: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def stale(optimizer, grads):
+        current = [None if grad is None else keras.ops.copy(grad) for grad in grads]
+        fed = previous.get(optimizer, current)
+        previous[optimizer] = current
+        return [new if old is None or new is None else old for old, new in zip(fed, grads, strict=True)]
+
+    _after_keras3_applies(patches, feed=stale)
+
+
 # ---------------------------------------------------------------------------------------------------- jax
 
 
@@ -512,6 +604,12 @@ def optax_overwritten_accumulation(patches: Patches) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- registry
+
+
+def _in_own_process(name: str, backend: str, description: str, cases, expected, plant, keyword=None) -> Fault:
+    """A fault of a backend that runs in a process of its own (Keras 3 on jax or torch), planted there only."""
+    return Fault(name, backend, description, cases, expected, plant, keyword, own_process=True)
+
 
 GRADIENT_PROPERTY = ("gradient.matches_reference",)
 UPDATE_PROPERTY = ("update.matches_reference",)
@@ -732,11 +830,164 @@ FAULTS = (
         jax_stale_gradients,
         UPDATE_ONLY,
     ),
+    # Keras 3 on jax and torch: the engines' own differentiation faults and Keras' optimizers, in their processes
+    _in_own_process(
+        "scaled-gradients",
+        "keras-jax",
+        "every gradient 1 + 1e-3 times too large",
+        GRADIENT_CASES,
+        GRADIENT_PROPERTY,
+        jax_scaled_gradients,
+    ),
+    _in_own_process(
+        "longer-step",
+        "keras-jax",
+        "every optimizer step 0.1% too long",
+        UPDATE_CASES,
+        UPDATE_PROPERTY,
+        keras3_longer_steps,
+    ),
+    _in_own_process(
+        "no-bias-correction",
+        "keras-jax",
+        "Adam without its bias correction",
+        ADAM_CASES,
+        UPDATE_PROPERTY,
+        keras3_uncorrected_adam,
+    ),
+    _in_own_process(
+        "overwritten-accumulation",
+        "keras-jax",
+        "gradient_accumulation_steps keeps only the last micro-batch",
+        ACCUMULATION_CASES,
+        ("accumulation.native",),
+        keras3_overwritten_accumulation,
+    ),
+    _in_own_process(
+        "bfloat16-parameters",
+        "keras-jax",
+        "parameters rounded to bfloat16 after each step",
+        UPDATE_CASES,
+        UPDATE_PROPERTY,
+        keras3_bfloat16_variables,
+    ),
+    _in_own_process(
+        "training-gradients",
+        "keras-jax",
+        "the gradients a training step feeds its optimizer 0.1% too large",
+        TRAINING_CASES,
+        UPDATE_PROPERTY,
+        jax_scaled_gradients,
+        UPDATE_ONLY,
+    ),
+    _in_own_process(
+        "dropped-micro-batch",
+        "keras-jax",
+        "a training step's micro-batch sum drops every other one",
+        ACCUMULATION_CASES,
+        UPDATE_PROPERTY,
+        jax_dropped_micro_batch,
+        UPDATE_ONLY,
+    ),
+    _in_own_process(
+        "stale-gradients",
+        "keras-jax",
+        "each step is fed the gradient at the previous parameters",
+        TRAINING_CASES,
+        UPDATE_PROPERTY,
+        jax_stale_gradients,
+        UPDATE_ONLY,
+    ),
+    _in_own_process(
+        "scaled-gradients",
+        "keras-torch",
+        "every gradient 1 + 1e-3 times too large",
+        GRADIENT_CASES,
+        GRADIENT_PROPERTY,
+        torch_scaled_gradients,
+    ),
+    _in_own_process(
+        "nudged-variable",
+        "keras-torch",
+        "differentiation moves each variable by one ulp",
+        GRADIENT_CASES,
+        ("differentiation.values_unchanged",),
+        torch_nudged_variables,
+    ),
+    _in_own_process(
+        "leaked-gradients",
+        "keras-torch",
+        "a second differentiation adds to the first gradient",
+        GRADIENT_CASES,
+        ("differentiation.repeatable",),
+        torch_leaked_gradients,
+    ),
+    _in_own_process(
+        "longer-step",
+        "keras-torch",
+        "every optimizer step 0.1% too long",
+        UPDATE_CASES,
+        UPDATE_PROPERTY,
+        keras3_longer_steps,
+    ),
+    _in_own_process(
+        "no-bias-correction",
+        "keras-torch",
+        "Adam without its bias correction",
+        ADAM_CASES,
+        UPDATE_PROPERTY,
+        keras3_uncorrected_adam,
+    ),
+    _in_own_process(
+        "overwritten-accumulation",
+        "keras-torch",
+        "gradient_accumulation_steps keeps only the last micro-batch",
+        ACCUMULATION_CASES,
+        ("accumulation.native",),
+        keras3_overwritten_accumulation,
+    ),
+    _in_own_process(
+        "bfloat16-parameters",
+        "keras-torch",
+        "parameters rounded to bfloat16 after each step",
+        UPDATE_CASES,
+        UPDATE_PROPERTY,
+        keras3_bfloat16_variables,
+    ),
+    _in_own_process(
+        "training-gradients",
+        "keras-torch",
+        "the gradients a training step feeds its optimizer 0.1% too large",
+        TRAINING_CASES,
+        UPDATE_PROPERTY,
+        torch_scaled_gradients,
+        UPDATE_ONLY,
+    ),
+    _in_own_process(
+        "dropped-micro-batch",
+        "keras-torch",
+        "a training step's micro-batch sum keeps only the first",
+        ACCUMULATION_CASES,
+        UPDATE_PROPERTY,
+        torch_dropped_micro_batch,
+        UPDATE_ONLY,
+    ),
+    _in_own_process(
+        "stale-gradients",
+        "keras-torch",
+        "each step applies the previous step's gradient",
+        TRAINING_CASES,
+        UPDATE_PROPERTY,
+        keras3_stale_gradients,
+        UPDATE_ONLY,
+    ),
 )
 NOT_PLANTED = {
     ("nudged-variable", "jax"): "JAX arrays are immutable: jax.grad cannot change the values it differentiates at",
     ("leaked-gradients", "tensorflow"): "tf.GradientTape returns new tensors and keeps no gradient between calls",
     ("leaked-gradients", "jax"): "jax.grad is a pure function and keeps no gradient between calls",
+    ("nudged-variable", "keras-jax"): "jax.grad differentiates at the variables' values, immutable JAX arrays",
+    ("leaked-gradients", "keras-jax"): "jax.grad is a pure function and keeps no gradient between calls",
 }
 
 

@@ -124,21 +124,37 @@ def _keras_source(path: str, text: str):
     return source_citation("keras-team/keras", "3.15.1", path, text)
 
 
+HYPERPARAMETER_PRECISION = _keras_source(
+    "keras/src/optimizers/base_optimizer.py",
+    "__init__: learning_rate = backend.Variable(learning_rate, dtype=backend.floatx()), float32; the "
+    "other hyperparameters stay Python floats, and ops.cast(beta_1, variable.dtype) of a Python float is exact on "
+    "jax and torch (on TensorFlow it makes a float32 tensor first)",
+)
+
+
 def _declaration(no_gradient: str, citation) -> OptimizerDeclaration:
     """Keras' optimizers as declared for TensorFlow (the formulas are Keras', whatever the engine), but for what
-    the engine's differentiation gives a variable the loss does not use."""
+    the engine's differentiation gives a variable the loss does not use, and for the precision of the
+    hyperparameters in a float64 run (only the learning rate is float32 there)."""
     keras = tensorflow_backend.OPTIMIZERS
     switches = dataclasses.replace(
-        keras.switches, no_gradient=no_gradient, citations={**keras.switches.citations, "no_gradient": citation}
+        keras.switches,
+        no_gradient=no_gradient,
+        hyperparameter_precision="float32_lr",
+        citations={
+            **keras.switches.citations,
+            "no_gradient": citation,
+            "hyperparameter_precision": HYPERPARAMETER_PRECISION,
+        },
     )
     return OptimizerDeclaration(switches, keras.defaults, keras.defaults_source)
 
 
 FLOAT64_DEMOTED = (
-    "Keras 3 on {engine} computes float64 in float32 wherever an op promotes dtypes: keras.backend.result_type maps "
-    "float64 to float32 on every engine but TensorFlow (keras/src/backend/common/dtypes.py, BIT64_TO_BIT32_DTYPE; "
-    "keras.ops.matmul, maximum, tanh, and the optimizers' `variable - lr * m / (sqrt(v) + epsilon)`), so a float64 run "
-    "is a float32 run"
+    "Keras 3 on {engine} computes float64 partly in float32: keras.backend.result_type maps float64 to float32 on "
+    "every engine but TensorFlow (keras/src/backend/common/dtypes.py, BIT64_TO_BIT32_DTYPE), so keras.ops.mean "
+    "computes in result_type(x, float32) and casts back, and ops such as matmul (torch) and tanh (jax) return "
+    "float32; a float64 run would be judged as float64 and is not"
 )
 
 
@@ -320,21 +336,20 @@ class KerasOnJax(_KerasOnEngine):
 
     def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
         lines = [*self._repro_header(), "import jax", "import keras", ""]
-        if dtype == "float64":
-            lines.insert(3, "os.environ['JAX_ENABLE_X64'] = '1'")
         for spec in case.data:
             lines.append(f"{spec.name} = keras.ops.convert_to_tensor({literal(inputs[spec.name])}, dtype={dtype!r})")
-        names = ", ".join(case.variable_names)
+        arguments = [*case.variable_names, *(spec.name for spec in case.data)]  # the data too, as the adapter jits
         lines += [
-            f"def loss_function({names}):",
+            f"def loss_function({', '.join(arguments)}):",
             f"    return {source_of(case, SOURCE_FORMATS)}",
             "",
             *(
                 f"{spec.name} = keras.Variable({literal(inputs[spec.name])}, dtype={dtype!r}, name={spec.name!r})"
                 for spec in case.variables
             ),
-            f"loss, grads = jax.value_and_grad(loss_function, argnums={tuple(range(len(case.variables)))!r})("
-            + ", ".join(f"{name}.value" for name in case.variable_names)
+            f"argnums = {tuple(range(len(case.variables)))!r}",
+            "loss, grads = jax.jit(jax.value_and_grad(loss_function, argnums=argnums))("
+            + ", ".join([*(f"{name}.value" for name in case.variable_names), *(spec.name for spec in case.data)])
             + ")",
             "print('loss', float(loss))",
             f"for name, grad in zip({list(case.variable_names)!r}, grads):",
@@ -425,10 +440,9 @@ class KerasOnTorch(_KerasOnEngine):
 
 
 class KerasJaxBackend(OwnProcess, KerasOnJax):
-    """`keras-jax`: KerasOnJax in a process with KERAS_BACKEND=jax, on the CPU (the device its items name), with
-    64-bit mode on for the float64 runs."""
+    """`keras-jax`: KerasOnJax in a process with KERAS_BACKEND=jax, on the CPU (the device its items name)."""
 
-    process_environment = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1"}
+    process_environment = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
 
 
 class KerasTorchBackend(OwnProcess, KerasOnTorch):

@@ -61,8 +61,10 @@ class OwnProcess(Backend):
 
     process_environment: dict[str, str] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, extra_environment: dict[str, str] | None = None) -> None:
+        """`extra_environment`: more for the child, e.g. the fault a self-test plants there."""
         super().__init__()
+        self._extra_environment = dict(extra_environment or {})
         self._process: subprocess.Popen | None = None
         self._log = None
 
@@ -73,7 +75,7 @@ class OwnProcess(Backend):
 
     def _start(self) -> subprocess.Popen:
         package_root = str(Path(__file__).resolve().parents[2])
-        environment = {**os.environ, **self.process_environment}
+        environment = {**os.environ, **self.process_environment, **self._extra_environment}
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
         self._log = tempfile.TemporaryFile()
         self._process = subprocess.Popen(

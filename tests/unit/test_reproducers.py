@@ -23,7 +23,8 @@ CASES = [
     "losses/maximum-minimum",
     "losses/logsumexp-axis0",
 ]
-EAGER = {"torch": "eager", "tensorflow": "eager", "jax": "eager"}  # the reproducers differentiate op by op
+# the reproducers differentiate op by op, but Keras on jax's, which is jitted as the adapter's differentiation is
+EAGER = {"torch": "eager", "tensorflow": "eager", "jax": "eager", "keras-jax": "jit", "keras-torch": "eager"}
 
 
 # runs each script as `python script.py` would, one fresh interpreter for all of them (importing a framework is slow)
@@ -64,6 +65,8 @@ def test_reproducer_prints_the_adapters_gradients(name, dtype, tmp_path):
     backend = backends.load(name)
     if backend.unavailable_reason():
         pytest.skip(backend.unavailable_reason())
+    if name.startswith("keras-") and dtype == "float64":
+        pytest.skip("not applicable: Keras 3 on jax and torch computes float64 in float32 (keras_engines.py)")
     rng = np.random.default_rng(7)
     runs, scripts = {}, []
     for case_id in CASES:
