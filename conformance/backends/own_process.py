@@ -68,18 +68,28 @@ class OwnProcess(Backend):
         self._process: subprocess.Popen | None = None
         self._log = None
 
-    def _adapter_location(self) -> str:
+    def __init_subclass__(cls, **kwargs) -> None:
+        """Forwards each FORWARDED method the adapter implements; one it leaves to `Backend` stays `Backend`'s
+        here too, so that what the suite reads from a missing method (accumulation items not applicable) holds."""
+        super().__init_subclass__(**kwargs)
+        adapter = cls._adapter_class()
+        for method in FORWARDED:
+            if getattr(adapter, method) is not getattr(Backend, method):
+                setattr(cls, method, _forwarding(method))
+
+    @classmethod
+    def _adapter_class(cls) -> type:
         """The adapter class itself: the first base after this mixin, which the child instantiates."""
-        adapter = next(base for base in type(self).__mro__[1:] if base is not OwnProcess and base is not object)
-        return f"{adapter.__module__}:{adapter.__qualname__}"
+        return next(base for base in cls.__mro__ if issubclass(base, Backend) and not issubclass(base, OwnProcess))
 
     def _start(self) -> subprocess.Popen:
+        adapter = self._adapter_class()
         package_root = str(Path(__file__).resolve().parents[2])
         environment = {**os.environ, **self.process_environment, **self._extra_environment}
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
         self._log = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__, self._adapter_location(), self.name],
+            [sys.executable, "-m", __name__, f"{adapter.__module__}:{adapter.__qualname__}", self.name],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -121,23 +131,17 @@ class OwnProcess(Backend):
             self._process.wait(timeout=30)
             self._process = None
 
-    def versions(self):
-        return self._call("versions")
-
-    def gradients(self, case, inputs, dtype, variant, device):
-        return self._call("gradients", case, inputs, dtype, variant, device)
-
-    def differentiate_once(self, case, inputs, dtype, variant, device):
-        return self._call("differentiate_once", case, inputs, dtype, variant, device)
-
-    def updates(self, case, inputs, hyper, dtype, variant, device):
-        return self._call("updates", case, inputs, hyper, dtype, variant, device)
-
-    def accumulation(self, case, inputs, dtype, variant, device):
-        return self._call("accumulation", case, inputs, dtype, variant, device)
-
     def bare_gradients(self, case, inputs, dtype, variant, device):
         raise NotImplementedError(f"{self.name} runs in a process of its own: a call from here times the pipe")
+
+
+def _forwarding(method: str):
+    def forward(self, *args):
+        return self._call(method, *args)
+
+    forward.__name__ = forward.__qualname__ = method
+    forward.__doc__ = f"`{method}` of the adapter, run in its process."
+    return forward
 
 
 def serve(location: str, name: str) -> None:

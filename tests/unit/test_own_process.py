@@ -48,6 +48,16 @@ def test_calls_run_in_a_child_with_the_adapters_environment(proxy):
     assert os.environ.get("OWN_PROCESS_BACKEND_MARKER") is None  # set there, not here
 
 
+def test_only_what_the_adapter_implements_is_forwarded(proxy):
+    from own_process_backend import Misbehaving
+
+    from conformance.backends.base import Backend
+
+    assert type(proxy).gradients is not Misbehaving.gradients  # forwarded
+    assert type(proxy).accumulation is Backend.accumulation  # as the adapter: its accumulation items not applicable
+    assert type(proxy).updates is Backend.updates
+
+
 def test_results_come_back_as_the_adapter_computed_them(proxy):
     from own_process_backend import Misbehaving
 
