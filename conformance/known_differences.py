@@ -16,7 +16,7 @@ from conformance import backends
 from conformance.reference import optimizers
 from conformance.reference.conventions import SWITCH_NAMES
 
-FRAMEWORKS = ("torch", "tensorflow", "jax")
+FRAMEWORKS = tuple(backends.BUILTIN)  # torch, tensorflow, jax, and Keras 3 on jax and on torch
 
 
 def measured_sizes(paths: Sequence[Path]) -> dict[str, tuple[float, str]]:
@@ -56,7 +56,7 @@ def render(sizes: dict[str, tuple[float, str]]) -> str:
         "## Derivatives at kinks, ties and thresholds",
         "",
         "| switch | " + " | ".join(FRAMEWORKS) + " | largest measured | citations |",
-        "|---|---|---|---|---|---|",
+        "|---|" + "---|" * (len(FRAMEWORKS) + 2),
     ]
     conventions = {name: backends.load(name).conventions for name in FRAMEWORKS}
     declared = {name: backends.load(name).optimizers for name in FRAMEWORKS}
@@ -82,7 +82,8 @@ def render(sizes: dict[str, tuple[float, str]]) -> str:
             cited = f" — [{citation.text}]({citation.url})" if citation else ""
             lines.append(f"- **{name}**: `{value}`: {meanings[value]}{cited}")
         lines.append("")
-    lines += ["## Defaults", "", "| rule | hyperparameter | " + " | ".join(FRAMEWORKS) + " |", "|---|---|---|---|---|"]
+    lines += ["## Defaults", "", "| rule | hyperparameter | " + " | ".join(FRAMEWORKS) + " |"]
+    lines.append("|---|---|" + "---|" * len(FRAMEWORKS))
     for rule in optimizers.RULE_HYPERPARAMETERS:
         for name in optimizers.RULE_HYPERPARAMETERS[rule]:
             values = [str(declared[framework].defaults[rule].get(name, "none")) for framework in FRAMEWORKS]
@@ -94,7 +95,7 @@ def render(sizes: dict[str, tuple[float, str]]) -> str:
         "",
         "- torch: `.grad` accumulates the **sum** over `backward()` calls "
         "([docs](https://pytorch.org/docs/stable/generated/torch.Tensor.backward.html)).",
-        "- Keras: `gradient_accumulation_steps=k` applies the **mean** of the k gradients "
+        "- Keras, on every engine: `gradient_accumulation_steps=k` applies the **mean** of the k gradients "
         "([docs](https://keras.io/api/optimizers/)).",
         "- optax: `MultiSteps(every_k_schedule=k)` applies the **mean** "
         "([docs](https://optax.readthedocs.io/en/latest/api/optimizer_wrappers.html#optax.MultiSteps)), held "

@@ -52,13 +52,6 @@ def engine_or_skip(name: str):
     return backend
 
 
-@functools.cache
-def broken(fault_key: str):
-    """A fresh proxy whose child plants the fault (one child per fault, shared by its cases)."""
-    fault = faults.find(fault_key)
-    return type(engine_or_skip(fault.backend))(extra_environment={faults.FAULT_ENVIRONMENT: fault_key})
-
-
 def check(property_name: str, backend, case, inputs):
     run = backend.gradients(case, inputs, "float32", ENGINES[backend.name], "cpu")
     if property_name == "matches_reference":
@@ -67,8 +60,9 @@ def check(property_name: str, backend, case, inputs):
 
 
 @pytest.mark.parametrize(("fault", "case_id"), GRADIENT_FAULTS)
-def test_a_broken_engine_is_caught(fault, case_id):
-    backend, case = broken(fault.key), shipped(case_id)
+def test_a_broken_engine_is_caught(own_process_faults, fault, case_id):
+    engine_or_skip(fault.backend)
+    backend, case = own_process_faults.backend(fault.key), shipped(case_id)
     property_name = GRADIENT_PROPERTIES[fault.expected[0]]
     try:
         find(

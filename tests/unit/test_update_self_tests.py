@@ -50,21 +50,14 @@ def backend_or_skip(name: str):
     return backends.load(name)
 
 
-@functools.cache
-def _in_own_process(fault_key: str):
-    """A backend whose child plants the fault (one child per fault, shared by its cases and draws)."""
-    fault = faults.find(fault_key)
-    return type(backend_or_skip(fault.backend))(extra_environment={faults.FAULT_ENVIRONMENT: fault_key})
-
-
-def broken_backend(fault: faults.Fault, planted):
+def broken_backend(fault: faults.Fault, planted, own_process_faults):
     """A fresh adapter with the fault planted below it (the shared one may hold functions compiled before the
     fault): here, or in the backend's own process where it runs in one."""
+    backend = backend_or_skip(fault.backend)
     if fault.own_process:
-        return _in_own_process(fault.key)
-    backend = type(backend_or_skip(fault.backend))()
+        return own_process_faults.backend(fault.key)
     fault.plant(planted)
-    return backend
+    return type(backend)()
 
 
 def update_check(backend, case, inputs: dict, hyper: dict, dtype: str, variant: str):
@@ -144,8 +137,8 @@ ACCUMULATION_PARAMS = [
 
 
 @pytest.mark.parametrize(("fault", "case_id", "dtype", "variant"), UPDATE_FAULT_PARAMS)
-def test_a_broken_optimizer_is_caught(planted, fault, case_id, dtype, variant):
-    backend, case = broken_backend(fault, planted), shipped(case_id)
+def test_a_broken_optimizer_is_caught(planted, own_process_faults, fault, case_id, dtype, variant):
+    backend, case = broken_backend(fault, planted, own_process_faults), shipped(case_id)
     assert_caught(
         lambda draw: not update_check(backend, case, *draw, dtype, variant).ok,
         draws(case, dtype),
@@ -171,8 +164,8 @@ def test_the_real_optimizer_passes_the_same_checks(framework, case_id, dtype, va
 
 
 @pytest.mark.parametrize(("fault", "case_id", "dtype"), ACCUMULATION_FAULT_PARAMS)
-def test_overwriting_accumulation_is_caught(planted, fault, case_id, dtype):
-    backend, case = broken_backend(fault, planted), shipped(case_id)
+def test_overwriting_accumulation_is_caught(planted, own_process_faults, fault, case_id, dtype):
+    backend, case = broken_backend(fault, planted, own_process_faults), shipped(case_id)
     assert_caught(
         lambda inputs: not accumulation_check(backend, case, inputs, dtype).ok,
         strategies.inputs(case, dtype),
