@@ -132,10 +132,11 @@ HYPERPARAMETER_PRECISION = _keras_source(
 )
 
 
-def _declaration(no_gradient: str, citation) -> OptimizerDeclaration:
+def _declaration(no_gradient: str, citation, **engine_citations) -> OptimizerDeclaration:
     """Keras' optimizers as declared for TensorFlow (the formulas are Keras', whatever the engine), but for what
     the engine's differentiation gives a variable the loss does not use, and for the precision of the
-    hyperparameters in a float64 run (only the learning rate is float32 there)."""
+    hyperparameters in a float64 run (only the learning rate is float32 there); `engine_citations`: where the
+    engine's own optimizer code writes a formula."""
     keras = tensorflow_backend.OPTIMIZERS
     switches = dataclasses.replace(
         keras.switches,
@@ -145,6 +146,7 @@ def _declaration(no_gradient: str, citation) -> OptimizerDeclaration:
             **keras.switches.citations,
             "no_gradient": citation,
             "hyperparameter_precision": HYPERPARAMETER_PRECISION,
+            **engine_citations,
         },
     )
     return OptimizerDeclaration(switches, keras.defaults, keras.defaults_source)
@@ -154,7 +156,7 @@ FLOAT64_DEMOTED = (
     "Keras 3 on {engine} computes float64 partly in float32: keras.backend.result_type maps float64 to float32 on "
     "every engine but TensorFlow (keras/src/backend/common/dtypes.py, BIT64_TO_BIT32_DTYPE), so keras.ops.mean "
     "computes in result_type(x, float32) and casts back, and ops such as matmul (torch) and tanh (jax) return "
-    "float32; a float64 run would be judged as float64 and is not"
+    "float32{also}; a float64 run would be judged as float64 and is not"
 )
 
 
@@ -164,6 +166,7 @@ class _KerasOnEngine(Backend):
 
     engine = ""
     variants = ("default",)
+    float64_also = ""  # what else of the engine computes a float64 run in float32
     accumulation_mechanism = tensorflow_backend.TensorFlowBackend.accumulation_mechanism
 
     def __init__(self):
@@ -200,7 +203,7 @@ class _KerasOnEngine(Backend):
 
     def _refuse_float64(self, dtype: str) -> None:
         if dtype == "float64":
-            raise NotApplicable(FLOAT64_DEMOTED.format(engine=self.engine))
+            raise NotApplicable(FLOAT64_DEMOTED.format(engine=self.engine, also=self.float64_also))
 
     def _no_grad(self):
         """Where the optimizer is applied: outside any gradient recording (torch.no_grad() on PyTorch)."""
@@ -366,8 +369,20 @@ class KerasOnTorch(_KerasOnEngine):
     name = "keras-torch"
     engine = "torch"
     variants = ("eager",)
+    float64_also = (
+        ", and its decoupled weight decay multiplies by 1 - weight_decay * learning_rate computed in float32 "
+        "(keras/src/backend/torch/optimizers/torch_optimizer.py, _apply_weight_decay)"
+    )
     conventions = torch_backend.TorchBackend.conventions
-    optimizers = _declaration("skip_count_advances", tensorflow_backend.OPTIMIZERS.switches.citations["no_gradient"])
+    optimizers = _declaration(
+        "skip_count_advances",
+        tensorflow_backend.OPTIMIZERS.switches.citations["no_gradient"],
+        weight_decay=_keras_source(
+            "keras/src/backend/torch/optimizers/torch_optimizer.py",
+            "_apply_weight_decay: torch._foreach_mul_(variables, 1 - weight_decay * learning_rate) before the "
+            "update step, for every optimizer's weight_decay (decoupled)",
+        ),
+    )
 
     @property
     def torch(self):
