@@ -165,7 +165,6 @@ class _KerasOnEngine(Backend):
     accumulation (`gradient_accumulation_steps`, as on TensorFlow), and float64 refused (FLOAT64_DEMOTED)."""
 
     engine = ""
-    variants = ("default",)
     float64_also = ""  # what else of the engine computes a float64 run in float32
     accumulation_mechanism = tensorflow_backend.TensorFlowBackend.accumulation_mechanism
 
