@@ -124,30 +124,15 @@ def _keras_source(path: str, text: str):
     return source_citation("keras-team/keras", "3.15.1", path, text)
 
 
-HYPERPARAMETER_PRECISION = _keras_source(
-    "keras/src/optimizers/base_optimizer.py",
-    "__init__: learning_rate = backend.Variable(learning_rate, dtype=backend.floatx()), float32; the "
-    "other hyperparameters stay Python floats, and ops.cast(beta_1, variable.dtype) of a Python float is exact on "
-    "jax and torch (on TensorFlow it makes a float32 tensor first)",
-)
-
-
-def _declaration(no_gradient: str, citation, **engine_citations) -> OptimizerDeclaration:
-    """Keras' optimizers as declared for TensorFlow (the formulas are Keras', whatever the engine), but for what
-    the engine's differentiation gives a variable the loss does not use, and for the precision of the
-    hyperparameters in a float64 run (only the learning rate is float32 there); `engine_citations`: where the
-    engine's own optimizer code writes a formula."""
+def _declaration(**engine_switches) -> OptimizerDeclaration:
+    """Keras' optimizers as declared for TensorFlow (the formulas are Keras', whatever the engine; float32 runs
+    only, see FLOAT64_DEMOTED), but for `engine_switches`: switch name -> (value, citation), where the engine's
+    differentiation or its own optimizer code decides."""
     keras = tensorflow_backend.OPTIMIZERS
     switches = dataclasses.replace(
         keras.switches,
-        no_gradient=no_gradient,
-        hyperparameter_precision="float32_lr",
-        citations={
-            **keras.switches.citations,
-            "no_gradient": citation,
-            "hyperparameter_precision": HYPERPARAMETER_PRECISION,
-            **engine_citations,
-        },
+        **{name: value for name, (value, _) in engine_switches.items()},
+        citations={**keras.switches.citations, **{name: cited for name, (_, cited) in engine_switches.items()}},
     )
     return OptimizerDeclaration(switches, keras.defaults, keras.defaults_source)
 
@@ -267,12 +252,14 @@ class KerasOnJax(_KerasOnEngine):
     variants = ("jit",)
     conventions = jax_backend.JaxBackend.conventions
     optimizers = _declaration(
-        "zero",
-        _keras_source(
-            "keras/src/optimizers/base_optimizer.py",
-            "stateless_apply applies every gradient it is given; jax.grad gives zeros for a "
-            "variable the loss does not use, so Keras updates it with a zero gradient (weight decay and moments act)",
-        ),
+        no_gradient=(
+            "zero",
+            _keras_source(
+                "keras/src/optimizers/base_optimizer.py",
+                "stateless_apply applies every gradient it is given; jax.grad gives zeros for a variable the loss "
+                "does not use, so Keras updates it with a zero gradient (weight decay and moments act)",
+            ),
+        )
     )
 
     @property
@@ -374,12 +361,22 @@ class KerasOnTorch(_KerasOnEngine):
     )
     conventions = torch_backend.TorchBackend.conventions
     optimizers = _declaration(
-        "skip_count_advances",
-        tensorflow_backend.OPTIMIZERS.switches.citations["no_gradient"],
-        weight_decay=_keras_source(
-            "keras/src/backend/torch/optimizers/torch_optimizer.py",
-            "_apply_weight_decay: torch._foreach_mul_(variables, 1 - weight_decay * learning_rate) before the "
-            "update step, for every optimizer's weight_decay (decoupled)",
+        no_gradient=(
+            "skip_count_advances",
+            _keras_source(
+                "keras/src/optimizers/base_optimizer.py",
+                "apply: _filter_empty_gradients drops variables whose gradient is None (torch leaves .grad None for "
+                "a variable the loss does not use), then self._iterations.assign_add(1): the one shared count "
+                "that Adam's local_step = iterations + 1 reads advances for them too",
+            ),
+        ),
+        weight_decay=(
+            "decoupled",
+            _keras_source(
+                "keras/src/backend/torch/optimizers/torch_optimizer.py",
+                "_apply_weight_decay: torch._foreach_mul_(variables, 1 - weight_decay * learning_rate) before the "
+                "update step, for every optimizer's weight_decay (decoupled)",
+            ),
         ),
     )
 

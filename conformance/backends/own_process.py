@@ -23,6 +23,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -121,14 +123,24 @@ class OwnProcess(Backend):
         kind, message = payload
         error_class = getattr(builtins, kind, None)
         if isinstance(error_class, type) and issubclass(error_class, Exception):
-            raise error_class(message)
+            try:
+                error = error_class(message)
+            except Exception:  # noqa: BLE001 - a built-in exception that takes other arguments (UnicodeDecodeError)
+                error = None
+            if error is not None:
+                raise error
         raise RuntimeError(f"{kind}: {message}")
 
     def close(self) -> None:
-        """Ends the child (it also ends by itself when this process goes: its stdin closes)."""
+        """Ends the child: it ends when its stdin closes, or is killed if busy (it also ends by itself when this
+        process goes, see `serve`)."""
         if self._process is not None:
             self._process.stdin.close()
-            self._process.wait(timeout=30)
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
             self._process = None
 
     def bare_gradients(self, case, inputs, dtype, variant, device):
@@ -144,12 +156,25 @@ def _forwarding(method: str):
     return forward
 
 
+def _end_with(parent: int) -> None:
+    """Ends this process once its parent is gone, even in the middle of a call (a worker ended for a timeout
+    leaves a busy child, which never reads the end of its stdin)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="end-with-parent").start()
+
+
 def serve(location: str, name: str) -> None:
     """The child's loop: one request at a time from stdin, one reply each on the original stdout (the framework's
     own prints go to stderr), until stdin closes."""
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     requests = sys.stdin.buffer
+    _end_with(os.getppid())
     from conformance import faults
 
     faults.plant_in_process(name)

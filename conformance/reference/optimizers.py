@@ -112,8 +112,6 @@ SWITCH_MEANINGS: dict[str, dict[str, str]] = {
         "momentum, Adagrad's initial accumulator and the betas of Adam's bias corrections (each "
         "passes through ops.cast(python_float, dtype), which makes a float32 tensor first); "
         "1 - beta2 in float32 is off by 1.3e-5 relative, so early Adam steps move by ~1e-5",
-        "float32_lr": "a float64 run uses a float32-rounded lr (held in a floatx variable); every other "
-        "hyperparameter enters as the Python float given",
     },
 }
 SWITCH_MEANINGS["rmsprop_momentum"] = SWITCH_MEANINGS["sgd_momentum"]
@@ -213,7 +211,7 @@ def step(
     """One update. `hyper` is complete (see `hyperparameters`); a gradient that is None or missing means the
     framework gives none (tf.GradientTape's None, torch's .grad None), and `switches.no_gradient` says what then."""
     rule = base_rule(rule)
-    lr = _precision(hyper["lr"], switches, learning_rate=True)
+    lr = _precision(hyper["lr"], switches)
     new_params = {name: np.array(value, dtype=np.float64) for name, value in params.items()}
     new_state = {slot: dict(values) for slot, values in state.items()}
     for name in params:
@@ -237,10 +235,9 @@ def step(
     return new_params, new_state
 
 
-def _precision(value: float | bool, switches: UpdateSwitches, learning_rate: bool = False) -> float:
+def _precision(value: float | bool, switches: UpdateSwitches) -> float:
     """A hyperparameter at the precision the framework computes with it (only where Keras casts it)."""
-    rounded = {"float32_casts": True, "float32_lr": learning_rate}.get(switches.hyperparameter_precision, False)
-    return float(np.float32(value)) if rounded else float(value)
+    return float(np.float32(value)) if switches.hyperparameter_precision == "float32_casts" else float(value)
 
 
 def _momentum(

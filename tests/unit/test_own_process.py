@@ -5,7 +5,9 @@ a fresh child. Faults are planted in the child of the backend they belong to, an
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +108,38 @@ def test_every_own_process_fault_names_an_own_process_backend():
 
     for fault in faults.FAULTS:
         assert fault.own_process == isinstance(backends.load(fault.backend), OwnProcess), fault.key
+
+
+ORPHAN = """
+import os, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from own_process_backend import MisbehavingInItsOwnProcess
+from conformance.cases import load_case
+proxy = MisbehavingInItsOwnProcess()
+print(proxy.versions()["pid"], flush=True)
+case = load_case(os.path.join(sys.argv[2], "4-hang.toml"), sys.argv[2])
+threading.Thread(target=proxy.gradients, args=(case, {"x": 1.0}, "float32", "default", "cpu"), daemon=True).start()
+time.sleep(1.0)
+os._exit(0)  # as a worker ended for a timeout: no cleanup, the child busy in its call
+"""
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (an ended child not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_busy_child_ends_when_its_parent_does(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(FIXTURES))
+    completed = subprocess.run(
+        [sys.executable, "-c", ORPHAN, str(FIXTURES), str(CRASH_CASES)], capture_output=True, text=True, timeout=60
+    )
+    child = int(completed.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(child), "the child outlived its parent"

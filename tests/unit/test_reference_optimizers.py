@@ -75,16 +75,6 @@ def test_keras_runs_a_float64_step_with_float32_hyperparameters():
     assert ref.init("adagrad", hyper, KERAS, {"x": np.asarray(2.0)})["sum"]["x"] == float(np.float32(0.1))
 
 
-def test_keras_on_jax_and_torch_holds_only_the_learning_rate_in_float32():
-    """Keras 3 on jax and on torch, float64, x = 2, g = 6, Adam(learning_rate=0.1): x = 1.9000000512144846 on both
-    (measured); on TensorFlow 1.900000718788077, where the betas are float32 too."""
-    keras3 = dataclasses.replace(KERAS, hyperparameter_precision="float32_lr")
-    assert run("adam", {"lr": 0.1}, keras3, xs(6.0), framework="tensorflow")[0]["x"] == 1.9000000512144846
-    assert run("adam", {"lr": 0.1}, KERAS, xs(6.0), framework="tensorflow")[0]["x"] == 1.900000718788077
-    hyper = ref.hyperparameters("adagrad", "tensorflow", DECLARED["tensorflow"], {"lr": 0.1})
-    assert ref.init("adagrad", hyper, keras3, {"x": np.asarray(2.0)})["sum"]["x"] == 0.1
-
-
 def test_sgd_plain():
     assert run("sgd", {"lr": 0.1}, TORCH, xs(6.0))[0]["x"] == pytest.approx(1.4, rel=1e-15)
 
@@ -403,8 +393,7 @@ PROBES = {  # a case where each switch changes the parameters or the state
     "rmsprop_eps": ("rmsprop", {"lr": 0.01, "eps": 0.5}, DENSE),
     "adagrad_eps": ("adagrad", {"lr": 0.1, "eps": 0.5}, DENSE),
     "no_gradient": ("adam", {"lr": 0.1}, GAP),
-    # Adam: its betas tell Keras on TensorFlow (float32 casts) from Keras on jax or torch (a float32 lr alone)
-    "hyperparameter_precision": ("adam", {"lr": 0.1}, DENSE),
+    "hyperparameter_precision": ("sgd", {"lr": 0.1}, DENSE),
 }
 
 
