@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,7 +32,6 @@ from conformance.backends.base import Backend, NotApplicable
 
 FORWARDED = ("versions", "gradients", "differentiate_once", "updates", "accumulation")
 _HEADER = struct.Struct("<Q")
-_KEPT_CASES = 256  # parsed cases the child keeps, so that an adapter's per-case caches (keyed by the Case) hold
 
 
 class ProcessEnded(RuntimeError):
@@ -180,7 +178,9 @@ def serve(location: str, name: str) -> None:
     faults.plant_in_process(name)
     module_name, _, class_name = location.partition(":")
     adapter = getattr(importlib.import_module(module_name), class_name)()
-    cases: OrderedDict[bytes, Any] = OrderedDict()
+    # every case sent, kept for the child's life as the suite keeps its cases for the session: an adapter's caches
+    # are keyed by the Case object, whose id a case dropped here could pass on to another
+    cases: dict[bytes, Any] = {}
     while True:
         try:
             method, case_bytes, rest = _receive(requests)
@@ -193,8 +193,6 @@ def serve(location: str, name: str) -> None:
         if case_bytes is not None:
             if case_bytes not in cases:
                 cases[case_bytes] = pickle.loads(case_bytes)  # noqa: S301 - sent by the proxy above
-                if len(cases) > _KEPT_CASES:
-                    cases.popitem(last=False)
             arguments = (cases[case_bytes], *rest)
         try:
             reply = ("ok", getattr(adapter, method)(*arguments))
