@@ -1,6 +1,7 @@
 """Where the suite keeps what it compiled between runs: the reference's generated functions
-(`conformance.reference.cache`) and XLA's compilations for JAX (`conformance.backends.jax`). Both are keyed by
-what they were made from, so a kept entry is never stale; deleting the directory costs only time.
+(`conformance.reference.cache`), XLA's compilations for JAX (`conformance.backends.jax`) and inductor's for
+`torch.compile` (`conformance.backends.torch`). Each is keyed by what it was made from, so a kept entry is never
+stale; deleting the directory costs only time.
 
 The directory is CONFORMANCE_CACHE_DIR, else `$XDG_CACHE_HOME/conformance`, else `~/.cache/conformance`;
 CONFORMANCE_CACHE_DIR=off keeps nothing on disk.

@@ -60,6 +60,7 @@ class Fault:
     plant: Callable[[Patches], None]
     keyword: str | None = None  # pytest -k: the properties a mutation run selects (default: all)
     own_process: bool = False  # the backend runs in a process of its own, which plants the fault (own_process.py)
+    variants: tuple[str, ...] = ()  # the variants it acts in, where not every one (a compiler's fault: its own)
 
     @property
     def selected(self) -> str:
@@ -154,6 +155,37 @@ def torch_leaked_gradients(patches: Patches) -> None:
             native.__set__(self, value)
 
     patches.setattr(torch.Tensor, "grad", property(native.__get__, set_grad))
+
+
+def torch_miscompiled_backward(patches: Patches) -> None:
+    """What torch.compile builds returns the right loss with every gradient 1 + 1e-3 times too large, as a compiler
+    regression in the generated backward would: inductor compiles as released, and each output of the compiled
+    program passes through a function whose backward scales the gradient. Eager torch is untouched."""
+    import torch
+
+    class ScaledBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, value):
+            return value.clone()
+
+        @staticmethod
+        def backward(ctx, gradient):
+            return gradient * SCALE
+
+    def miscompiling(graph, example_inputs):
+        compiled = torch._inductor.compile(graph, example_inputs)
+
+        def run(*args):
+            return [ScaledBackward.apply(output) for output in compiled(*args)]
+
+        return run
+
+    original = torch.compile
+
+    def compile(model=None, **options):
+        return original(model, **{**options, "backend": miscompiling})
+
+    patches.setattr(torch, "compile", compile)
 
 
 def torch_overwritten_accumulation(patches: Patches) -> None:
@@ -637,6 +669,15 @@ FAULTS = (
         GRADIENT_CASES,
         GRADIENT_PROPERTY,
         jax_scaled_gradients,
+    ),
+    Fault(
+        "miscompiled-backward",
+        "torch",
+        "the compiled backward makes every gradient 0.1% too large",
+        GRADIENT_CASES,
+        GRADIENT_PROPERTY,
+        torch_miscompiled_backward,
+        variants=("compile",),
     ),
     Fault(
         "nudged-variable",

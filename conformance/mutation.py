@@ -89,7 +89,17 @@ def verdict(fault: faults.Fault, planted: dict, baseline: dict) -> Verdict:
         errors,
         len(planted),
         caught_in=tuple(sorted({key[2] for key in catching})),
-        ran_in=tuple(sorted({key[2] for key in planted if key[1] in fault.expected and baseline.get(key) in healthy})),
+        ran_in=tuple(
+            sorted(
+                {
+                    key[2]
+                    for key in planted
+                    if key[1] in fault.expected
+                    and baseline.get(key) in healthy
+                    and (not fault.variants or key[2] in fault.variants)
+                }
+            )
+        ),
     )
 
 

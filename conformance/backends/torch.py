@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import types
 
 import numpy as np
 
+from conformance import caches
 from conformance.backends import native_optimizers
 from conformance.backends.base import (
     AccumulationMechanism,
@@ -183,19 +186,39 @@ OPTIMIZERS = OptimizerDeclaration(
 
 
 OPTIMIZER_IMPLEMENTATIONS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+# the model compiled (`torch.compile(model)`, inductor), the optimizer torch's default implementation for the device
+COMPILED = "compile"
+TRAINING_STEPS = {**OPTIMIZER_IMPLEMENTATIONS, COMPILED: {}}
 
 
 def _implementation(variant: str) -> dict[str, bool]:
-    if variant not in OPTIMIZER_IMPLEMENTATIONS:
-        raise ValueError(f"torch runs updates as {', '.join(OPTIMIZER_IMPLEMENTATIONS)}, not {variant!r}")
-    return OPTIMIZER_IMPLEMENTATIONS[variant]
+    if variant not in TRAINING_STEPS:
+        raise ValueError(f"torch runs updates as {', '.join(TRAINING_STEPS)}, not {variant!r}")
+    return TRAINING_STEPS[variant]
+
+
+def _keep_compilations_between_runs() -> None:
+    """Inductor's generated code kept in the suite's cache directory unless the user chose a directory of their
+    own: a case's graphs are compiled by g++ once, not once per run."""
+    where = caches.directory()
+    if where is not None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(where / "inductor")
+
+
+def _own_code(function):
+    """The function with a code object of its own. Dynamo keeps its compilations on the code object, so the
+    losses of every case, one closure's code, would share one cache and its recompilation limit; each case is a
+    model of its own, and gets a cache of its own."""
+    return types.FunctionType(function.__code__.replace(), function.__globals__, None, None, function.__closure__)
 
 
 class TorchBackend(Backend):
     name = "torch"
-    variants = ("eager",)
-    # torch.optim's three implementations of each rule, asked for by name (on CPU the for-loop is the default)
-    update_variants = tuple(OPTIMIZER_IMPLEMENTATIONS)
+    # the loss run eagerly, or under torch.compile as a compiled model runs it (forward and backward)
+    variants = ("eager", COMPILED)
+    # torch.optim's three implementations of each rule, asked for by name (on CPU the for-loop is the default),
+    # and the compiled model's training step
+    update_variants = tuple(TRAINING_STEPS)
     accumulation_mechanism = AccumulationMechanism("sum")  # .grad sums over backward() calls
     optimizers = OPTIMIZERS
     conventions = KinkConventions(
@@ -221,6 +244,9 @@ class TorchBackend(Backend):
         },
     )
 
+    def __init__(self):
+        self._compiled: dict[tuple, object] = {}  # compiled losses, by case, dtype and device
+
     def unavailable_reason(self):
         if importlib.util.find_spec("torch") is None:
             return "torch is not installed (pip install 'conformance[torch]')"
@@ -234,9 +260,10 @@ class TorchBackend(Backend):
 
     def decay_rates_in_dtype(self, device: str, variant: str | None = None) -> bool:
         """The for-loop and foreach implementations compute 1 - beta1 ** step with step a Python float
-        (torch/optim/adam.py: _single_tensor_adam, and _multi_tensor_adam when not capturable); the fused kernel,
-        and a variant not named, are held to the conservative bound (decay rates in the dtype)."""
-        return variant not in ("for-loop", "foreach")
+        (torch/optim/adam.py: _single_tensor_adam, and _multi_tensor_adam when not capturable), and the compiled
+        model's step runs one of them (torch's default: for-loop on CPU, foreach on CUDA); the fused kernel, and a
+        variant not named, are held to the conservative bound (decay rates in the dtype)."""
+        return variant not in ("for-loop", "foreach", COMPILED)
 
     def versions(self):
         return {"torch": self.torch.__version__}
@@ -245,19 +272,22 @@ class TorchBackend(Backend):
         return ["cpu"] + (["cuda"] if self.torch.cuda.is_available() else [])
 
     def gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
-        return self._differentiated(case, inputs, dtype, device, repeated=True)
+        return self._differentiated(case, inputs, dtype, variant, device, repeated=True)
 
     def differentiate_once(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str) -> GradientRun:
-        return self._differentiated(case, inputs, dtype, device, repeated=False)
+        return self._differentiated(case, inputs, dtype, variant, device, repeated=False)
 
-    def _differentiated(self, case: Case, inputs: Arrays, dtype: str, device: str, repeated: bool) -> GradientRun:
-        leaves, data, target = self._tensors(case, inputs, dtype, device)
+    def _differentiated(
+        self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str, repeated: bool
+    ) -> GradientRun:
+        leaves, data = self._tensors(case, inputs, dtype, device)
+        loss_of = self._loss(case, dtype, device, variant)
         to_numpy = lambda tensor: tensor.detach().cpu().numpy()  # noqa: E731
 
         def differentiate():
             for leaf in leaves.values():
                 leaf.grad = None  # what optimizer.zero_grad() does before each backward()
-            loss = lower(case.loss, target, {**leaves, **data})
+            loss = loss_of({**leaves, **data})
             loss.backward()
             grads = {
                 name: None if leaf.grad is None else np.array(to_numpy(leaf.grad)) for name, leaf in leaves.items()
@@ -273,12 +303,13 @@ class TorchBackend(Backend):
         return GradientRun(loss, values_before, values_after, copied(leaves, to_numpy), gradients, gradients_repeat)
 
     def bare_gradients(self, case: Case, inputs: Arrays, dtype: str, variant: str, device: str):
-        leaves, data, target = self._tensors(case, inputs, dtype, device)
+        leaves, data = self._tensors(case, inputs, dtype, device)
+        loss_of = self._loss(case, dtype, device, variant)
 
         def differentiate():
             for leaf in leaves.values():
                 leaf.grad = None
-            lower(case.loss, target, {**leaves, **data}).backward()
+            loss_of({**leaves, **data}).backward()
             if device != "cpu":
                 self.torch.cuda.synchronize()
 
@@ -292,10 +323,32 @@ class TorchBackend(Backend):
             for spec in case.variables
         }
         data = {spec.name: torch.tensor(inputs[spec.name], dtype=torch_dtype, device=device) for spec in case.data}
-        return leaves, data, TorchTarget(torch, torch_dtype, device)
+        return leaves, data
+
+    def _loss(self, case: Case, dtype: str, device: str, variant: str):
+        """The case's loss as a function of its tensors, run eagerly or, for `compile`, as torch.compile runs a
+        model: the whole graph (fullgraph: a graph break is an error, not a silent return to eager), shapes static,
+        inductor's default backend, compiled once per case, dtype and device and kept, since the inputs are
+        tensors and the compiled graph is guarded on their dtype, shape and device alone. A compiled loss that
+        would fall back to eager after too many recompilations raises instead."""
+        torch = self.torch
+        target = TorchTarget(torch, getattr(torch, dtype), device)
+
+        def loss_of(tensors):
+            return lower(case.loss, target, tensors)
+
+        if variant != COMPILED:
+            return loss_of
+        key = (id(case), dtype, device)
+        if key not in self._compiled:
+            _keep_compilations_between_runs()
+            torch._dynamo.config.fail_on_recompile_limit_hit = True
+            self._compiled[key] = torch.compile(_own_code(loss_of), fullgraph=True, dynamic=False)
+        return self._compiled[key]
 
     def updates(self, case: Case, inputs: Arrays, hyper: dict, dtype: str, variant: str, device: str) -> UpdateRun:
-        leaves, data, target = self._tensors(case, inputs, dtype, device)
+        leaves, _ = self._tensors(case, inputs, dtype, device)
+        loss_of = self._loss(case, dtype, device, variant)
         optimizer = native_optimizers.torch_optimizer(
             case.update.rule, hyper, list(leaves.values()), _implementation(variant)
         )
@@ -305,7 +358,7 @@ class TorchBackend(Backend):
         for _ in range(case.update.steps):
             optimizer.zero_grad()
             for batch in batches:  # one batch, or the micro-batches summed in .grad before one step
-                lower(case.loss, target, {**leaves, **batch}).backward()
+                loss_of({**leaves, **batch}).backward()
             gradients.append(
                 {name: None if leaf.grad is None else np.array(to_numpy(leaf.grad)) for name, leaf in leaves.items()}
             )
@@ -317,11 +370,12 @@ class TorchBackend(Backend):
         """k backward() calls without zero_grad() in between: .grad holds the sum."""
         batches = micro_batches(case, inputs)
         micro_gradients = [self.differentiate_once(case, batch, dtype, variant, device).gradients for batch in batches]
-        leaves, _, target = self._tensors(case, inputs, dtype, device)
+        leaves, _ = self._tensors(case, inputs, dtype, device)
+        loss_of = self._loss(case, dtype, device, variant)
         to_numpy = lambda tensor: tensor.detach().cpu().numpy()  # noqa: E731
         for batch in batches:
-            _, data, _ = self._tensors(case, batch, dtype, device)
-            lower(case.loss, target, {**leaves, **data}).backward()
+            _, data = self._tensors(case, batch, dtype, device)
+            loss_of({**leaves, **data}).backward()
         accumulated = {
             name: np.zeros(leaf.shape) if leaf.grad is None else np.array(to_numpy(leaf.grad))
             for name, leaf in leaves.items()

@@ -108,7 +108,7 @@ def _run_with_known(tmp_path: Path, max_relative_error: float) -> tuple[int, lis
             f"--cases={ROOT / 'conformance/shipped_cases/seed/linear-square.toml'}",
             "--dtype=float64",
             "-k",
-            "test_matches_reference",
+            "test_matches_reference and eager",
             f"--results={results}",
             "--hypothesis-profile=conformance-ci",
         ],

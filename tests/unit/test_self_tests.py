@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
@@ -61,7 +62,16 @@ def torch():
 
 @pytest.fixture(scope="module")
 def torch_backend(torch):
-    """Holds no state between calls, so one instance serves the faulty and the real runs."""
+    """One instance serves the faulty and the real runs: it keeps only its compiled losses, and the faults below act
+    on what they return (backward() and .grad are eager)."""
+    from conformance.backends.torch import TorchBackend
+
+    return TorchBackend()
+
+
+@pytest.fixture
+def fresh_torch_backend(torch):
+    """A fresh instance, for a fault in torch.compile itself, which must not meet a loss compiled before it."""
     from conformance.backends.torch import TorchBackend
 
     return TorchBackend()
@@ -75,23 +85,55 @@ TORCH_FAULTS = {
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", ["eager", "compile"])
 @pytest.mark.parametrize("case_id", CASES)
 @pytest.mark.parametrize(("fault", "property_name"), TORCH_FAULTS.values(), ids=TORCH_FAULTS.keys())
-def test_a_broken_torch_is_caught(torch, torch_backend, planted, fault, property_name, case_id, dtype):
+def test_a_broken_torch_is_caught(torch, torch_backend, planted, fault, property_name, case_id, variant, dtype):
     fault(planted)
-    assert_caught(property_name, torch_backend, shipped(case_id), dtype, "eager")
+    assert_caught(property_name, torch_backend, shipped(case_id), dtype, variant)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case_id", CASES[:2])
+def test_a_miscompiling_torch_compile_is_caught_where_it_compiles(torch, fresh_torch_backend, planted, case_id, dtype):
+    """The compiled variant fails where torch.compile's backward is wrong; eager torch, untouched by the fault,
+    still passes the same check on the same draws."""
+    faults.torch_miscompiled_backward(planted)
+    case = shipped(case_id)
+    assert_caught("matches_reference", fresh_torch_backend, case, dtype, "compile")
+
+    @SEARCH
+    @given(inputs=strategies.inputs(case, dtype))
+    def eager_passes(inputs):
+        assert check("matches_reference", fresh_torch_backend, case, inputs, dtype, "eager").ok
+
+    eager_passes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", ["eager", "compile"])
 @pytest.mark.parametrize("case_id", CASES)
 @HANDFUL
 @given(data=st.data())
-def test_the_real_torch_passes_the_same_checks(torch, torch_backend, case_id, dtype, data):
+def test_the_real_torch_passes_the_same_checks(torch, torch_backend, case_id, variant, dtype, data):
     case = shipped(case_id)
     inputs = data.draw(strategies.inputs(case, dtype), label="inputs")
     for property_name in ("matches_reference", "values_unchanged", "repeatable"):
-        result = check(property_name, torch_backend, case, inputs, dtype, "eager")
+        result = check(property_name, torch_backend, case, inputs, dtype, variant)
         assert result.ok, (property_name, result)
+
+
+def test_the_compiled_variant_runs_what_torch_compile_built(torch, fresh_torch_backend):
+    """A loss dynamo could not capture whole would be an error, not a silent return to eager: the compiled variant's
+    gradients come from one captured graph per case and dtype, reused across draws."""
+    from torch._dynamo.utils import counters
+
+    case = shipped(CASES[0])
+    inputs = {spec.name: np.linspace(-1.0, 1.0, int(np.prod(spec.shape))).reshape(spec.shape) for spec in case.tensors}
+    graphs = counters["stats"]["unique_graphs"]
+    for _ in range(3):
+        fresh_torch_backend.gradients(case, inputs, "float32", "compile", "cpu")
+    assert counters["stats"]["unique_graphs"] == graphs + 1
 
 
 # ----------------------------------------------------------------------------------------------------- jax

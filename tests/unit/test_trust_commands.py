@@ -77,3 +77,15 @@ def test_only_variants_that_run_the_properties_meant_to_catch_a_fault_can_miss_i
     assert found.ran_in == ("eager",) and found.caught
     unseen = verdict(accumulation, dict(baseline), baseline)
     assert unseen.missed_in == ("eager",) and not unseen.caught
+
+
+def test_a_compiler_fault_is_expected_only_in_the_compiled_variant():
+    """torch.compile's fault cannot show in eager torch, whose items run the same properties: eager is not a miss;
+    the compiled variant is, when it catches nothing."""
+    compiler = faults.find("miscompiled-backward:torch")
+    baseline = {("a", "gradient.matches_reference", variant, "float32"): "pass" for variant in ("eager", "compile")}
+    planted = {**baseline, ("a", "gradient.matches_reference", "compile", "float32"): "fail"}
+    found = verdict(compiler, planted, baseline)
+    assert found.ran_in == ("compile",) and found.caught
+    unseen = verdict(compiler, dict(baseline), baseline)
+    assert unseen.missed_in == ("compile",) and not unseen.caught

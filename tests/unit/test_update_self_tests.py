@@ -100,7 +100,7 @@ def assert_caught(fails, strategy, what: str) -> None:
 # every way each framework runs a training step (torch's optimizer implementations, tf.function and XLA, a jitted
 # step), named here so that the parameters need no framework imported
 TRAINING_STEPS = {
-    "torch": ("for-loop", "foreach", "fused"),
+    "torch": ("for-loop", "foreach", "fused", "compile"),
     "tensorflow": ("eager", "function", "xla"),
     "jax": ("jit", "eager"),
     "keras-jax": ("jit",),

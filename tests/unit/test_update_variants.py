@@ -42,8 +42,8 @@ def test_a_rule_without_a_fused_implementation_is_not_applicable_with_the_reason
 
 def test_torch_runs_updates_in_every_variant_and_refuses_one_it_does_not_have():
     backend = backends.load("torch")
-    assert backend.training_step_variants() == ("for-loop", "foreach", "fused")
-    assert backend.variants == ("eager",)  # gradients: one way
+    assert backend.training_step_variants() == ("for-loop", "foreach", "fused", "compile")
+    assert backend.variants == ("eager", "compile")  # gradients: eager, and the loss under torch.compile
     case = load_case(SHIPPED_CASES / "seed" / "adam-step.toml")
     inputs = {spec.name: np.full(spec.shape, 0.5) for spec in case.tensors}
     finals = [
@@ -60,6 +60,7 @@ def test_the_bias_correction_bound_follows_the_implementation():
     # for-loop and foreach compute 1 - beta ** step in Python floats; the fused kernel gets the conservative bound
     assert not backend.decay_rates_in_dtype("cpu", "for-loop") and not backend.decay_rates_in_dtype("cpu", "foreach")
     assert backend.decay_rates_in_dtype("cpu", "fused") and backend.decay_rates_in_dtype("cpu")
+    assert not backend.decay_rates_in_dtype("cpu", "compile")  # torch's default implementation: the for-loop
 
 
 def test_update_items_are_a_column_per_variant_and_comparisons_run_the_first():
@@ -90,9 +91,10 @@ def test_update_items_are_a_column_per_variant_and_comparisons_run_the_first():
     }
     variants = {test: {v for t, v in collected if t == test} for test, _ in collected}
     for test in ("test_update_matches_reference", "test_updates_at_probes"):
-        assert variants[test] == {"for-loop", "foreach", "fused"}
+        assert variants[test] == {"for-loop", "foreach", "fused", "compile"}
     assert variants["test_update_agrees_across_backends"] == {"for-loop"}
-    for test in ("test_matches_reference", "test_accumulation_native", "test_accumulation_at_probes"):
+    assert variants["test_matches_reference"] == {"eager", "compile"}  # gradient items: every variant
+    for test in ("test_accumulation_native", "test_accumulation_at_probes"):
         assert variants[test] == {"eager"}
 
 
