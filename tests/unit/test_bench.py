@@ -31,10 +31,11 @@ def test_bench_splits_an_example_into_its_parts(tmp_path, capsys):
         == 0
     )
     rows = [line for line in output.read_text().splitlines() if line.startswith("| torch ")]
-    assert len(rows) == 1
-    bare, adapter, reference, harness, example = (float(cell) for cell in rows[0].split("|")[5:10])
-    assert 0 < bare < adapter and reference > 0 and harness > 0
-    assert example > adapter + reference
+    assert [row.split("|")[2].strip() for row in rows] == ["eager", "compile"]  # a row per variant
+    for row in rows:
+        bare, adapter, reference, harness, example = (float(cell) for cell in row.split("|")[5:10])
+        assert 0 < bare < adapter and reference > 0 and harness > 0
+        assert example > adapter + reference
     assert "median over rows" in capsys.readouterr().out
 
 
