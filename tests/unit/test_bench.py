@@ -34,8 +34,10 @@ def test_bench_splits_an_example_into_its_parts(tmp_path, capsys):
     assert [row.split("|")[2].strip() for row in rows] == ["eager", "compile"]  # a row per variant
     for row in rows:
         bare, adapter, reference, harness, example = (float(cell) for cell in row.split("|")[5:10])
-        assert 0 < bare < adapter and reference > 0 and harness > 0
-        assert example > adapter + reference
+        assert min(bare, adapter, reference, harness) > 0 and example > adapter + reference
+    eager_bare, eager_adapter = (float(cell) for cell in rows[0].split("|")[5:7])
+    # the adapter's copies cost more than timing noise eagerly; a compiled call's own noise (0.5-0.8 ms) hides them
+    assert eager_bare < eager_adapter
     assert "median over rows" in capsys.readouterr().out
 
 
