@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 import types
 
 import numpy as np
@@ -197,11 +200,18 @@ def _implementation(variant: str) -> dict[str, bool]:
     return TRAINING_STEPS[variant]
 
 
-def _keep_compilations_between_runs() -> None:
-    """Inductor's generated code kept in the suite's cache directory unless the user chose a directory of their
-    own: a case's graphs are compiled by g++ once, not once per run."""
+def _choose_inductor_directory() -> None:
+    """Where inductor writes the code it generates, unless the user chose a directory of their own: the suite's
+    cache directory, which keeps it between runs (a case's graphs are compiled by g++ once, not once per run), or,
+    with CONFORMANCE_CACHE_DIR=off, a temporary directory removed when the process ends."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
     where = caches.directory()
-    if where is not None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    if where is None:
+        scratch = tempfile.mkdtemp(prefix="conformance-inductor-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = scratch
+    else:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(where / "inductor")
 
 
@@ -341,7 +351,7 @@ class TorchBackend(Backend):
             return loss_of
         key = (id(case), dtype, device)
         if key not in self._compiled:
-            _keep_compilations_between_runs()
+            _choose_inductor_directory()
             torch._dynamo.config.fail_on_recompile_limit_hit = True
             self._compiled[key] = torch.compile(_own_code(loss_of), fullgraph=True, dynamic=False)
         return self._compiled[key]

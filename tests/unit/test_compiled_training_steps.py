@@ -1,6 +1,7 @@
 """TensorFlow's `function` and `xla` and JAX's `jit` update variants compile the whole training step, as named: the
-step's Python runs when it is traced, not at every step, and XLA is asked for where the variant says so. Without
-this, a variant that quietly ran eagerly would pass every other test under a name it does not earn."""
+step's Python runs when it is traced, not at every step, and XLA is asked for where the variant says so; torch's
+`compile` runs what inductor built, wherever the suite calls it. Without this, a variant that quietly ran eagerly
+would pass every other test under a name it does not earn."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from conformance import backends
+from conformance import backends, faults
 from conformance.cases import load_case
 from conformance.pytest_plugin import SHIPPED_CASES
 
@@ -72,3 +73,47 @@ def test_jax_jits_the_whole_step_or_nothing(monkeypatch, variant, traced):
     assert len(run.values) == STEPS.update.steps + 1
     once = 1 if traced else STEPS.update.steps  # traced once for the whole run, or run at every step
     assert lowered[0] == once and applied[0] == once
+
+
+TORCH_CALLS = ("gradients", "differentiate_once", "updates")
+
+
+def _torch_gradients(backend, method: str, variant: str) -> np.ndarray:
+    """The first gradient the adapter's `method` hands back for STEPS, in float64."""
+    inputs = _inputs(STEPS)
+    if method == "updates":
+        run = backend.updates(
+            STEPS, inputs, {"lr": 0.1}, "float64", "for-loop" if variant == "eager" else variant, "cpu"
+        )
+        gradients = run.gradients[0]
+    else:
+        gradients = getattr(backend, method)(STEPS, inputs, "float64", variant, "cpu").gradients
+    return np.concatenate([np.ravel(gradients[name]) for name in sorted(gradients)])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+@pytest.mark.parametrize("method", TORCH_CALLS)
+def test_torch_compile_is_inductor_once_per_case_and_dtype(monkeypatch, method):
+    """Inductor itself (not dynamo's capture alone, nor an eager fallback) builds the loss, once for two calls."""
+    import torch._inductor.compile_fx
+
+    from conformance.backends.torch import TorchBackend
+
+    built = _counting(monkeypatch, torch._inductor.compile_fx, "compile_fx")
+    backend = TorchBackend()
+    _torch_gradients(backend, method, "compile")
+    _torch_gradients(backend, method, "compile")
+    assert built[0] == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+@pytest.mark.parametrize("method", TORCH_CALLS)
+def test_every_compiled_call_runs_the_compiled_backward(planted, method):
+    """A compiler fault reaches each call the suite makes with `compile`, and no eager one."""
+    from conformance.backends.torch import TorchBackend
+
+    eager = _torch_gradients(TorchBackend(), method, "eager")
+    faults.torch_miscompiled_backward(planted)
+    backend = TorchBackend()
+    np.testing.assert_allclose(_torch_gradients(backend, method, "compile"), eager * faults.SCALE, rtol=1e-12)
+    np.testing.assert_array_equal(_torch_gradients(backend, method, "eager"), eager)

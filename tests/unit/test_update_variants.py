@@ -33,6 +33,16 @@ def test_each_torch_variant_builds_the_implementation_it_names(variant, asked):
     assert {name: optimizer.defaults[name] for name in asked} == asked
 
 
+def test_the_compiled_models_step_runs_torchs_default_optimizer():
+    import torch
+
+    from conformance.backends.torch import TRAINING_STEPS
+
+    parameter = torch.zeros(2, requires_grad=True)
+    optimizer = native_optimizers.torch_optimizer("adam", {"lr": 0.1}, [parameter], TRAINING_STEPS["compile"])
+    assert optimizer.defaults["foreach"] is None and optimizer.defaults["fused"] is None  # torch chooses
+
+
 def test_a_rule_without_a_fused_implementation_is_not_applicable_with_the_reason():
     import torch
 
