@@ -227,7 +227,7 @@ class TorchBackend(Backend):
     # the loss run eagerly, or under torch.compile as a compiled model runs it (forward and backward)
     variants = ("eager", COMPILED)
     # torch.optim's three implementations of each rule, asked for by name (on CPU the for-loop is the default),
-    # and the compiled model's training step
+    # and a step whose loss is compiled, torch's default optimizer after it
     update_variants = tuple(TRAINING_STEPS)
     accumulation_mechanism = AccumulationMechanism("sum")  # .grad sums over backward() calls
     optimizers = OPTIMIZERS
