@@ -15,7 +15,7 @@ import pytest
 from conformance import backends as backend_registry
 from conformance import strategies
 from conformance.backends import contract
-from conformance.backends.base import Backend, GradientRun, NotApplicable
+from conformance.backends.base import Backend, GradientRun, NotApplicable, repro_of
 from conformance.cases import Case
 from conformance.known_failures import KnownFailure
 from conformance.reference.conventions import KinkConventions
@@ -173,7 +173,7 @@ class ConformanceItem:
         if self.last_inputs is None:
             return None
         try:
-            script = self.backend.repro(self.case, self.last_inputs, self.spec.dtype)
+            script = repro_of(self.backend, self.case, self.last_inputs, self.spec.dtype, self.spec.variant)
         except NotImplementedError:
             return None
         if expected:

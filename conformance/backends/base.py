@@ -134,7 +134,8 @@ class Backend:
         raise NotImplementedError
 
     def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
-        """A standalone script that computes the case's gradients with this framework alone."""
+        """A standalone script that computes the case's gradients with this framework alone (an adapter may take a
+        `variant` keyword too, and write the script that variant runs: see `repro_of`)."""
         raise NotImplementedError
 
 
@@ -145,6 +146,14 @@ def decay_rates_in_dtype_of(backend: Backend, device: str, variant: str) -> bool
     if len(inspect.signature(method).parameters) < 2:
         return method(device)
     return method(device, variant)
+
+
+def repro_of(backend: Backend, case: Case, inputs: Arrays, dtype: str, variant: str) -> str:
+    """`backend.repro(case, inputs, dtype, variant)` where the adapter's reproducer takes the variant (torch's
+    `compile`), else the one it writes for every variant."""
+    if "variant" in inspect.signature(backend.repro).parameters:
+        return backend.repro(case, inputs, dtype, variant=variant)
+    return backend.repro(case, inputs, dtype)
 
 
 def micro_batches(case: Case, inputs: Arrays) -> list[Arrays]:

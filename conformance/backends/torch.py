@@ -398,14 +398,25 @@ class TorchBackend(Backend):
             "https://pytorch.org/docs/stable/generated/torch.Tensor.backward.html",
         )
 
-    def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
+    def repro(self, case: Case, inputs: Arrays, dtype: str, variant: str = "eager") -> str:
+        """Eager, or for `compile` the loss as a function compiled as the adapter compiles it."""
         lines = ["import torch", ""]
         for spec in case.tensors:
             grad = ", requires_grad=True" if spec.trainable else ""
             lines.append(f"{spec.name} = torch.tensor({literal(inputs[spec.name])}, dtype=torch.{dtype}{grad})")
         constant = f"torch.tensor({{!r}}, dtype=torch.{dtype})"  # as TorchTarget.constant: torch.minimum needs tensors
+        loss = source_of(case, SOURCE_FORMATS, constant)
+        if variant == COMPILED:
+            names = ", ".join(spec.name for spec in case.tensors)
+            lines += [
+                f"def loss_function({names}):",
+                f"    return {loss}",
+                "",
+                f"loss = torch.compile(loss_function, fullgraph=True, dynamic=False)({names})",
+            ]
+        else:
+            lines.append(f"loss = {loss}")
         lines += [
-            f"loss = {source_of(case, SOURCE_FORMATS, constant)}",
             "loss.backward()",
             "print('loss', loss.item())",
         ]

@@ -4,6 +4,7 @@ the reproducer, run alone in a fresh interpreter, must print exactly the gradien
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from conformance import backends
+from conformance.backends.base import repro_of
 from conformance.cases import load_case
 from conformance.pytest_plugin import SHIPPED_CASES
 
@@ -23,8 +25,16 @@ CASES = [
     "losses/maximum-minimum",
     "losses/logsumexp-axis0",
 ]
-# the reproducers differentiate op by op, but Keras on jax's, which is jitted as the adapter's differentiation is
-EAGER = {"torch": "eager", "tensorflow": "eager", "jax": "eager", "keras-jax": "jit", "keras-torch": "eager"}
+# the reproducers differentiate op by op, but Keras on jax's, which is jitted as the adapter's differentiation is,
+# and torch's for `compile`, which compiles the loss as the adapter does
+VARIANTS = [
+    ("torch", "eager"),
+    ("torch", "compile"),
+    ("tensorflow", "eager"),
+    ("jax", "eager"),
+    ("keras-jax", "jit"),
+    ("keras-torch", "eager"),
+]
 
 
 # runs each script as `python script.py` would, one fresh interpreter for all of them (importing a framework is slow)
@@ -36,7 +46,8 @@ for path in sys.argv[1:]:
 """
 
 
-def printed_gradients(scripts: list[str], directory) -> list[dict[str, object]]:
+def printed_gradients(scripts: list[str], directory, path: str = "") -> list[dict[str, object]]:
+    """What the scripts print, run with nothing on PATH but `path` (inductor calls a C++ compiler)."""
     paths = []
     for index, script in enumerate(scripts):
         paths.append(directory / f"repro_{index}.py")
@@ -46,7 +57,7 @@ def printed_gradients(scripts: list[str], directory) -> list[dict[str, object]]:
         capture_output=True,
         text=True,
         timeout=300,
-        env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": ""},
+        env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": path},
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     printed: list[dict[str, object]] = []
@@ -60,8 +71,8 @@ def printed_gradients(scripts: list[str], directory) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", sorted(EAGER))
-def test_reproducer_prints_the_adapters_gradients(name, dtype, tmp_path):
+@pytest.mark.parametrize(("name", "variant"), VARIANTS)
+def test_reproducer_prints_the_adapters_gradients(name, variant, dtype, tmp_path):
     backend = backends.load(name)
     if backend.unavailable_reason():
         pytest.skip(backend.unavailable_reason())
@@ -78,9 +89,10 @@ def test_reproducer_prints_the_adapters_gradients(name, dtype, tmp_path):
             for spec in case.tensors
         }
         inputs[case.variables[0].name].flat[0] = 0.0  # a kink or tie where the case has one
-        runs[case_id] = backend.gradients(case, inputs, dtype, EAGER[name], "cpu")
-        scripts.append(backend.repro(case, inputs, dtype))
-    for (case_id, run), printed in zip(runs.items(), printed_gradients(scripts, tmp_path), strict=True):
+        runs[case_id] = backend.gradients(case, inputs, dtype, variant, "cpu")
+        scripts.append(repro_of(backend, case, inputs, dtype, variant))
+    path = os.environ.get("PATH", "") if variant == "compile" else ""
+    for (case_id, run), printed in zip(runs.items(), printed_gradients(scripts, tmp_path, path), strict=True):
         assert set(printed) == set(run.gradients), case_id
         for variable, gradient in run.gradients.items():
             if gradient is None:
