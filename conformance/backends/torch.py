@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib.util
 import os
 import shutil
@@ -19,6 +20,7 @@ from conformance.backends.base import (
     Arrays,
     Backend,
     GradientRun,
+    NotApplicable,
     UpdateRun,
     copied,
     literal,
@@ -215,6 +217,20 @@ def _choose_inductor_directory() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(where / "inductor")
 
 
+@functools.cache
+def _missing_cpu_compiler() -> str | None:
+    """Why inductor cannot build code for the CPU here, or None: it compiles what it generates with a C++ compiler
+    (`torch._inductor.config.cpp.cxx`, searched as inductor searches it), which a machine may lack."""
+    import torch._inductor.cpp_builder
+    import torch._inductor.exc
+
+    try:
+        torch._inductor.cpp_builder.get_cpp_compiler()
+    except torch._inductor.exc.InvalidCxxCompiler as error:
+        return f"torch.compile needs a C++ compiler for the CPU, and inductor found none ({error})"
+    return None
+
+
 def _own_code(function):
     """The function with a code object of its own. Dynamo keeps its compilations on the code object, so the
     losses of every case, one closure's code, would share one cache and its recompilation limit; each case is a
@@ -349,6 +365,8 @@ class TorchBackend(Backend):
 
         if variant != COMPILED:
             return loss_of
+        if device == "cpu" and _missing_cpu_compiler():
+            raise NotApplicable(_missing_cpu_compiler())
         key = (id(case), dtype, device)
         if key not in self._compiled:
             _choose_inductor_directory()

@@ -117,3 +117,26 @@ def test_every_compiled_call_runs_the_compiled_backward(planted, method):
     backend = TorchBackend()
     np.testing.assert_allclose(_torch_gradients(backend, method, "compile"), eager * faults.SCALE, rtol=1e-12)
     np.testing.assert_array_equal(_torch_gradients(backend, method, "eager"), eager)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_compile_without_a_cpp_compiler_is_not_applicable_with_the_reason(monkeypatch):
+    """inductor builds CPU code with a C++ compiler: a machine without one cannot run the column, which says so
+    instead of failing every item."""
+    import torch._inductor.cpp_builder
+    import torch._inductor.exc
+
+    from conformance.backends import torch as adapter
+    from conformance.backends.base import NotApplicable
+
+    def no_compiler():
+        raise torch._inductor.exc.InvalidCxxCompiler()
+
+    monkeypatch.setattr(torch._inductor.cpp_builder, "get_cpp_compiler", no_compiler)
+    adapter._missing_cpu_compiler.cache_clear()
+    try:
+        with pytest.raises(NotApplicable, match="needs a C\\+\\+ compiler for the CPU"):
+            adapter.TorchBackend().gradients(STEPS, _inputs(STEPS), "float64", "compile", "cpu")
+        adapter.TorchBackend().gradients(STEPS, _inputs(STEPS), "float64", "eager", "cpu")  # eager needs none
+    finally:
+        adapter._missing_cpu_compiler.cache_clear()
