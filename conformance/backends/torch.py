@@ -365,10 +365,10 @@ class TorchBackend(Backend):
 
         if variant != COMPILED:
             return loss_of
-        if device == "cpu" and _missing_cpu_compiler():
-            raise NotApplicable(_missing_cpu_compiler())
         key = (id(case), dtype, device)
         if key not in self._compiled:
+            if device == "cpu" and _missing_cpu_compiler():
+                raise NotApplicable(_missing_cpu_compiler())
             _choose_inductor_directory()
             torch._dynamo.config.fail_on_recompile_limit_hit = True
             self._compiled[key] = torch.compile(_own_code(loss_of), fullgraph=True, dynamic=False)
