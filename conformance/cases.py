@@ -18,6 +18,8 @@ from conformance.numpy_target import TooLarge, result_shape
 
 SHIPPED = Path(__file__).resolve().parent / "shipped_cases"  # the cases that come with the package
 RULES = ("sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop", "adagrad")
+# gradient clipping before any rule: the global norm, each variable's norm, each element; a case gives one at most
+CLIPPING = ("clip_norm", "clip_norm_per_variable", "clip_value")
 HYPERPARAMETERS = (
     "lr",
     "beta1",
@@ -31,6 +33,7 @@ HYPERPARAMETERS = (
     "rho",
     "centered",
     "initial_accumulator",
+    *CLIPPING,
 )
 BOOLEAN_HYPERPARAMETERS = ("amsgrad", "nesterov", "centered")
 GOLDEN_DTYPES = ("float32", "float64")
@@ -343,6 +346,11 @@ class _CaseReader:
             if name not in HYPERPARAMETERS:
                 raise self.fail(f"update.{name}", f"is not a canonical hyperparameter ({', '.join(HYPERPARAMETERS)})")
             hyperparameters[name] = self._hyperparameter(f"update.{name}", name, value)
+        clips = [name for name in CLIPPING if name in hyperparameters]
+        if len(clips) > 1:
+            raise self.fail(
+                f"update.{clips[1]}", f"a case clips one way only (Keras refuses two); it already gives {clips[0]}"
+            )
         return UpdateSpec(rule, steps, hyperparameters)
 
     def _hyperparameter(self, where: str, name: str, value: Any) -> HyperParameter:
@@ -359,10 +367,14 @@ class _CaseReader:
                 raise self.fail(where, "must be a number or { range = [low, high], log = true|false }")
             low, high = self._range(f"{where}.range", value["range"])
             log = value.get("log", False)
+            if name in CLIPPING and low <= 0:
+                raise self.fail(f"{where}.range", "must be positive: a clip threshold of 0 or less clips to nothing")
             if low < 0 or (log and low <= 0):
                 raise self.fail(f"{where}.range", "must be non-negative, and positive on a log scale")
             return HyperParameter(name, range=(low, high), log=log)
         number = math.nan if isinstance(value, bool) or not isinstance(value, (int, float)) else _as_float(value)
+        if name in CLIPPING and not (math.isfinite(number) and number > 0):
+            raise self.fail(where, "must be a finite positive number (a clip threshold)")
         if not (math.isfinite(number) and number >= 0):
             raise self.fail(where, "must be a finite non-negative number")
         return HyperParameter(name, value=number)

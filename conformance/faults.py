@@ -27,6 +27,7 @@ ACCUMULATION_CASES = ("seed/accumulate-sgd", "accumulation/mse-four-micro-batche
 UPDATE_ONLY = "update_matches or update_agrees"  # the update properties' test functions, nothing else
 TRAINING_CASES = ("optimizers/sgd-plain", "optimizers/sgd-momentum", "optimizers/adam-hyperparameters")
 TORCH_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad")
+CLIP_CASES = ("clipping/sgd-global-norm", "clipping/adam-global-norm")
 
 
 class Patches:
@@ -224,6 +225,18 @@ def torch_uncorrected_adam(patches: Patches) -> None:
     _after_torch_steps(patches, uncorrect)
 
 
+def torch_loose_clip(patches: Patches) -> None:
+    """torch.nn.utils.clip_grad_norm_ clips to a norm 1.001 times the max_norm it is given."""
+    import torch
+
+    original = torch.nn.utils.clip_grad_norm_
+
+    def clip_grad_norm_(parameters, max_norm, *args, **kwargs):
+        return original(parameters, max_norm * SCALE, *args, **kwargs)
+
+    patches.setattr(torch.nn.utils, "clip_grad_norm_", clip_grad_norm_)
+
+
 def torch_bfloat16_parameters(patches: Patches) -> None:
     """Parameters are rounded through bfloat16 after every step, as a lossy master copy would."""
     import torch
@@ -354,6 +367,17 @@ def keras_uncorrected_adam(patches: Patches) -> None:
         variable.assign(old - lr * m / (tf.sqrt(v) + eps))
 
     _after_keras_applies(patches, after=uncorrect)
+
+
+def keras_loose_clip(patches: Patches) -> None:
+    """Keras' global_clipnorm clips to a norm 1.001 times the one it is given, on every engine (the function is
+    Keras' own: keras/src/optimizers/base_optimizer.py)."""
+    from keras.src.optimizers import base_optimizer
+
+    original = base_optimizer.clip_by_global_norm
+    patches.setattr(
+        base_optimizer, "clip_by_global_norm", lambda values, clip_norm: original(values, clip_norm * SCALE)
+    )
 
 
 def keras_bfloat16_variables(patches: Patches) -> None:
@@ -606,6 +630,14 @@ def optax_uncorrected_adam(patches: Patches) -> None:
     import optax
 
     patches.setattr(optax.tree, "bias_correction", lambda moment, decay, count: moment)
+
+
+def optax_loose_clip(patches: Patches) -> None:
+    """optax.clip_by_global_norm clips to a norm 1.001 times the max_norm it is given."""
+    import optax
+
+    original = optax.clip_by_global_norm
+    patches.setattr(optax, "clip_by_global_norm", lambda max_norm: original(max_norm * SCALE))
 
 
 def optax_bfloat16_parameters(patches: Patches) -> None:
@@ -871,6 +903,18 @@ FAULTS = (
         jax_stale_gradients,
         UPDATE_ONLY,
     ),
+    *(
+        Fault(
+            "loose-clip",
+            backend,
+            "the global norm clip's threshold 0.1% too high",
+            CLIP_CASES,
+            UPDATE_PROPERTY,
+            plant,
+            UPDATE_ONLY,
+        )
+        for backend, plant in (("torch", torch_loose_clip), ("tensorflow", keras_loose_clip), ("jax", optax_loose_clip))
+    ),
     # Keras 3 on jax and torch: the engines' own differentiation faults and Keras' optimizers, in their processes
     _in_own_process(
         "scaled-gradients",
@@ -1021,6 +1065,18 @@ FAULTS = (
         UPDATE_PROPERTY,
         keras3_stale_gradients,
         UPDATE_ONLY,
+    ),
+    *(
+        _in_own_process(
+            "loose-clip",
+            backend,
+            "the global norm clip's threshold 0.1% too high",
+            CLIP_CASES,
+            UPDATE_PROPERTY,
+            keras_loose_clip,
+            UPDATE_ONLY,
+        )
+        for backend in ("keras-jax", "keras-torch")
     ),
 )
 NOT_PLANTED = {

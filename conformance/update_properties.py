@@ -18,7 +18,7 @@ of steps. The two backends' gradients also differ by their own rounding: where t
 bound adds, for each backend, how far the reference trajectory moves when every gradient is off by its rounding bound
 (`gradient_rounding_drift`). Where the dynamics amplify the gradients' own rounding further (Adam near a zero gradient
 divides by sqrt(v)), two backends still agree when each matches its reference step by step and the references with both
-backends' formulas agree."""
+backends' formulas agree. A norm clip adds its own roundings to every step's count (`clip_roundings`)."""
 
 from __future__ import annotations
 
@@ -48,14 +48,26 @@ def _absolute(values: dict) -> dict:
     return {name: None if value is None else np.abs(np.asarray(value, np.float64)) for name, value in values.items()}
 
 
-def step_roundings(hyper: dict, steps: int, decay_rates_in_dtype: bool = True) -> float:
-    """Roundings of the (steps)-th step, the state's carried roundings and the bias corrections' conditioning
-    included (see the module's docstring)."""
+def step_roundings(hyper: dict, steps: int, decay_rates_in_dtype: bool = True, elements: int = 0) -> float:
+    """Roundings of the (steps)-th step, the state's carried roundings, the bias corrections' conditioning and a
+    norm clip's over `elements` gradient elements included (see the module's docstring and `clip_roundings`)."""
     conditioning = 0.0
     if decay_rates_in_dtype and "beta1" in hyper and "beta2" in hyper:
         beta1, beta2 = float(hyper["beta1"]), float(hyper["beta2"])
         conditioning = 2 * (beta1 / (1 - beta1) if beta1 < 1 else 0.0) + (beta2 / (1 - beta2) if beta2 < 1 else 0.0)
-    return STEP_ROUNDINGS * steps + conditioning
+    return STEP_ROUNDINGS * steps + conditioning + clip_roundings(hyper, elements)
+
+
+def clip_roundings(hyper: dict, elements: int) -> float:
+    """A norm clip scales every gradient by clip_norm / norm computed in the dtype: the sum of n squares is within
+    n u of its value, its root within (n + 1) / 2 u, and the 1e-6 torch adds, the division and the product add
+    three more, so every clipped gradient is off by at most (n + 4) u relative, the same factor for all (a clip
+    just at the threshold, taken by one side and not by the other, moves by no more). A step that divides by a
+    root of the squared gradients' average (Adam, RMSprop, Adagrad) doubles it. The factor applies to the state's
+    terms alike, so it does not grow with the steps. A value clip is exact."""
+    if "clip_norm" not in hyper and "clip_norm_per_variable" not in hyper:
+        return 0.0
+    return 2.0 * (elements + 4)
 
 
 def _without_cancellation(switches):
@@ -84,6 +96,7 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
         else 2
     )
     expected, bounds = [], []
+    elements = sum(np.size(value) for value in run.values[0].values())
     for k, (values, gradients) in enumerate(zip(run.values, run.gradients, strict=False)):
         following, state = optimizers.step(rule, hyper, switches, values, gradients, state)
         magnitudes = _absolute(values)
@@ -99,7 +112,7 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
         bounds.append(
             {
                 name: u * ((p_roundings - 1) * magnitudes[name] + np.abs(following[name]))
-                + step_roundings(hyper, k + 1, decay_rates_in_dtype)
+                + step_roundings(hyper, k + 1, decay_rates_in_dtype, elements)
                 * u
                 * np.maximum(
                     np.abs(magnitudes[name] - absolute_following[name]), np.abs(values[name] - following[name])
@@ -127,11 +140,12 @@ def matches_reference(
         for name in expected[k]
     ]
     steps, u = len(expected), unit_roundoff(dtype)
+    roundings = step_roundings(hyper, steps, decay_rates_in_dtype, sum(np.size(v) for v in run.values[0].values()))
     for slot, values in run.state.items():
         for name, value in values.items():
             if slot in state and name in state[slot]:
                 magnitude = np.maximum(np.abs(absolute_state[slot][name]), np.abs(state[slot][name]))
-                bound = 0.0 if slot == "step" else step_roundings(hyper, steps, decay_rates_in_dtype) * u * magnitude
+                bound = 0.0 if slot == "step" else roundings * u * magnitude
                 comparisons.append(compare(f"state {slot} of {name}", value, state[slot][name], bound))
     return worst(comparisons), {"expected": expected, "bounds": bounds}
 

@@ -133,6 +133,7 @@ OPTIMIZERS = OptimizerDeclaration(
         rmsprop_momentum="update",
         rmsprop_eps="inside_sqrt",
         adagrad_eps="inside_sqrt",
+        clip_norm_eps="exact",
         no_gradient="zero",
         hyperparameter_precision="as_given",
         citations={
@@ -174,6 +175,10 @@ OPTIMIZERS = OptimizerDeclaration(
             "adagrad_eps": _source(
                 "optax/_src/transform.py",
                 "scale_by_rss: where(sum_of_squares > 0, rsqrt(sum_of_squares + eps), 0) * g",
+            ),
+            "clip_norm_eps": _source(
+                "optax/transforms/_clipping.py",
+                "clip_by_global_norm: trigger = g_norm < max_norm; jax.lax.select(trigger, t, (t / g_norm) * max_norm)",
             ),
             "no_gradient": _source(
                 "optax/_src/transform.py",

@@ -3,10 +3,11 @@
 Only the hyperparameters a case gives are passed, so that everything else takes the framework's own default
 (which each adapter's `OptimizerDeclaration` states). The constructor is kept as data (`Call`) so that the same thing
 is run and printed in a reproducer. Where a user of a framework has no way to ask for a hyperparameter, the pair
-is `NotApplicable` with the reason, never a substitute. The one composition built here is optax's own idiom for
-L2 weight decay, `optax.chain(optax.add_decayed_weights(wd), optax.<rule>(...))`: optax's optimizers other than
-adamw take no weight decay, and a transform in front of the optimizer adds `wd * p` to the gradient, which is
-what torch's `weight_decay` does.
+is `NotApplicable` with the reason, never a substitute. The one composition built here is optax's own idiom,
+`optax.chain(<clip>, optax.add_decayed_weights(wd), optax.<rule>(...))`: optax's optimizers other than adamw take
+no weight decay, and a transform in front of the optimizer adds `wd * p` to the gradient, which is what torch's
+`weight_decay` does; a clip goes first, on the raw gradients, where torch's `clip_grad_norm_` (called before
+`optimizer.step()`) and Keras' `global_clipnorm` (applied before its weight decay) put it.
 
 Frameworks are imported only inside the functions that use them.
 """
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from conformance.backends.base import NotApplicable
+from conformance.cases import CLIPPING
 from conformance.reference.optimizers import FORCED, Hyper, State, base_rule, check_hyperparameters
 
 # how a reproducer imports each root name
@@ -103,6 +105,11 @@ _TORCH_NAMES = {"rho": "alpha", "initial_accumulator": "initial_accumulator_valu
 
 
 def _torch_call(rule: str, hyper: dict) -> Call:
+    if "clip_norm_per_variable" in hyper:
+        raise NotApplicable(
+            "torch has no clip of each parameter's own norm: torch.nn.utils.clip_grad_norm_ clips the global norm of "
+            "the parameters it is given (torch/nn/utils/clip_grad.py)"
+        )
     if hyper.get("nesterov") and (not hyper.get("momentum") or hyper.get("dampening")):
         raise NotApplicable(
             "torch.optim.SGD rejects nesterov=True without momentum or with dampening "
@@ -111,7 +118,7 @@ def _torch_call(rule: str, hyper: dict) -> Call:
     kwargs = {
         _TORCH_NAMES.get(name, name): _native_value(value)
         for name, value in hyper.items()
-        if name not in ("beta1", "beta2")
+        if name not in ("beta1", "beta2", *CLIPPING)
     }
     if "beta1" in hyper or "beta2" in hyper:  # torch takes both as `betas`; the other keeps torch's default
         from conformance.backends.torch import OPTIMIZERS  # the adapter imports this module
@@ -119,6 +126,16 @@ def _torch_call(rule: str, hyper: dict) -> Call:
         defaults = OPTIMIZERS.defaults[rule]
         kwargs["betas"] = (float(hyper.get("beta1", defaults["beta1"])), float(hyper.get("beta2", defaults["beta2"])))
     return Call(f"torch.optim.{_TORCH_CLASSES[rule]}", (PARAMS,), kwargs)
+
+
+def torch_clipping(given: Hyper) -> Call | None:
+    """The clip a torch user calls between `backward()` and `optimizer.step()`, on the parameters' `.grad`;
+    None without one."""
+    if "clip_norm" in given:
+        return Call("torch.nn.utils.clip_grad_norm_", (PARAMS,), {"max_norm": float(given["clip_norm"])})
+    if "clip_value" in given:
+        return Call("torch.nn.utils.clip_grad_value_", (PARAMS,), {"clip_value": float(given["clip_value"])})
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- keras
@@ -130,6 +147,9 @@ _KERAS_NAMES = {
     "beta2": "beta_2",
     "eps": "epsilon",
     "initial_accumulator": "initial_accumulator_value",
+    "clip_norm": "global_clipnorm",
+    "clip_norm_per_variable": "clipnorm",
+    "clip_value": "clipvalue",
 }
 
 
@@ -165,9 +185,28 @@ def _optax_call(rule: str, hyper: dict) -> Call:
     if "momentum" in hyper and not hyper["momentum"]:
         del hyper["momentum"]  # None is optax's way to say no momentum; 0 would keep an idle trace in the state
     decay = hyper.pop("weight_decay", 0.0) if rule != "adamw" else 0.0
+    clip = _optax_clip(hyper)
     kwargs = {_OPTAX_NAMES.get(name, name): _native_value(value) for name, value in hyper.items()}
-    optimizer = Call(f"optax.{function}", (), kwargs)
-    return Call("optax.chain", (Call("optax.add_decayed_weights", (float(decay),)), optimizer)) if decay else optimizer
+    chain = [
+        *([clip] if clip else []),
+        *([Call("optax.add_decayed_weights", (float(decay),))] if decay else []),
+        Call(f"optax.{function}", (), kwargs),
+    ]
+    return Call("optax.chain", tuple(chain)) if len(chain) > 1 else chain[0]
+
+
+def _optax_clip(hyper: dict) -> Call | None:
+    """The clip a user chains first, on the raw gradients (then decay, then the rule); taken out of `hyper`."""
+    if "clip_norm_per_variable" in hyper:
+        raise NotApplicable(
+            "optax has no clip of each leaf's own norm: clip_by_global_norm clips the global norm and "
+            "clip_by_block_rms each leaf's root mean square, norm / sqrt(size) (optax/transforms/_clipping.py)"
+        )
+    if "clip_norm" in hyper:
+        return Call("optax.clip_by_global_norm", (float(hyper.pop("clip_norm")),))
+    if "clip_value" in hyper:
+        return Call("optax.clip", (float(hyper.pop("clip_value")),))
+    return None
 
 
 def _native_value(value: float | bool) -> float | bool:
@@ -206,7 +245,7 @@ def keras_optimizer(rule: str, given: Hyper, framework: str = "tensorflow") -> A
 
 
 def optax_optimizer(rule: str, given: Hyper) -> Any:
-    """`optax.<rule>(...)`, chained after `optax.add_decayed_weights` for L2 weight decay."""
+    """`optax.<rule>(...)`, chained after `optax.add_decayed_weights` for L2 weight decay and after the clip."""
     return build(native_call("jax", rule, given))
 
 

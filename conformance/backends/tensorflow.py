@@ -125,6 +125,7 @@ OPTIMIZERS = OptimizerDeclaration(
         rmsprop_momentum="step",
         rmsprop_eps="inside_sqrt",
         adagrad_eps="inside_sqrt",
+        clip_norm_eps="exact",
         no_gradient="skip_count_advances",
         hyperparameter_precision="float32_casts",
         citations={
@@ -163,6 +164,11 @@ OPTIMIZERS = OptimizerDeclaration(
             ),
             "adagrad_eps": _source(
                 "keras/src/optimizers/adagrad.py", "variable -= lr * gradient / sqrt(accumulator + epsilon)"
+            ),
+            "clip_norm_eps": _source(
+                "keras/src/optimizers/base_optimizer.py",
+                "clip_by_global_norm: scale_for_finite = clip_norm * ops.minimum(1.0 / use_norm, 1.0 / clip_norm); "
+                "global_clipnorm, clipnorm and clipvalue are applied in apply() before weight decay and the step",
             ),
             "no_gradient": _source(
                 "keras/src/optimizers/base_optimizer.py",

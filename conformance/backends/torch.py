@@ -125,6 +125,7 @@ OPTIMIZERS = OptimizerDeclaration(
         rmsprop_momentum="gradient",
         rmsprop_eps="outside_sqrt",
         adagrad_eps="outside_sqrt",
+        clip_norm_eps="norm_plus_1e-6",
         no_gradient="skip",
         hyperparameter_precision="as_given",
         citations={
@@ -161,6 +162,11 @@ OPTIMIZERS = OptimizerDeclaration(
             "adagrad_eps": _source(
                 "torch/optim/adagrad.py",
                 "_single_tensor_adagrad: std = state_sum.sqrt().add_(eps); param.addcdiv_(grad, std, value=-clr)",
+            ),
+            "clip_norm_eps": _source(
+                "torch/nn/utils/clip_grad.py",
+                "_clip_grads_with_norm_: clip_coef = max_norm / (total_norm + 1e-6); "
+                "clip_coef_clamped = torch.clamp(clip_coef, max=1.0); g.mul_(clip_coef_clamped)",
             ),
             "no_gradient": _source(
                 "torch/optim/adam.py",
@@ -380,6 +386,7 @@ class TorchBackend(Backend):
         optimizer = native_optimizers.torch_optimizer(
             case.update.rule, hyper, list(leaves.values()), _implementation(variant)
         )
+        clip = native_optimizers.torch_clipping(hyper)
         to_numpy = lambda tensor: tensor.detach().cpu().numpy()  # noqa: E731
         values, gradients = [copied(leaves, to_numpy)], []
         batches = [self._tensors(case, batch, dtype, device)[1] for batch in micro_batches(case, inputs)]
@@ -390,6 +397,8 @@ class TorchBackend(Backend):
             gradients.append(
                 {name: None if leaf.grad is None else np.array(to_numpy(leaf.grad)) for name, leaf in leaves.items()}
             )
+            if clip:
+                native_optimizers.build(clip, list(leaves.values()))  # on .grad in place, as users call it
             optimizer.step()
             values.append(copied(leaves, to_numpy))
         return UpdateRun(values, gradients, native_optimizers.torch_state(optimizer, leaves))

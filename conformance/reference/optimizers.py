@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from conformance.cases import RULES
+from conformance.cases import CLIPPING, RULES
 from conformance.reference.conventions import Citation
 
 Params = dict[str, np.ndarray]
@@ -50,7 +50,7 @@ def check_hyperparameters(rule: str, given: Hyper) -> None:
     if rule not in RULES:
         raise ValueError(f"update.rule: unknown rule {rule!r} (known: {', '.join(RULES)})")
     for name in given:
-        if name not in RULE_HYPERPARAMETERS[base_rule(rule)]:
+        if name not in RULE_HYPERPARAMETERS[base_rule(rule)] and name not in CLIPPING:
             raise ValueError(f"update.{name}: rule {rule!r} has no hyperparameter {name!r}")
     for name, value in FORCED.get(rule, {}).items():
         if name in given and given[name] != value:
@@ -106,6 +106,11 @@ SWITCH_MEANINGS: dict[str, dict[str, str]] = {
         "skip_count_advances": "a variable without a gradient is left alone, but the one shared step count advances",
         "zero": "a variable without a gradient gets a zero gradient and is updated like any other",
     },
+    "clip_norm_eps": {
+        "exact": "clip_norm scales the gradients by min(1, clip_norm / norm)",
+        "norm_plus_1e-6": "clip_norm scales the gradients by min(1, clip_norm / (norm + 1e-6)): every gradient "
+        "whose norm is above clip_norm - 1e-6 is scaled, by a factor 1e-6 / clip_norm relative smaller",
+    },
     "hyperparameter_precision": {
         "as_given": "hyperparameters enter the arithmetic as the Python floats given",
         "float32_casts": "a float64 run uses float32-rounded lr (held in a floatx variable), weight_decay, SGD's "
@@ -116,12 +121,13 @@ SWITCH_MEANINGS: dict[str, dict[str, str]] = {
 }
 SWITCH_MEANINGS["rmsprop_momentum"] = SWITCH_MEANINGS["sgd_momentum"]
 
+_EVERY_RULE = ("clip_norm_eps", "no_gradient", "hyperparameter_precision")
 RULE_SWITCHES = {
-    "sgd": ("weight_decay", "sgd_momentum", "no_gradient", "hyperparameter_precision"),
-    "adam": ("adam_eps", "amsgrad_max", "weight_decay", "no_gradient", "hyperparameter_precision"),
-    "adamw": ("adam_eps", "amsgrad_max", "no_gradient", "hyperparameter_precision"),  # decoupled in every framework
-    "rmsprop": ("rmsprop_eps", "rmsprop_momentum", "weight_decay", "no_gradient", "hyperparameter_precision"),
-    "adagrad": ("adagrad_eps", "weight_decay", "no_gradient", "hyperparameter_precision"),
+    "sgd": ("weight_decay", "sgd_momentum", *_EVERY_RULE),
+    "adam": ("adam_eps", "amsgrad_max", "weight_decay", *_EVERY_RULE),
+    "adamw": ("adam_eps", "amsgrad_max", *_EVERY_RULE),  # decoupled in every framework
+    "rmsprop": ("rmsprop_eps", "rmsprop_momentum", "weight_decay", *_EVERY_RULE),
+    "adagrad": ("adagrad_eps", "weight_decay", *_EVERY_RULE),
 }
 
 
@@ -136,6 +142,7 @@ class UpdateSwitches:
     rmsprop_momentum: str = "gradient"
     rmsprop_eps: str = "outside_sqrt"
     adagrad_eps: str = "outside_sqrt"
+    clip_norm_eps: str = "exact"
     no_gradient: str = "skip"
     hyperparameter_precision: str = "as_given"
     citations: dict[str, Citation] = field(default_factory=dict, compare=False)
@@ -211,6 +218,7 @@ def step(
     """One update. `hyper` is complete (see `hyperparameters`); a gradient that is None or missing means the
     framework gives none (tf.GradientTape's None, torch's .grad None), and `switches.no_gradient` says what then."""
     rule = base_rule(rule)
+    grads = clipped(grads, hyper, switches)
     lr = _precision(hyper["lr"], switches)
     new_params = {name: np.array(value, dtype=np.float64) for name, value in params.items()}
     new_state = {slot: dict(values) for slot, values in state.items()}
@@ -233,6 +241,23 @@ def step(
         for slot, value in slots.items():
             new_state[slot][name] = value
     return new_params, new_state
+
+
+def clipped(grads: Mapping[str, np.ndarray | None], hyper: Hyper, switches: UpdateSwitches) -> dict:
+    """The gradients after the case's clip, before the rule and its weight decay, as every framework orders them:
+    the global norm over the variables that have a gradient, each variable's own norm, or each element."""
+    present = {name: np.asarray(g, dtype=np.float64) for name, g in grads.items() if g is not None}
+    if "clip_norm" in hyper:
+        norm = float(np.sqrt(sum(np.sum(g * g) for g in present.values())))
+        shift = 1e-6 if switches.clip_norm_eps == "norm_plus_1e-6" else 0.0
+        scale = min(1.0, float(hyper["clip_norm"]) / (norm + shift)) if norm + shift > 0 else 1.0
+        present = {name: g * scale for name, g in present.items()}
+    elif "clip_norm_per_variable" in hyper:
+        threshold = float(hyper["clip_norm_per_variable"])
+        present = {name: g * (threshold / max(float(np.sqrt(np.sum(g * g))), threshold)) for name, g in present.items()}
+    elif "clip_value" in hyper:
+        present = {name: np.clip(g, -hyper["clip_value"], hyper["clip_value"]) for name, g in present.items()}
+    return {name: present.get(name) for name in grads}
 
 
 def _precision(value: float | bool, switches: UpdateSwitches) -> float:
@@ -330,6 +355,8 @@ def _matters(switch: str, rule: str, hyper: Hyper) -> bool:
         return bool(hyper.get("amsgrad", True))
     if switch in ("sgd_momentum", "rmsprop_momentum"):
         return bool(hyper.get("momentum", 1))
+    if switch == "clip_norm_eps":
+        return "clip_norm" in hyper
     return True
 
 

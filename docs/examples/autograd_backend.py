@@ -13,6 +13,7 @@ import importlib.util
 import numpy as np
 
 from conformance.backends.base import Backend, GradientRun, NotApplicable, UpdateRun, copied
+from conformance.cases import CLIPPING
 from conformance.expressions import OperatorTarget, lower
 from conformance.reference.conventions import Citation, KinkConventions
 from conformance.reference.optimizers import (
@@ -167,6 +168,8 @@ class AutogradBackend(Backend):
 
         if case.update.rule != "adam" or hyper.get("amsgrad") or hyper.get("weight_decay"):
             raise NotApplicable("autograd.misc.optimizers.adam has neither amsgrad nor weight decay")
+        if set(hyper) & set(CLIPPING):
+            raise NotApplicable("autograd.misc.optimizers.adam takes the gradient function as it is: no clipping")
         if case.micro_batches:
             raise NotApplicable("autograd.misc.optimizers takes one gradient function, no micro-batches")
         data = {spec.name: np.array(inputs[spec.name], dtype=dtype) for spec in case.data}

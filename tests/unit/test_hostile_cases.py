@@ -417,6 +417,30 @@ def test_huge_literals_and_wrong_types(folder, text, field):
     assert (result.field if isinstance(result, CaseError) else None) == field
 
 
+def sgd_with(**fields: Any) -> str:
+    return toml_document(scalar_case(update={"rule": "sgd", "lr": 0.1, **fields}))
+
+
+BAD_CLIPS = {
+    "negative clip_norm": (sgd_with(clip_norm=-1.0), "update.clip_norm"),
+    "zero clip_value": (sgd_with(clip_value=0), "update.clip_value"),
+    "infinite clip_norm_per_variable": (sgd_with(clip_norm_per_variable=math.inf), "update.clip_norm_per_variable"),
+    "NaN clip_norm": (sgd_with(clip_norm=math.nan), "update.clip_norm"),
+    "clip as a string": (sgd_with(clip_norm="1.0"), "update.clip_norm"),
+    "clip as a boolean": (sgd_with(clip_value=True), "update.clip_value"),
+    "clip range from zero": (sgd_with(clip_norm={"range": [0.0, 1.0]}), "update.clip_norm.range"),
+    "clip range below zero": (sgd_with(clip_value={"range": [-1.0, 1.0]}), "update.clip_value.range"),
+    "reversed clip range": (sgd_with(clip_norm={"range": [2.0, 1.0]}), "update.clip_norm.range"),
+    "two clips": (sgd_with(clip_norm=1.0, clip_value=0.5), "update.clip_value"),
+}
+
+
+@pytest.mark.parametrize(("text", "field"), BAD_CLIPS.values(), ids=BAD_CLIPS.keys())
+def test_a_clip_threshold_must_be_one_positive_number(folder, text, field):
+    result = outcome(written(folder, text))
+    assert (result.field if isinstance(result, CaseError) else None) == field
+
+
 @pytest.mark.parametrize("function", ["sum", "logsumexp"])
 def test_an_axis_of_a_scalar_is_out_of_range(folder, function):
     error = outcome(written(folder, toml_document(scalar_case(loss={"expr": f"{function}(x, axis=0)"}))))
@@ -460,13 +484,21 @@ def test_a_file_name_that_is_no_printable_line_is_no_id(tmp_path, name):
     assert caught.value.field == "id" and str(caught.value).isprintable()
 
 
-def test_the_command_line_exits_2_with_one_line_naming_the_file(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (toml_document(scalar_case(loss={"expr": "x ** 2 + 1if x else 2"})), "loss.expr"),
+        BAD_CLIPS["negative clip_norm"],
+    ],
+    ids=["loss", "clip"],
+)
+def test_the_command_line_exits_2_with_one_line_naming_the_file(tmp_path, text, field):
     """End to end, in a fresh process: a loader warning or traceback would show on stderr."""
     hostile = tmp_path / "cases" / "hostile.toml"
     hostile.parent.mkdir()
-    hostile.write_text(toml_document(scalar_case(loss={"expr": "x ** 2 + 1if x else 2"})), "utf-8")
+    hostile.write_text(text, "utf-8")
     command = [str(Path(sys.executable).parent / "conformance"), "run", "--cases", str(hostile.parent)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.splitlines()
-    assert f"{hostile}: loss.expr: " in line
+    assert f"{hostile}: {field}: " in line

@@ -180,6 +180,42 @@ def test_a_variable_without_a_gradient():
     assert len({float(skipped["b"]), float(counted["b"]), float(zeroed["b"])}) == 3
 
 
+def test_global_clip_by_hand():
+    grads = {"w": np.array([3.0, 0.0]), "b": np.array(4.0), "unused": None}  # global norm 5
+    exact = ref.clipped(grads, {"clip_norm": 1.0}, OPTAX)
+    assert exact["w"].tolist() == pytest.approx([0.6, 0.0], rel=1e-15) and exact["b"] == pytest.approx(0.8, rel=1e-15)
+    assert exact["unused"] is None  # no gradient stays no gradient, and counts nothing towards the norm
+    shifted = ref.clipped(grads, {"clip_norm": 1.0}, TORCH)  # torch divides by norm + 1e-6
+    assert shifted["b"] == pytest.approx(4 / (5 + 1e-6), rel=1e-15) and shifted["b"] != exact["b"]
+
+
+def test_a_norm_below_the_threshold_is_left_exactly_as_it_is():
+    grads = {"w": np.array([3.0, 0.0]), "b": np.array(4.0)}
+    for switches in (TORCH, KERAS, OPTAX):
+        for clip in ({"clip_norm": 5.0 + 2e-6}, {"clip_norm_per_variable": 4.0}, {"clip_value": 4.0}):
+            kept = ref.clipped(grads, clip, switches)
+            assert all(np.array_equal(kept[name], grads[name]) for name in grads), (clip, switches)
+
+
+def test_per_variable_and_global_clips_differ_on_two_variables():
+    grads = {"w": np.array([3.0, 0.0]), "b": np.array(4.0)}
+    each = ref.clipped(grads, {"clip_norm_per_variable": 2.0}, KERAS)
+    assert each["w"].tolist() == pytest.approx([2.0, 0.0]) and each["b"] == pytest.approx(2.0)  # each to norm 2
+    every = ref.clipped(grads, {"clip_norm": 2.0}, KERAS)
+    assert every["w"].tolist() == pytest.approx([1.2, 0.0]) and every["b"] == pytest.approx(1.6)  # together to 2
+
+
+def test_value_clip_is_elementwise():
+    clipped = ref.clipped({"w": np.array([-3.0, 0.5, 2.0])}, {"clip_value": 1.0}, TORCH)
+    assert clipped["w"].tolist() == [-1.0, 0.5, 1.0]
+
+
+def test_the_clip_comes_before_weight_decay_and_the_rule():
+    hyper = ref.hyperparameters("sgd", "torch", DECLARED["torch"], {"lr": 0.1, "clip_norm": 1.0, "weight_decay": 0.5})
+    params, _ = ref.step("sgd", hyper, OPTAX, {"x": np.array(2.0)}, {"x": np.array(10.0)}, {"step": {"x": 0}})
+    assert params["x"] == pytest.approx(2 - 0.1 * (1.0 + 0.5 * 2))  # the gradient clipped to 1, then + wd * p
+
+
 def test_step_leaves_its_arguments_alone():
     hyper = ref.hyperparameters("adam", "torch", DECLARED["torch"], {"lr": 0.1})
     params = {"x": np.array([2.0, 3.0])}
@@ -227,8 +263,10 @@ def test_a_switch_value_must_be_known():
 
 
 def test_explain_lists_what_differs_and_matters():
-    assert [d.switch for d in ref.explain("amsgrad", TORCH, OPTAX)] == ["amsgrad_max", "no_gradient"]
+    assert [d.switch for d in ref.explain("amsgrad", TORCH, OPTAX)] == ["amsgrad_max", "clip_norm_eps", "no_gradient"]
     assert [d.switch for d in ref.explain("adam", TORCH, OPTAX, {"amsgrad": False})] == ["no_gradient"]
+    clipping = {"amsgrad": False, "clip_norm": 1.0}
+    assert [d.switch for d in ref.explain("adam", TORCH, OPTAX, clipping)] == ["clip_norm_eps", "no_gradient"]
     assert ref.explain("adam", TORCH, TORCH) == []
     (eps,) = [d for d in ref.explain("adam", TORCH, KERAS) if d.switch == "adam_eps"]
     assert [c.url.split("/")[4] for c in eps.citations] == ["pytorch", "keras"]
@@ -304,23 +342,37 @@ def _configs():
         ("adagrad", {"lr": 0.1}, "lr"),
         ("adagrad", {"lr": 0.1, "initial_accumulator": 0.5, "eps": 1e-3}, "init-eps"),
         ("adagrad", {"lr": 0.1, "weight_decay": 0.3}, "weight_decay"),
+        ("sgd", {"lr": 0.1, "clip_norm": 1.0}, "clip_norm"),
+        ("adam", {"lr": 0.1, "clip_norm": 1.0, "weight_decay": 0.3}, "clip_norm-weight_decay"),
+        ("adam", {"lr": 0.1, "clip_norm": 100.0}, "clip_norm-below"),
+        ("momentum", {"lr": 0.1, "momentum": 0.9, "clip_norm_per_variable": 1.0}, "clip_norm_per_variable"),
+        ("rmsprop", {"lr": 0.01, "clip_value": 1.0}, "clip_value"),
     ]
     for rule, given, desc in table:
         yield pytest.param(rule, given, f"{rule}-{desc}", DENSE, id=f"{rule}-{desc}")
-    for rule, given, desc in [table[i] for i in (3, 8, 11, 18, 21)]:
+    for rule, given, desc in [table[i] for i in (3, 8, 11, 18, 21, 22, 25)]:
         yield pytest.param(rule, given, f"{rule}-{desc}", GAP, id=f"{rule}-{desc}-no-gradient")
 
 
-NOT_APPLICABLE = {("tensorflow", "momentum-dampening"), ("jax", "momentum-dampening"), ("jax", "adamw-amsgrad")}
+NOT_APPLICABLE = {
+    ("tensorflow", "momentum-dampening"),
+    ("jax", "momentum-dampening"),
+    ("jax", "adamw-amsgrad"),
+    ("torch", "momentum-clip_norm_per_variable"),
+    ("jax", "momentum-clip_norm_per_variable"),
+}
 
 
 def run_torch(rule, given, gradients):
     torch = pytest.importorskip("torch")
     params = {name: torch.tensor(value, dtype=torch.float64, requires_grad=True) for name, value in START.items()}
     optimizer = native.torch_optimizer(rule, given, list(params.values()))
+    clip = native.torch_clipping(given)
     for grads in gradients:
         for name, parameter in params.items():
             parameter.grad = None if grads[name] is None else torch.tensor(grads[name], dtype=torch.float64)
+        if clip:
+            native.build(clip, list(params.values()))
         optimizer.step()
     return {name: p.detach().numpy().copy() for name, p in params.items()}, native.torch_state(optimizer, params)
 
@@ -394,6 +446,7 @@ PROBES = {  # a case where each switch changes the parameters or the state
     "adagrad_eps": ("adagrad", {"lr": 0.1, "eps": 0.5}, DENSE),
     "no_gradient": ("adam", {"lr": 0.1}, GAP),
     "hyperparameter_precision": ("sgd", {"lr": 0.1}, DENSE),
+    "clip_norm_eps": ("sgd", {"lr": 1.0, "clip_norm": 10.0}, DENSE),
 }
 
 

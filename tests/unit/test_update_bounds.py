@@ -165,3 +165,35 @@ def test_only_the_documented_multisteps_accumulator_explains():
     from conformance.backends.jax import _documented
 
     assert _documented("float32") == "float32" and _documented("float16") is None and _documented("bfloat16") is None
+
+
+@pytest.mark.parametrize("size", [1, 3, 16, 200])
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_a_float32_norm_clip_is_within_its_derived_roundings(framework, size):
+    """The framework's own clip in float32 against the reference's in float64, on the same gradients: within the
+    (n + 4) u that `clip_roundings` counts (half its doubled count), over many draws with the norm above, near and
+    below the threshold; and the bound is not vacuous: the worst error seen is a sizeable share of it."""
+    generator = np.random.default_rng(size)
+    u, worst = update_properties.unit_roundoff("float32"), 0.0
+    allowed = update_properties.clip_roundings({"clip_norm": 1.0}, size) / 2 * u
+    for draw in range(200):
+        grads = {"w": generator.standard_normal(size).astype(np.float32) * np.float32(10.0 ** generator.uniform(-3, 3))}
+        norm = float(np.linalg.norm(grads["w"].astype(np.float64)))
+        threshold = float(np.float32(norm * (0.5, 1.0, 1 - 1e-7, 2.0)[draw % 4]))
+        expected = optimizers.clipped(grads, {"clip_norm": threshold}, DECLARED[framework].switches)["w"]
+        if framework == "torch":
+            torch = pytest.importorskip("torch")
+            parameter = torch.zeros(size, requires_grad=True)
+            parameter.grad = torch.tensor(grads["w"])
+            torch.nn.utils.clip_grad_norm_([parameter], threshold)
+            actual = parameter.grad.numpy().astype(np.float64)
+        else:
+            pytest.importorskip("jax")
+            optax = pytest.importorskip("optax")
+            clip = optax.clip_by_global_norm(threshold)
+            actual = np.asarray(clip.update(grads, clip.init(grads))[0]["w"], np.float64)
+        relative = np.max(np.abs(actual - expected) / np.abs(expected))
+        assert relative <= allowed, (draw, relative / u)
+        worst = max(worst, relative)
+    if size > 1:  # one element is clipped to sign * threshold, exactly in optax
+        assert worst > allowed / (4 * size + 16)  # at least a few roundings of the count are real
