@@ -26,7 +26,6 @@ ADAM_CASES = UPDATE_CASES[:2]
 ACCUMULATION_CASES = ("seed/accumulate-sgd", "accumulation/mse-four-micro-batches")
 UPDATE_ONLY = "update_matches or update_agrees"  # the update properties' test functions, nothing else
 TRAINING_CASES = ("optimizers/sgd-plain", "optimizers/sgd-momentum", "optimizers/adam-hyperparameters")
-TORCH_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad")
 CLIP_CASES = ("clipping/sgd-global-norm", "clipping/adam-global-norm")
 
 

@@ -133,6 +133,7 @@ OPTIMIZERS = OptimizerDeclaration(
         rmsprop_momentum="update",
         rmsprop_eps="inside_sqrt",
         adagrad_eps="inside_sqrt",
+        adamax_eps="inside_max",
         clip_norm_eps="exact",
         no_gradient="zero",
         hyperparameter_precision="as_given",
@@ -176,6 +177,11 @@ OPTIMIZERS = OptimizerDeclaration(
                 "optax/_src/transform.py",
                 "scale_by_rss: where(sum_of_squares > 0, rsqrt(sum_of_squares + eps), 0) * g",
             ),
+            "adamax_eps": _source(
+                "optax/tree_utils/_tree_math.py",
+                "tree_update_infinity_moment: jnp.maximum(jnp.abs(g) + eps, decay * t); scale_by_adamax: "
+                "updates = mu_hat / nu",
+            ),
             "clip_norm_eps": _source(
                 "optax/transforms/_clipping.py",
                 "clip_by_global_norm: trigger = g_norm < max_norm; jax.lax.select(trigger, t, (t / g_norm) * max_norm)",
@@ -200,6 +206,7 @@ OPTIMIZERS = OptimizerDeclaration(
         adamw={**ADAM_DEFAULTS, "eps": 1e-8, "weight_decay": 1e-4},
         rmsprop={"rho": 0.9, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
         adagrad={"eps": 1e-7, "initial_accumulator": 0.1, "weight_decay": 0.0},
+        adamax={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
     ),
     defaults_source={
         rule: _source("optax/_src/alias.py", f"optax.{rule}'s keyword defaults") for rule in RULE_HYPERPARAMETERS
@@ -369,7 +376,7 @@ class JaxBackend(Backend):
                 params, state, grads = step(params, state, batches)
                 gradients.append(copied(grads, np.asarray))
                 values.append(copied(params, np.asarray))
-            return UpdateRun(values, gradients, native_optimizers.optax_state(state, list(params)))
+            return UpdateRun(values, gradients, native_optimizers.optax_state(state, list(params), case.update.rule))
 
     def _training_step(self, case: Case, hyper: dict, dtype: str, variant: str):
         """The optimizer and a step closed over it, so that under jit its hyperparameters are constants of the

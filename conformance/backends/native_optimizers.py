@@ -100,7 +100,14 @@ def native_call(framework: str, rule: str, given: Hyper) -> Call:
 
 # ---------------------------------------------------------------------------------------------------- torch
 
-_TORCH_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+_TORCH_CLASSES = {
+    "sgd": "SGD",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "rmsprop": "RMSprop",
+    "adagrad": "Adagrad",
+    "adamax": "Adamax",
+}
 _TORCH_NAMES = {"rho": "alpha", "initial_accumulator": "initial_accumulator_value"}
 
 
@@ -140,7 +147,7 @@ def torch_clipping(given: Hyper) -> Call | None:
 
 # ---------------------------------------------------------------------------------------------------- keras
 
-_KERAS_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+_KERAS_CLASSES = _TORCH_CLASSES  # the same class names
 _KERAS_NAMES = {
     "lr": "learning_rate",
     "beta1": "beta_1",
@@ -277,6 +284,7 @@ _KERAS_SLOTS = {
     "adamw": {"momentum": "exp_avg", "velocity": "exp_avg_sq", "velocity_hat": "max_exp_avg_sq"},
     "rmsprop": {"velocity": "square_avg", "average_gradient": "grad_avg", "momentum": "momentum"},
     "adagrad": {"accumulator": "sum"},
+    "adamax": {"momentum": "exp_avg", "norm": "exp_inf"},
 }
 
 
@@ -310,11 +318,16 @@ _OPTAX_SLOTS = {
 }
 
 
-def optax_state(opt_state: Any, names: list[str]) -> State:
-    """The named tuples of an optax state (nested through chain), read by their fields; a count is shared."""
+_OPTAX_RULE_SLOTS = {"adamax": {"ScaleByAdamState": {"count": "step", "mu": "exp_avg", "nu": "exp_inf"}}}
+
+
+def optax_state(opt_state: Any, names: list[str], rule: str) -> State:
+    """The named tuples of an optax state (nested through chain), read by their fields; a count is shared.
+    scale_by_adamax keeps its infinity norm in scale_by_adam's state type, as `nu`."""
     state: State = {}
+    slots_of = {**_OPTAX_SLOTS, **_OPTAX_RULE_SLOTS.get(base_rule(rule), {})}
     for node in _named_tuples(opt_state):
-        for field_name, slot in _OPTAX_SLOTS.get(type(node).__name__, {}).items():
+        for field_name, slot in slots_of.get(type(node).__name__, {}).items():
             value = getattr(node, field_name)
             for name in names:
                 state.setdefault(slot, {})[name] = _array(value if slot == "step" else value[name], slot)

@@ -125,6 +125,7 @@ OPTIMIZERS = OptimizerDeclaration(
         rmsprop_momentum="step",
         rmsprop_eps="inside_sqrt",
         adagrad_eps="inside_sqrt",
+        adamax_eps="outside_max",
         clip_norm_eps="exact",
         no_gradient="skip_count_advances",
         hyperparameter_precision="float32_casts",
@@ -165,6 +166,11 @@ OPTIMIZERS = OptimizerDeclaration(
             "adagrad_eps": _source(
                 "keras/src/optimizers/adagrad.py", "variable -= lr * gradient / sqrt(accumulator + epsilon)"
             ),
+            "adamax_eps": _source(
+                "keras/src/optimizers/adamax.py",
+                "u = ops.maximum(ops.multiply(self.beta_2, u), ops.abs(gradient)); variable -= lr * m / "
+                "((1 - beta_1_power) * (u + self.epsilon))",
+            ),
             "clip_norm_eps": _source(
                 "keras/src/optimizers/base_optimizer.py",
                 "clip_by_global_norm: scale_for_finite = clip_norm * ops.minimum(1.0 / use_norm, 1.0 / clip_norm); "
@@ -197,6 +203,7 @@ OPTIMIZERS = OptimizerDeclaration(
         adamw={"lr": 1e-3, **ADAM_DEFAULTS, "eps": 1e-7, "weight_decay": 4e-3},
         rmsprop={"lr": 1e-3, "rho": 0.9, "eps": 1e-7, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
         adagrad={"lr": 1e-3, "eps": 1e-7, "initial_accumulator": 0.1, "weight_decay": 0.0},
+        adamax={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "weight_decay": 0.0},
     ),
     defaults_source={
         rule: _source(f"keras/src/optimizers/{rule}.py", "the keras.optimizers constructor's keyword defaults")

@@ -125,6 +125,7 @@ OPTIMIZERS = OptimizerDeclaration(
         rmsprop_momentum="gradient",
         rmsprop_eps="outside_sqrt",
         adagrad_eps="outside_sqrt",
+        adamax_eps="inside_max",
         clip_norm_eps="norm_plus_1e-6",
         no_gradient="skip",
         hyperparameter_precision="as_given",
@@ -163,6 +164,11 @@ OPTIMIZERS = OptimizerDeclaration(
                 "torch/optim/adagrad.py",
                 "_single_tensor_adagrad: std = state_sum.sqrt().add_(eps); param.addcdiv_(grad, std, value=-clr)",
             ),
+            "adamax_eps": _source(
+                "torch/optim/adamax.py",
+                "_single_tensor_adamax: torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf); "
+                "clr = lr / bias_correction; param.addcdiv_(exp_avg, exp_inf, value=-clr)",
+            ),
             "clip_norm_eps": _source(
                 "torch/nn/utils/clip_grad.py",
                 "_clip_grads_with_norm_: clip_coef = max_norm / (total_norm + 1e-6); "
@@ -188,6 +194,7 @@ OPTIMIZERS = OptimizerDeclaration(
         adamw={"lr": 1e-3, **ADAM_DEFAULTS, "eps": 1e-8, "weight_decay": 1e-2},
         rmsprop={"lr": 1e-2, "rho": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
         adagrad={"lr": 1e-2, "eps": 1e-10, "initial_accumulator": 0.0, "weight_decay": 0.0},
+        adamax={"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
     ),
     defaults_source={
         rule: _source(f"torch/optim/{rule}.py", "the torch.optim constructor's keyword defaults")

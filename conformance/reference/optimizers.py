@@ -29,6 +29,7 @@ RULE_HYPERPARAMETERS = {
     "adamw": ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad"),
     "rmsprop": ("lr", "rho", "eps", "momentum", "centered", "weight_decay"),
     "adagrad": ("lr", "eps", "initial_accumulator", "weight_decay"),
+    "adamax": ("lr", "beta1", "beta2", "eps", "weight_decay"),
 }
 ALIASES = {"momentum": "sgd", "nesterov": "sgd", "amsgrad": "adam"}  # a rule that is another with a flag set
 FORCED = {"nesterov": {"nesterov": True}, "amsgrad": {"amsgrad": True}}
@@ -106,6 +107,10 @@ SWITCH_MEANINGS: dict[str, dict[str, str]] = {
         "skip_count_advances": "a variable without a gradient is left alone, but the one shared step count advances",
         "zero": "a variable without a gradient gets a zero gradient and is updated like any other",
     },
+    "adamax_eps": {
+        "inside_max": "the infinity norm takes eps in: u = max(beta2 * u, |g| + eps), step m_hat / u",
+        "outside_max": "u = max(beta2 * u, |g|), step m_hat / (u + eps)",
+    },
     "clip_norm_eps": {
         "exact": "clip_norm scales the gradients by min(1, clip_norm / norm)",
         "norm_plus_1e-6": "clip_norm scales the gradients by min(1, clip_norm / (norm + 1e-6)): every gradient "
@@ -128,6 +133,7 @@ RULE_SWITCHES = {
     "adamw": ("adam_eps", "amsgrad_max", *_EVERY_RULE),  # decoupled in every framework
     "rmsprop": ("rmsprop_eps", "rmsprop_momentum", "weight_decay", *_EVERY_RULE),
     "adagrad": ("adagrad_eps", "weight_decay", *_EVERY_RULE),
+    "adamax": ("adamax_eps", "weight_decay", *_EVERY_RULE),
 }
 
 
@@ -142,6 +148,7 @@ class UpdateSwitches:
     rmsprop_momentum: str = "gradient"
     rmsprop_eps: str = "outside_sqrt"
     adagrad_eps: str = "outside_sqrt"
+    adamax_eps: str = "inside_max"
     clip_norm_eps: str = "exact"
     no_gradient: str = "skip"
     hyperparameter_precision: str = "as_given"
@@ -160,9 +167,9 @@ class UpdateSwitches:
 # ---------------------------------------------------------------------------------------------------- defaults
 
 
-def defaults_by_rule(sgd: dict, adam: dict, adamw: dict, rmsprop: dict, adagrad: dict) -> dict[str, dict]:
-    """A framework's defaults for every rule, from those of the five base rules (aliases set their flag)."""
-    by_base = {"sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop, "adagrad": adagrad}
+def defaults_by_rule(sgd: dict, adam: dict, adamw: dict, rmsprop: dict, adagrad: dict, adamax: dict) -> dict[str, dict]:
+    """A framework's defaults for every rule, from those of the base rules (aliases set their flag)."""
+    by_base = {"sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop, "adagrad": adagrad, "adamax": adamax}
     return {rule: {**by_base[base_rule(rule)], **FORCED.get(rule, {})} for rule in RULES}
 
 
@@ -204,6 +211,8 @@ def _initial_slots(rule: str, hyper: Hyper, switches: UpdateSwitches) -> dict[st
     if rule == "rmsprop":
         centered = {"grad_avg": 0.0} if hyper["centered"] else {}
         return {"square_avg": 0.0, **centered, **({"momentum": 0.0} if hyper["momentum"] else {})}
+    if rule == "adamax":
+        return {"exp_avg": 0.0, "exp_inf": 0.0}
     return {"sum": _precision(hyper["initial_accumulator"], switches)}
 
 
@@ -332,7 +341,16 @@ def _adagrad(p, g, lr, hyper, switches, slots):
     return p - lr * g / (np.sqrt(total) + eps if switches.adagrad_eps == "outside_sqrt" else np.sqrt(total + eps))
 
 
-_RULES = {"sgd": _sgd, "adam": _adam, "adamw": _adam, "rmsprop": _rmsprop, "adagrad": _adagrad}
+def _adamax(p, g, lr, hyper, switches, slots):
+    beta1, beta2, eps, t = float(hyper["beta1"]), float(hyper["beta2"]), float(hyper["eps"]), int(slots["step"])
+    slots["exp_avg"] = beta1 * slots["exp_avg"] + (1 - beta1) * g
+    inside = switches.adamax_eps == "inside_max"
+    slots["exp_inf"] = np.maximum(beta2 * slots["exp_inf"], np.abs(g) + (eps if inside else 0.0))
+    correction = 1 - _precision(beta1, switches) ** t
+    return p - lr * (slots["exp_avg"] / correction) / (slots["exp_inf"] + (0.0 if inside else eps))
+
+
+_RULES = {"sgd": _sgd, "adam": _adam, "adamw": _adam, "rmsprop": _rmsprop, "adagrad": _adagrad, "adamax": _adamax}
 
 
 # ---------------------------------------------------------------------------------------------------- explanations

@@ -180,6 +180,19 @@ def test_a_variable_without_a_gradient():
     assert len({float(skipped["b"]), float(counted["b"]), float(zeroed["b"])}) == 3
 
 
+def test_adamax_by_hand():
+    given = {"lr": 0.1, "eps": 0.5}
+    torch_like, state = run("adamax", given, TORCH, xs(6.0, -2.0))  # u = max(0.999 u, |g| + eps)
+    u1, u2 = 6.5, max(0.999 * 6.5, 2.5)
+    x1 = 2 - 0.1 / (1 - 0.9) * (0.1 * 6) / u1
+    m2 = 0.9 * 0.6 + 0.1 * -2.0
+    assert torch_like["x"] == pytest.approx(x1 - 0.1 / (1 - 0.81) * m2 / u2, rel=1e-14)
+    assert state["exp_inf"]["x"] == pytest.approx(u2) and state["exp_avg"]["x"] == pytest.approx(m2)
+    keras_like, _ = run("adamax", given, KERAS, xs(6.0), framework="tensorflow")  # u = max(0.999 u, |g|), u + eps
+    lr32, beta32 = float(np.float32(0.1)), float(np.float32(0.9))  # a float64 Keras run's float32 casts
+    assert keras_like["x"] == pytest.approx(2 - lr32 * 0.6 / ((1 - beta32) * (6.0 + 0.5)), rel=1e-14)
+
+
 def test_global_clip_by_hand():
     grads = {"w": np.array([3.0, 0.0]), "b": np.array(4.0), "unused": None}  # global norm 5
     exact = ref.clipped(grads, {"clip_norm": 1.0}, OPTAX)
@@ -347,10 +360,13 @@ def _configs():
         ("adam", {"lr": 0.1, "clip_norm": 100.0}, "clip_norm-below"),
         ("momentum", {"lr": 0.1, "momentum": 0.9, "clip_norm_per_variable": 1.0}, "clip_norm_per_variable"),
         ("rmsprop", {"lr": 0.01, "clip_value": 1.0}, "clip_value"),
+        ("adamax", {"lr": 0.1}, "lr"),
+        ("adamax", {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-3}, "betas-eps"),
+        ("adamax", {"lr": 0.1, "weight_decay": 0.3}, "weight_decay"),
     ]
     for rule, given, desc in table:
         yield pytest.param(rule, given, f"{rule}-{desc}", DENSE, id=f"{rule}-{desc}")
-    for rule, given, desc in [table[i] for i in (3, 8, 11, 18, 21, 22, 25)]:
+    for rule, given, desc in [table[i] for i in (3, 8, 11, 18, 21, 22, 25, 27)]:
         yield pytest.param(rule, given, f"{rule}-{desc}", GAP, id=f"{rule}-{desc}-no-gradient")
 
 
@@ -401,7 +417,7 @@ def run_optax(rule, given, gradients):
             }
             updates, state = optimizer.update(grads, state, params)
             params = optax.apply_updates(params, updates)
-        return {name: np.asarray(p) for name, p in params.items()}, native.optax_state(state, list(params))
+        return {name: np.asarray(p) for name, p in params.items()}, native.optax_state(state, list(params), rule)
 
 
 RUNNERS = {"torch": run_torch, "tensorflow": run_keras, "jax": run_optax}
@@ -447,6 +463,7 @@ PROBES = {  # a case where each switch changes the parameters or the state
     "no_gradient": ("adam", {"lr": 0.1}, GAP),
     "hyperparameter_precision": ("sgd", {"lr": 0.1}, DENSE),
     "clip_norm_eps": ("sgd", {"lr": 1.0, "clip_norm": 10.0}, DENSE),
+    "adamax_eps": ("adamax", {"lr": 0.1, "eps": 0.5}, DENSE),
 }
 
 
