@@ -113,8 +113,8 @@ SWITCH_MEANINGS: dict[str, dict[str, str]] = {
     },
     "clip_norm_eps": {
         "exact": "clip_norm scales the gradients by min(1, clip_norm / norm)",
-        "norm_plus_1e-6": "clip_norm scales the gradients by min(1, clip_norm / (norm + 1e-6)): every gradient "
-        "whose norm is above clip_norm - 1e-6 is scaled, by a factor 1e-6 / clip_norm relative smaller",
+        "norm_plus_1e-6": "clip_norm scales the gradients by min(1, clip_norm / (norm + 1e-6)): a clipped norm "
+        "comes out short of clip_norm by 1e-6 / (norm + 1e-6) relative, and a norm just below clip_norm is scaled too",
     },
     "hyperparameter_precision": {
         "as_given": "hyperparameters enter the arithmetic as the Python floats given",
