@@ -36,6 +36,15 @@ HYPERPARAMETERS = (
     *CLIPPING,
 )
 BOOLEAN_HYPERPARAMETERS = ("amsgrad", "nesterov", "centered")
+# a learning-rate schedule's kind -> (its required fields, its optional fields with their defaults)
+SCHEDULES = {
+    "exponential": (("decay_rate", "decay_steps"), {"staircase": False}),
+    "cosine": (("decay_steps",), {"alpha": 0.0}),
+    "warmup_cosine": (("warmup_steps", "decay_steps", "peak"), {"alpha": 0.0}),
+    "piecewise": (("boundaries", "values"), {}),
+}
+MAX_SCHEDULE_STEPS = 10_000
+MAX_BOUNDARIES = 8
 GOLDEN_DTYPES = ("float32", "float64")
 MAX_AXES = expressions.MAX_AXES
 MAX_ELEMENTS = 256  # the reference differentiates element by element; beyond this SymPy gets slow
@@ -89,10 +98,28 @@ class HyperParameter:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """`[update] schedule`: the learning rate of each step from the case's lr (the value at step 0; a piecewise
+    schedule's values are the learning rates themselves). Fixed in the case file, never drawn. Only the fields of
+    its kind mean anything (SCHEDULES); docs/case-format.md defines each kind."""
+
+    kind: str
+    decay_steps: int = 1
+    decay_rate: float = 1.0
+    staircase: bool = False
+    alpha: float = 0.0
+    warmup_steps: int = 0
+    peak: float = 0.0
+    boundaries: tuple[int, ...] = ()
+    values: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
 class UpdateSpec:
     rule: str
     steps: int
     hyperparameters: dict[str, HyperParameter]
+    schedule: Schedule | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -342,6 +369,7 @@ class _CaseReader:
         if type(steps) is not int or not 1 <= steps <= MAX_STEPS:
             raise self.fail("update.steps", f"must be an integer from 1 to {MAX_STEPS}")
         hyperparameters = {}
+        schedule = self._schedule(table.pop("schedule")) if "schedule" in table else None
         for name, value in table.items():
             if name not in HYPERPARAMETERS:
                 raise self.fail(f"update.{name}", f"is not a canonical hyperparameter ({', '.join(HYPERPARAMETERS)})")
@@ -351,7 +379,82 @@ class _CaseReader:
             raise self.fail(
                 f"update.{clips[1]}", f"a case clips one way only (Keras refuses two); it already gives {clips[0]}"
             )
-        return UpdateSpec(rule, steps, hyperparameters)
+        if schedule is not None:
+            self._fit_schedule(schedule, hyperparameters)
+        return UpdateSpec(rule, steps, hyperparameters, schedule)
+
+    def _schedule(self, table: Any) -> Schedule:
+        where = "update.schedule"
+        if not isinstance(table, dict) or table.get("kind") not in SCHEDULES:
+            raise self.fail(f"{where}.kind", f"a schedule is a table whose kind is one of {', '.join(SCHEDULES)}")
+        required, optional = SCHEDULES[table["kind"]]
+        for name in table:
+            if name != "kind" and name not in required and name not in optional:
+                fields = ", ".join((*required, *optional))
+                raise self.fail(f"{where}.{name}", f"is not a field of a {table['kind']} schedule ({fields})")
+        for name in required:
+            if name not in table:
+                raise self.fail(f"{where}.{name}", f"is missing: a {table['kind']} schedule needs it")
+        fields = {**optional, **{name: value for name, value in table.items() if name != "kind"}}
+        checked = {name: self._schedule_field(f"{where}.{name}", name, value) for name, value in fields.items()}
+        if table["kind"] == "piecewise":
+            boundaries, values = checked["boundaries"], checked["values"]
+            if list(boundaries) != sorted(set(boundaries)):
+                raise self.fail(f"{where}.boundaries", "must increase strictly")
+            if len(values) != len(boundaries) + 1:
+                raise self.fail(f"{where}.values", "must hold one learning rate more than there are boundaries")
+        return Schedule(table["kind"], **checked)
+
+    def _schedule_field(self, where: str, name: str, value: Any) -> Any:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if name in ("decay_steps", "warmup_steps"):
+            if type(value) is not int or not 1 <= value <= MAX_SCHEDULE_STEPS:
+                raise self.fail(where, f"must be an integer from 1 to {MAX_SCHEDULE_STEPS}")
+            return value
+        if name == "staircase":
+            if not isinstance(value, bool):
+                raise self.fail(where, "must be true or false")
+            return value
+        if name == "boundaries":
+            if (
+                not isinstance(value, list)
+                or not 1 <= len(value) <= MAX_BOUNDARIES
+                or not all(type(b) is int and 1 <= b <= MAX_SCHEDULE_STEPS for b in value)
+            ):
+                raise self.fail(
+                    where, f"must be a list of 1 to {MAX_BOUNDARIES} step counts from 1 to {MAX_SCHEDULE_STEPS}"
+                )
+            return tuple(value)
+        if name == "values":
+            if not isinstance(value, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(_as_float(v)) and v > 0
+                for v in value
+            ):
+                raise self.fail(where, "must be a list of finite positive learning rates")
+            return tuple(float(v) for v in value)
+        if not number or not math.isfinite(_as_float(value)):
+            raise self.fail(where, "must be a finite number")
+        value = float(value)
+        if name == "alpha" and not 0 <= value <= 1:
+            raise self.fail(where, "must lie in [0, 1]: the fraction of the learning rate the cosine ends at")
+        if name in ("decay_rate", "peak") and not value > 0:
+            raise self.fail(where, "must be positive")
+        return value
+
+    def _fit_schedule(self, schedule: Schedule, hyperparameters: dict[str, HyperParameter]) -> None:
+        """A piecewise schedule states its learning rates, the first of them the lr; the others start from the
+        case's lr, and a warm-up rises from it to its peak."""
+        lr = hyperparameters.get("lr")
+        if schedule.kind == "piecewise":
+            if lr is not None:
+                raise self.fail("update.lr", "a piecewise schedule's values are the learning rates; give no lr")
+            hyperparameters["lr"] = HyperParameter("lr", value=schedule.values[0])
+        elif lr is None:
+            raise self.fail("update.lr", f"a {schedule.kind} schedule starts from the lr; give it")
+        elif schedule.kind == "warmup_cosine":
+            low, high = lr.range or (lr.value, lr.value)
+            if not 0 < low <= high <= schedule.peak:
+                raise self.fail("update.lr", "a warm-up rises from the lr to its peak: give an lr in (0, peak]")
 
     def _hyperparameter(self, where: str, name: str, value: Any) -> HyperParameter:
         if name in BOOLEAN_HYPERPARAMETERS:

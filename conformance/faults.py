@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ ACCUMULATION_CASES = ("seed/accumulate-sgd", "accumulation/mse-four-micro-batche
 UPDATE_ONLY = "update_matches or update_agrees"  # the update properties' test functions, nothing else
 TRAINING_CASES = ("optimizers/sgd-plain", "optimizers/sgd-momentum", "optimizers/adam-hyperparameters")
 CLIP_CASES = ("clipping/sgd-global-norm", "clipping/adam-global-norm")
+SCHEDULE_CASES = ("schedules/sgd-exponential", "schedules/adam-cosine")
 
 
 class Patches:
@@ -236,6 +238,22 @@ def torch_loose_clip(patches: Patches) -> None:
     patches.setattr(torch.nn.utils, "clip_grad_norm_", clip_grad_norm_)
 
 
+def torch_late_schedule(patches: Patches) -> None:
+    """Every scheduler steps once more when it is built, so that each optimizer step takes the learning rate of
+    the step after it: a scheduler stepped before `optimizer.step()` instead of after."""
+    from torch.optim import lr_scheduler
+
+    original = lr_scheduler.LRScheduler._initial_step
+
+    def initial_step(self):
+        original(self)
+        with warnings.catch_warnings():  # torch warns of exactly this order of calls
+            warnings.simplefilter("ignore", UserWarning)
+            self.step()
+
+    patches.setattr(lr_scheduler.LRScheduler, "_initial_step", initial_step)
+
+
 def torch_bfloat16_parameters(patches: Patches) -> None:
     """Parameters are rounded through bfloat16 after every step, as a lossy master copy would."""
     import torch
@@ -377,6 +395,21 @@ def keras_loose_clip(patches: Patches) -> None:
     patches.setattr(
         base_optimizer, "clip_by_global_norm", lambda values, clip_norm: original(values, clip_norm * SCALE)
     )
+
+
+def keras_late_schedule(patches: Patches) -> None:
+    """A Keras optimizer asks its schedule for the learning rate at `iterations + 1`, on every engine."""
+    from keras.src.optimizers import base_optimizer
+    from keras.src.optimizers.schedules import learning_rate_schedule
+
+    original = base_optimizer.BaseOptimizer._get_current_learning_rate
+
+    def current_learning_rate(self):
+        if isinstance(self._learning_rate, learning_rate_schedule.LearningRateSchedule):
+            return self._learning_rate(self._iterations + 1)
+        return original(self)
+
+    patches.setattr(base_optimizer.BaseOptimizer, "_get_current_learning_rate", current_learning_rate)
 
 
 def keras_bfloat16_variables(patches: Patches) -> None:
@@ -637,6 +670,26 @@ def optax_loose_clip(patches: Patches) -> None:
 
     original = optax.clip_by_global_norm
     patches.setattr(optax, "clip_by_global_norm", lambda max_norm: original(max_norm * SCALE))
+
+
+def optax_late_schedule(patches: Patches) -> None:
+    """optax's schedules give the value of the count after the one they are called with."""
+    import optax
+
+    def late(make):
+        def make_late(*args, **kwargs):
+            schedule = make(*args, **kwargs)
+            return lambda count: schedule(count + 1)
+
+        return make_late
+
+    for name in (
+        "exponential_decay",
+        "cosine_decay_schedule",
+        "warmup_cosine_decay_schedule",
+        "piecewise_constant_schedule",
+    ):
+        patches.setattr(optax, name, late(getattr(optax, name)))
 
 
 def optax_bfloat16_parameters(patches: Patches) -> None:
@@ -914,6 +967,22 @@ FAULTS = (
         )
         for backend, plant in (("torch", torch_loose_clip), ("tensorflow", keras_loose_clip), ("jax", optax_loose_clip))
     ),
+    *(
+        Fault(
+            "late-schedule",
+            backend,
+            "the learning-rate schedule one step ahead: each step takes the next step's learning rate",
+            SCHEDULE_CASES,
+            UPDATE_PROPERTY,
+            plant,
+            UPDATE_ONLY,
+        )
+        for backend, plant in (
+            ("torch", torch_late_schedule),
+            ("tensorflow", keras_late_schedule),
+            ("jax", optax_late_schedule),
+        )
+    ),
     # Keras 3 on jax and torch: the engines' own differentiation faults and Keras' optimizers, in their processes
     _in_own_process(
         "scaled-gradients",
@@ -1073,6 +1142,18 @@ FAULTS = (
             CLIP_CASES,
             UPDATE_PROPERTY,
             keras_loose_clip,
+            UPDATE_ONLY,
+        )
+        for backend in ("keras-jax", "keras-torch")
+    ),
+    *(
+        _in_own_process(
+            "late-schedule",
+            backend,
+            "the learning-rate schedule one step ahead: each step takes the next step's learning rate",
+            SCHEDULE_CASES,
+            UPDATE_PROPERTY,
+            keras_late_schedule,
             UPDATE_ONLY,
         )
         for backend in ("keras-jax", "keras-torch")

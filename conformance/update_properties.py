@@ -18,7 +18,9 @@ of steps. The two backends' gradients also differ by their own rounding: where t
 bound adds, for each backend, how far the reference trajectory moves when every gradient is off by its rounding bound
 (`gradient_rounding_drift`). Where the dynamics amplify the gradients' own rounding further (Adam near a zero gradient
 divides by sqrt(v)), two backends still agree when each matches its reference step by step and the references with both
-backends' formulas agree. A norm clip adds its own roundings to every step's count (`clip_roundings`)."""
+backends' formulas agree. A norm clip adds its own roundings to every step's count (`clip_roundings`); a learning-rate
+schedule adds how far the step on absolute values moves when every step's learning rate is off by the schedule's own
+rounding (`learning_rate_error`), its state carried."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from conformance import tolerance
 from conformance.backends.base import AccumulationRun, UpdateRun, micro_batches
 from conformance.cases import Case
 from conformance.expressions import names_used
-from conformance.reference import optimizers
+from conformance.reference import optimizers, schedules
 from conformance.reference.conventions import KinkConventions
 from conformance.reference.gradients import ReferenceGradient, exact_gradient
 from conformance.tolerance import Comparison, compare, identical, worst
@@ -97,16 +99,30 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
     )
     expected, bounds = [], []
     elements = sum(np.size(value) for value in run.values[0].values())
+    schedule_u = schedule_unit_roundoff(hyper, switches, dtype)
+    offset_state = absolute_state  # the absolute run with each step's learning rate raised by its schedule's error
     for k, (values, gradients) in enumerate(zip(run.values, run.gradients, strict=False)):
-        following, state = optimizers.step(rule, hyper, switches, values, gradients, state)
-        magnitudes = _absolute(values)
+        following, state = optimizers.step(rule, hyper, switches, values, gradients, state, iteration=k)
+        magnitudes, absolute_gradients = _absolute(values), _absolute(gradients)
         absolute_following, absolute_state = optimizers.step(
             rule,
             hyper,
             magnitude_switches,
             magnitudes,
-            _absolute(gradients),
+            absolute_gradients,
             {slot: _absolute(v) for slot, v in absolute_state.items()},
+            iteration=k,
+        )
+        lr_offset = learning_rate_error(hyper, k, schedule_u)
+        offset_following, offset_state = optimizers.step(
+            rule,
+            hyper,
+            magnitude_switches,
+            magnitudes,
+            absolute_gradients,
+            {slot: _absolute(v) for slot, v in offset_state.items()},
+            iteration=k,
+            lr_offset=lr_offset,
         )
         expected.append(following)
         bounds.append(
@@ -117,18 +133,40 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
                 * np.maximum(
                     np.abs(magnitudes[name] - absolute_following[name]), np.abs(values[name] - following[name])
                 )
+                + np.abs(offset_following[name] - absolute_following[name])
                 + float(np.finfo(dtype).smallest_normal)
                 for name in values
             }
         )
-    return expected, bounds, state, absolute_state
+    schedule_drift = {
+        slot: {name: np.abs(offset_state[slot][name] - value) for name, value in by_name.items()}
+        for slot, by_name in absolute_state.items()
+    }
+    return expected, bounds, state, absolute_state, schedule_drift
+
+
+def schedule_unit_roundoff(hyper: dict, switches, dtype: str) -> float:
+    """The precision a framework computes the case's schedule in: float32 where its `schedule_precision` says so,
+    else the dtype's or better (torch's Python floats)."""
+    u, schedule = unit_roundoff(dtype), hyper.get("schedule")
+    in_float32 = schedule is not None and schedules.in_float32(schedule, switches.schedule_precision)
+    return max(u, unit_roundoff("float32")) if in_float32 else u
+
+
+def learning_rate_error(hyper: dict, iteration: int, u: float) -> float:
+    """How far a framework's scheduled learning rate may lie from the reference's (schedules.learning_rate_error);
+    0 without a schedule, where the lr is a constant whose rounding the step's own roundings count."""
+    schedule = hyper.get("schedule")
+    return 0.0 if schedule is None else schedules.learning_rate_error(schedule, float(hyper["lr"]), iteration, u)
 
 
 def matches_reference(
     rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, decay_rates_in_dtype: bool = True
 ) -> tuple[Comparison, dict]:
     """Each step, and the final optimizer state where the framework exposes it, against the reference."""
-    expected, bounds, state, absolute_state = step_by_step(rule, hyper, switches, run, dtype, decay_rates_in_dtype)
+    expected, bounds, state, absolute_state, schedule_drift = step_by_step(
+        rule, hyper, switches, run, dtype, decay_rates_in_dtype
+    )
     comparisons = [
         step_relative(
             compare(f"step {k + 1}: {name}", run.values[k + 1][name], expected[k][name], bounds[k][name]),
@@ -145,7 +183,7 @@ def matches_reference(
         for name, value in values.items():
             if slot in state and name in state[slot]:
                 magnitude = np.maximum(np.abs(absolute_state[slot][name]), np.abs(state[slot][name]))
-                bound = 0.0 if slot == "step" else roundings * u * magnitude
+                bound = 0.0 if slot == "step" else roundings * u * magnitude + schedule_drift[slot][name]
                 comparisons.append(compare(f"state {slot} of {name}", value, state[slot][name], bound))
     return worst(comparisons), {"expected": expected, "bounds": bounds}
 
@@ -285,9 +323,9 @@ def reference_path(rule: str, hyper: dict, switches, start: dict, reference_at: 
         optimizers.init(rule, hyper, switches, start),
     )
     values, gradients, states = [params], [], []
-    for _ in range(steps):
+    for k in range(steps):
         gradients.append(reference_at(params)[0])
-        params, state = optimizers.step(rule, hyper, switches, params, gradients[-1], state)
+        params, state = optimizers.step(rule, hyper, switches, params, gradients[-1], state, iteration=k)
         values.append(params)
         states.append(state)
     return values, gradients, states

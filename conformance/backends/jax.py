@@ -135,9 +135,29 @@ OPTIMIZERS = OptimizerDeclaration(
         adagrad_eps="inside_sqrt",
         adamax_eps="inside_max",
         clip_norm_eps="exact",
+        cosine_after_decay="hold",
+        piecewise_boundary="from_boundary",
+        schedule_precision="float32_exponential_warmup",
         no_gradient="zero",
         hyperparameter_precision="as_given",
         citations={
+            "cosine_after_decay": _source(
+                "optax/schedules/_schedule.py",
+                "cosine_decay_schedule: count = jnp.minimum(count, decay_steps); "
+                "cosine_decay = 0.5 * (1 + jnp.cos(jnp.pi * count / decay_steps))",
+            ),
+            "schedule_precision": _source(
+                "optax/schedules/_schedule.py",
+                "the count is int32 (transform.py scale_by_schedule: count=jnp.zeros([], jnp.int32)); "
+                "exponential_decay: p = decreased_count / transition_steps and polynomial_schedule (the warm-up): "
+                "count / transition_steps, an int32 over an int, are float32; cosine_decay_schedule divides by "
+                "float(decay_steps) and stays in float64 under x64",
+            ),
+            "piecewise_boundary": _source(
+                "optax/schedules/_schedule.py",
+                "piecewise_constant_schedule: indicator = jnp.maximum(0.0, jnp.sign(threshold - count)); "
+                "v = v * indicator + (1 - indicator) * scale * v (scaled once count >= threshold)",
+            ),
             "adam_eps": _source(
                 "optax/_src/transform.py",
                 "scale_by_adam: mu_hat = bias_correction(mu, b1, "
@@ -386,7 +406,7 @@ class JaxBackend(Backend):
         import optax
 
         jax = self.jax
-        optimizer = native_optimizers.optax_optimizer(case.update.rule, hyper)
+        optimizer = native_optimizers.optax_optimizer(case.update.rule, hyper, case.update.schedule)
         loss_function = self._loss_function(case, dtype)
 
         def train_step(params, state, batches):

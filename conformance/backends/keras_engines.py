@@ -181,7 +181,7 @@ class _KerasOnEngine(Backend):
         }
 
     def _optimizer(self, case: Case, hyper: dict, variables: dict):
-        optimizer = native_optimizers.keras_optimizer(case.update.rule, hyper, "keras")
+        optimizer = native_optimizers.keras_optimizer(case.update.rule, hyper, "keras", case.update.schedule)
         optimizer.build(list(variables.values()))  # as fit() builds it, on every variable
         return optimizer
 

@@ -23,21 +23,25 @@ from typing import Any
 import numpy as np
 
 from conformance.backends.base import NotApplicable
-from conformance.cases import CLIPPING
+from conformance.cases import CLIPPING, Schedule
 from conformance.reference.optimizers import FORCED, Hyper, State, base_rule, check_hyperparameters
 
 # how a reproducer imports each root name
 MODULES = {"torch": "torch", "tf": "tensorflow", "keras": "keras", "optax": "optax"}
 
 
-class _Params:
-    """Stands for the parameters in a torch constructor call until `build` is given them."""
+class _Placeholder:
+    """Stands for what a call is built on (torch's parameters, or the optimizer a scheduler is built on) until
+    `build` is given it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def __repr__(self) -> str:
-        return "params"
+        return self.name
 
 
-PARAMS = _Params()
+PARAMS, OPTIMIZER = _Placeholder("params"), _Placeholder("optimizer")
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ class Call:
         return sorted({_import_line(root) for root in self._roots()})
 
     def _roots(self) -> set[str]:
-        nested = [a for a in (*self.args, *self.kwargs.values()) if isinstance(a, Call)]
+        arguments = [*self.args, *self.kwargs.values()]
+        nested = [c for a in arguments for c in (a if isinstance(a, list) else [a]) if isinstance(c, Call)]
         return {self.function.split(".")[0]}.union(*(call._roots() for call in nested))
 
 
@@ -67,6 +72,8 @@ def _import_line(root: str) -> str:
 
 
 def _source(value: Any) -> str:
+    if isinstance(value, list):
+        return f"[{', '.join(_source(item) for item in value)}]"
     return value.source() if isinstance(value, Call) else repr(value)
 
 
@@ -76,19 +83,34 @@ def build_target(call: Call) -> Any:
     return functools.reduce(getattr, path, importlib.import_module(MODULES[root]))
 
 
-def build(call: Call, params: Any = None) -> Any:
-    """Runs the call (see build_target), substituting `params`."""
-    function = build_target(call)
-    args = [params if a is PARAMS else build(a, params) if isinstance(a, Call) else a for a in call.args]
-    kwargs = {k: build(v, params) if isinstance(v, Call) else v for k, v in call.kwargs.items()}
-    return function(*args, **kwargs)
+def build(call: Call, on: Any = None) -> Any:
+    """Runs the call (see build_target), with `on` for its placeholder (PARAMS, OPTIMIZER)."""
+
+    def built(value: Any) -> Any:
+        if isinstance(value, list):
+            return [built(item) for item in value]
+        return on if isinstance(value, _Placeholder) else build(value, on) if isinstance(value, Call) else value
+
+    return build_target(call)(*map(built, call.args), **{k: built(v) for k, v in call.kwargs.items()})
 
 
-def native_call(framework: str, rule: str, given: Hyper) -> Call:
+def native_call(framework: str, rule: str, given: Hyper, schedule: Schedule | None = None) -> Call:
     """How a user of `framework` ("torch", "tensorflow", "keras": Keras 3 on any engine, "jax") writes `rule` with
-    the case's hyperparameters; NotApplicable where they cannot."""
+    the case's hyperparameters and learning-rate schedule; NotApplicable where they cannot. A schedule goes in
+    place of Keras' and optax's learning rate; torch's optimizer gets the lr its scheduler scales
+    (`native_schedules.torch_base_lr`)."""
+    from conformance.backends import native_schedules  # which builds on this module's Call
+
     check_hyperparameters(rule, given)
-    hyper = {**given, **FORCED.get(rule, {})}
+    hyper: dict[str, Any] = {**given, **FORCED.get(rule, {})}
+    if schedule is not None:
+        lr = float(hyper["lr"])
+        hyper["lr"] = {
+            "torch": native_schedules.torch_base_lr(schedule, lr),
+            "tensorflow": native_schedules.keras_schedule(schedule, lr, "tf.keras"),
+            "keras": native_schedules.keras_schedule(schedule, lr, "keras"),
+            "jax": native_schedules.optax_schedule(schedule, lr),
+        }[framework]
     calls = {
         "torch": _torch_call,
         "tensorflow": functools.partial(_keras_call, module="tf.keras"),
@@ -96,6 +118,14 @@ def native_call(framework: str, rule: str, given: Hyper) -> Call:
         "jax": _optax_call,
     }
     return calls[framework](base_rule(rule), hyper)
+
+
+def torch_scheduler(schedule: Schedule | None, given: Hyper) -> Call | None:
+    """The scheduler a torch user builds on the optimizer and steps after each `optimizer.step()`; None without a
+    schedule."""
+    from conformance.backends import native_schedules
+
+    return None if schedule is None else native_schedules.torch_scheduler(schedule, float(given["lr"]))
 
 
 # ---------------------------------------------------------------------------------------------------- torch
@@ -216,16 +246,20 @@ def _optax_clip(hyper: dict) -> Call | None:
     return None
 
 
-def _native_value(value: float | bool) -> float | bool:
-    """Keras insists on Python floats (`learning_rate`, SGD's `momentum`); booleans stay booleans."""
-    return value if isinstance(value, bool) else float(value)
+def _native_value(value: float | bool | Call) -> float | bool | Call:
+    """Keras insists on Python floats (`learning_rate`, SGD's `momentum`); booleans and schedules stay as they are."""
+    return value if isinstance(value, (bool, Call)) else float(value)
 
 
 # ---------------------------------------------------------------------------------------------------- building
 
 
 def torch_optimizer(
-    rule: str, given: Hyper, params: list[Any], implementation: Mapping[str, bool] | None = None
+    rule: str,
+    given: Hyper,
+    params: list[Any],
+    implementation: Mapping[str, bool] | None = None,
+    schedule: Schedule | None = None,
 ) -> Any:
     """`torch.optim.<Rule>(params, ...)` for a list of leaf tensors, with `implementation` (`foreach=True`,
     `fused=True`) among its arguments; NotApplicable where the class has no such argument."""
@@ -233,7 +267,7 @@ def torch_optimizer(
 
     import torch
 
-    call = native_call("torch", rule, given)
+    call = native_call("torch", rule, given, schedule)
     accepted = inspect.signature(build_target(call)).parameters
     implementation = implementation or {}
     for argument in implementation:
@@ -245,15 +279,15 @@ def torch_optimizer(
     return build(Call(call.function, call.args, {**call.kwargs, **implementation}), params)
 
 
-def keras_optimizer(rule: str, given: Hyper, framework: str = "tensorflow") -> Any:
+def keras_optimizer(rule: str, given: Hyper, framework: str = "tensorflow", schedule: Schedule | None = None) -> Any:
     """`tf.keras.optimizers.<Rule>(...)`, or `keras.optimizers.<Rule>(...)` for the framework "keras" (Keras 3 on
     another engine); not yet built (it builds its slots in `build` or on the first `apply_gradients`)."""
-    return build(native_call(framework, rule, given))
+    return build(native_call(framework, rule, given, schedule))
 
 
-def optax_optimizer(rule: str, given: Hyper) -> Any:
+def optax_optimizer(rule: str, given: Hyper, schedule: Schedule | None = None) -> Any:
     """`optax.<rule>(...)`, chained after `optax.add_decayed_weights` for L2 weight decay and after the clip."""
-    return build(native_call("jax", rule, given))
+    return build(native_call("jax", rule, given, schedule))
 
 
 # ---------------------------------------------------------------------------------------------------- state

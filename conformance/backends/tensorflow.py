@@ -127,9 +127,28 @@ OPTIMIZERS = OptimizerDeclaration(
         adagrad_eps="inside_sqrt",
         adamax_eps="outside_max",
         clip_norm_eps="exact",
+        cosine_after_decay="hold",
+        piecewise_boundary="after_boundary",
+        schedule_precision="float32",
         no_gradient="skip_count_advances",
         hyperparameter_precision="float32_casts",
         citations={
+            "cosine_after_decay": _source(
+                "keras/src/optimizers/schedules/learning_rate_schedule.py",
+                "CosineDecay.__call__: global_step_recomp = ops.minimum(global_step_recomp, decay_steps) "
+                "(decay_steps + warmup_steps with a warm-up)",
+            ),
+            "schedule_precision": _source(
+                "keras/src/optimizers/schedules/learning_rate_schedule.py",
+                "initial_learning_rate = ops.convert_to_tensor(self.initial_learning_rate); dtype = "
+                "initial_learning_rate.dtype (float32 from a Python float); base_optimizer.py apply: lr = "
+                "ops.cast(learning_rate, variable.dtype)",
+            ),
+            "piecewise_boundary": _source(
+                "keras/src/optimizers/schedules/learning_rate_schedule.py",
+                "PiecewiseConstantDecay.__call__: values[0] where step <= boundaries[0], values[-1] where "
+                "step > boundaries[-1]: a boundary's step still takes the value before it",
+            ),
             "adam_eps": _source(
                 "keras/src/optimizers/adam.py",
                 "update_step: alpha = lr * sqrt(1 - "
@@ -343,7 +362,7 @@ class TensorFlowBackend(Backend):
             for batch in micro_batches(case, inputs)
         ]
         target = TensorFlowTarget(tf, tf_dtype)
-        optimizer = native_optimizers.keras_optimizer(case.update.rule, hyper)
+        optimizer = native_optimizers.keras_optimizer(case.update.rule, hyper, schedule=case.update.schedule)
         optimizer.build(list(variables.values()))  # as Keras' own fit does before its first step
 
         def train_step(batches):

@@ -127,6 +127,9 @@ OPTIMIZERS = OptimizerDeclaration(
         adagrad_eps="outside_sqrt",
         adamax_eps="inside_max",
         clip_norm_eps="norm_plus_1e-6",
+        cosine_after_decay="periodic",
+        piecewise_boundary="from_boundary",
+        schedule_precision="float64",
         no_gradient="skip",
         hyperparameter_precision="as_given",
         citations={
@@ -173,6 +176,21 @@ OPTIMIZERS = OptimizerDeclaration(
                 "torch/nn/utils/clip_grad.py",
                 "_clip_grads_with_norm_: clip_coef = max_norm / (total_norm + 1e-6); "
                 "clip_coef_clamped = torch.clamp(clip_coef, max=1.0); g.mul_(clip_coef_clamped)",
+            ),
+            "cosine_after_decay": _source(
+                "torch/optim/lr_scheduler.py",
+                "CosineAnnealingLR.get_lr: (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / "
+                "(1 + math.cos(math.pi * (self.last_epoch - 1) / self.T_max)) * (group['lr'] - self.eta_min) "
+                "+ self.eta_min, with no bound on last_epoch",
+            ),
+            "schedule_precision": _source(
+                "torch/optim/lr_scheduler.py",
+                "every scheduler computes group['lr'] with Python floats (math.cos, float products)",
+            ),
+            "piecewise_boundary": _source(
+                "torch/optim/lr_scheduler.py",
+                "MultiStepLR.get_lr: if self.last_epoch not in self.milestones: return the lr unchanged; "
+                "else lr * gamma ** self.milestones[self.last_epoch]",
             ),
             "no_gradient": _source(
                 "torch/optim/adam.py",
@@ -390,9 +408,12 @@ class TorchBackend(Backend):
     def updates(self, case: Case, inputs: Arrays, hyper: dict, dtype: str, variant: str, device: str) -> UpdateRun:
         leaves, _ = self._tensors(case, inputs, dtype, device)
         loss_of = self._loss(case, dtype, device, variant)
+        schedule = case.update.schedule
         optimizer = native_optimizers.torch_optimizer(
-            case.update.rule, hyper, list(leaves.values()), _implementation(variant)
+            case.update.rule, hyper, list(leaves.values()), _implementation(variant), schedule
         )
+        scheduler_call = native_optimizers.torch_scheduler(schedule, hyper)
+        scheduler = native_optimizers.build(scheduler_call, optimizer) if scheduler_call else None
         clip = native_optimizers.torch_clipping(hyper)
         to_numpy = lambda tensor: tensor.detach().cpu().numpy()  # noqa: E731
         values, gradients = [copied(leaves, to_numpy)], []
@@ -407,6 +428,8 @@ class TorchBackend(Backend):
             if clip:
                 native_optimizers.build(clip, list(leaves.values()))  # on .grad in place, as users call it
             optimizer.step()
+            if scheduler:
+                scheduler.step()  # after optimizer.step(), as torch.optim.lr_scheduler documents
             values.append(copied(leaves, to_numpy))
         return UpdateRun(values, gradients, native_optimizers.torch_state(optimizer, leaves))
 

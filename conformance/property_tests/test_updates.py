@@ -23,7 +23,8 @@ def _complete(item, hyper: dict, backend) -> dict:
     declares no native optimizers, or has no default for a hyperparameter the case leaves out."""
     _require_optimizers(backend)
     try:
-        return optimizers.hyperparameters(item.case.update.rule, backend.name, backend.optimizers, hyper)
+        update = item.case.update
+        return optimizers.hyperparameters(update.rule, backend.name, backend.optimizers, hyper, update.schedule)
     except ValueError as problem:
         pytest.skip(f"not applicable: {problem}")
 

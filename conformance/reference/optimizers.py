@@ -16,12 +16,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from conformance.cases import CLIPPING, RULES
+from conformance.cases import CLIPPING, RULES, Schedule
+from conformance.reference import schedules
 from conformance.reference.conventions import Citation
 
 Params = dict[str, np.ndarray]
 State = dict[str, dict[str, np.ndarray]]
-Hyper = Mapping[str, float | bool]
+Hyper = Mapping[str, float | bool]  # a complete one may hold the case's Schedule too, as "schedule"
 
 RULE_HYPERPARAMETERS = {
     "sgd": ("lr", "momentum", "dampening", "nesterov", "weight_decay"),
@@ -61,8 +62,11 @@ def check_hyperparameters(rule: str, given: Hyper) -> None:
             raise ValueError(f"update.{name}: rule {rule!r} needs it (no framework has a non-zero default)")
 
 
-def hyperparameters(rule: str, framework: str, declared: OptimizerDeclaration, given: Hyper) -> dict[str, float | bool]:
-    """The complete hyperparameters `framework` runs `rule` with: the case's values over the defaults it declares."""
+def hyperparameters(
+    rule: str, framework: str, declared: OptimizerDeclaration, given: Hyper, schedule: Schedule | None = None
+) -> dict:
+    """The complete hyperparameters `framework` runs `rule` with: the case's values over the defaults it declares,
+    and the case's learning-rate schedule, if any, as "schedule"."""
     check_hyperparameters(rule, given)
     if rule not in declared.defaults:
         raise ValueError(f"update.rule: {framework} declares no native optimizer for {rule!r}")
@@ -70,7 +74,7 @@ def hyperparameters(rule: str, framework: str, declared: OptimizerDeclaration, g
     missing = [name for name in RULE_HYPERPARAMETERS[base_rule(rule)] if name not in complete]
     if missing:
         raise ValueError(f"update.{missing[0]}: {framework} has no default for it in {rule!r}; the case must give it")
-    return complete
+    return {**complete, "schedule": schedule} if schedule is not None else complete
 
 
 # ---------------------------------------------------------------------------------------------------- switches
@@ -125,8 +129,10 @@ SWITCH_MEANINGS: dict[str, dict[str, str]] = {
     },
 }
 SWITCH_MEANINGS["rmsprop_momentum"] = SWITCH_MEANINGS["sgd_momentum"]
+SWITCH_MEANINGS.update(schedules.SWITCH_MEANINGS)
 
-_EVERY_RULE = ("clip_norm_eps", "no_gradient", "hyperparameter_precision")
+_SCHEDULES = ("cosine_after_decay", "piecewise_boundary", "schedule_precision")
+_EVERY_RULE = ("clip_norm_eps", *_SCHEDULES, "no_gradient", "hyperparameter_precision")
 RULE_SWITCHES = {
     "sgd": ("weight_decay", "sgd_momentum", *_EVERY_RULE),
     "adam": ("adam_eps", "amsgrad_max", "weight_decay", *_EVERY_RULE),
@@ -150,6 +156,9 @@ class UpdateSwitches:
     adagrad_eps: str = "outside_sqrt"
     adamax_eps: str = "inside_max"
     clip_norm_eps: str = "exact"
+    cosine_after_decay: str = "hold"
+    piecewise_boundary: str = "from_boundary"
+    schedule_precision: str = "float64"
     no_gradient: str = "skip"
     hyperparameter_precision: str = "as_given"
     citations: dict[str, Citation] = field(default_factory=dict, compare=False)
@@ -223,12 +232,16 @@ def step(
     params: Mapping[str, np.ndarray],
     grads: Mapping[str, np.ndarray | None],
     state: State,
+    iteration: int = 0,
+    lr_offset: float = 0.0,
 ) -> tuple[Params, State]:
-    """One update. `hyper` is complete (see `hyperparameters`); a gradient that is None or missing means the
-    framework gives none (tf.GradientTape's None, torch's .grad None), and `switches.no_gradient` says what then."""
+    """One update, the one with `iteration` steps before it. `hyper` is complete (see `hyperparameters`); a gradient
+    that is None or missing means the framework gives none (tf.GradientTape's None, torch's .grad None), and
+    `switches.no_gradient` says what then. `lr_offset` is added to the learning rate (for bounds: how far a step
+    moves when a framework's schedule is off by that much)."""
     rule = base_rule(rule)
     grads = clipped(grads, hyper, switches)
-    lr = _precision(hyper["lr"], switches)
+    lr = _precision(scheduled_lr(hyper, switches, iteration), switches) + lr_offset
     new_params = {name: np.array(value, dtype=np.float64) for name, value in params.items()}
     new_state = {slot: dict(values) for slot, values in state.items()}
     for name in params:
@@ -250,6 +263,17 @@ def step(
         for slot, value in slots.items():
             new_state[slot][name] = value
     return new_params, new_state
+
+
+def scheduled_lr(hyper: Hyper, switches: UpdateSwitches, iteration: int) -> float:
+    """The learning rate of the step with `iteration` steps before it: the lr, or the case's schedule from it."""
+    schedule = hyper.get("schedule")
+    if schedule is None:
+        return float(hyper["lr"])
+    lr = schedules.learning_rate(
+        schedule, float(hyper["lr"]), iteration, switches.cosine_after_decay, switches.piecewise_boundary
+    )
+    return float(np.float32(lr)) if schedules.in_float32(schedule, switches.schedule_precision) else lr
 
 
 def clipped(grads: Mapping[str, np.ndarray | None], hyper: Hyper, switches: UpdateSwitches) -> dict:
@@ -375,6 +399,13 @@ def _matters(switch: str, rule: str, hyper: Hyper) -> bool:
         return bool(hyper.get("momentum", 1))
     if switch == "clip_norm_eps":
         return "clip_norm" in hyper
+    kind = getattr(hyper.get("schedule"), "kind", None)
+    if switch == "cosine_after_decay":
+        return kind in ("cosine", "warmup_cosine")
+    if switch == "piecewise_boundary":
+        return kind == "piecewise"
+    if switch == "schedule_precision":
+        return kind is not None
     return True
 
 

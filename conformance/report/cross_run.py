@@ -238,7 +238,7 @@ def _update_pair(record: Record, mine: UpdateObservation, other: Record, theirs:
         sides = [
             update_properties.Side(
                 name,
-                optimizers.hyperparameters(rule, name, observed.optimizers, probe.hyper),
+                optimizers.hyperparameters(rule, name, observed.optimizers, probe.hyper, case.update.schedule),
                 observed.optimizers,
                 observed.conventions,
                 probe.run,

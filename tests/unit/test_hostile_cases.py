@@ -31,6 +31,7 @@ from conformance.cases import (
     MAX_AXES,
     MAX_ELEMENTS,
     RULES,
+    SCHEDULES,
     TOP_LEVEL_KEYS,
     Case,
     CaseError,
@@ -68,6 +69,10 @@ FIELD_WORDS = sorted(
         *TOP_LEVEL_KEYS,
         *HYPERPARAMETERS,
         *RULES,
+        "schedule",
+        "kind",
+        *SCHEDULES,
+        *(name for required, optional in SCHEDULES.values() for name in (*required, *optional)),
         "value",
         "shape",
         "range",
@@ -441,6 +446,90 @@ def test_a_clip_threshold_must_be_one_positive_number(folder, text, field):
     assert (result.field if isinstance(result, CaseError) else None) == field
 
 
+def scheduled(lr: Any = 0.1, **schedule: Any) -> str:
+    update = {"rule": "sgd", "schedule": schedule, **({} if lr is None else {"lr": lr})}
+    return toml_document(scalar_case(update=update))
+
+
+EXPONENTIAL = {"kind": "exponential", "decay_rate": 0.5, "decay_steps": 2}
+WARMUP = {"kind": "warmup_cosine", "warmup_steps": 2, "decay_steps": 4, "peak": 0.1}
+PIECEWISE = {"kind": "piecewise", "boundaries": [2, 4], "values": [0.1, 0.05, 0.01]}
+BAD_SCHEDULES = {
+    "not a table": (sgd_with(schedule="cosine"), "update.schedule.kind"),
+    "unknown kind": (scheduled(kind="linear", decay_steps=2), "update.schedule.kind"),
+    "no kind": (scheduled(decay_steps=2), "update.schedule.kind"),
+    "kind as a number": (scheduled(kind=1), "update.schedule.kind"),
+    "missing decay_steps": (scheduled(kind="cosine"), "update.schedule.decay_steps"),
+    "a field of another kind": (scheduled(**EXPONENTIAL, peak=0.1), "update.schedule.peak"),
+    "zero decay_steps": (scheduled(**{**EXPONENTIAL, "decay_steps": 0}), "update.schedule.decay_steps"),
+    "fractional decay_steps": (scheduled(**{**EXPONENTIAL, "decay_steps": 2.5}), "update.schedule.decay_steps"),
+    "boolean decay_steps": (scheduled(**{**EXPONENTIAL, "decay_steps": True}), "update.schedule.decay_steps"),
+    "huge decay_steps": (scheduled(**{**EXPONENTIAL, "decay_steps": 10**30}), "update.schedule.decay_steps"),
+    "negative decay_rate": (scheduled(**{**EXPONENTIAL, "decay_rate": -0.5}), "update.schedule.decay_rate"),
+    "NaN decay_rate": (scheduled(**{**EXPONENTIAL, "decay_rate": math.nan}), "update.schedule.decay_rate"),
+    "decay_rate as a string": (scheduled(**{**EXPONENTIAL, "decay_rate": "0.5"}), "update.schedule.decay_rate"),
+    "staircase as a number": (scheduled(**EXPONENTIAL, staircase=1), "update.schedule.staircase"),
+    "alpha above 1": (scheduled(kind="cosine", decay_steps=4, alpha=1.5), "update.schedule.alpha"),
+    "negative alpha": (scheduled(kind="cosine", decay_steps=4, alpha=-0.1), "update.schedule.alpha"),
+    "infinite peak": (scheduled(**{**WARMUP, "peak": math.inf}), "update.schedule.peak"),
+    "warm-up down to its peak": (scheduled(lr=0.5, **WARMUP), "update.lr"),
+    "warm-up from a zero lr": (scheduled(lr=0.0, **WARMUP), "update.lr"),
+    "warm-up lr range past the peak": (scheduled(lr={"range": [0.01, 0.2]}, **WARMUP), "update.lr"),
+    "a schedule without its lr": (scheduled(lr=None, **EXPONENTIAL), "update.lr"),
+    "piecewise with an lr": (scheduled(**PIECEWISE), "update.lr"),
+    "piecewise values one short": (
+        scheduled(lr=None, **{**PIECEWISE, "values": [0.1, 0.05]}),
+        "update.schedule.values",
+    ),
+    "piecewise boundaries not increasing": (
+        scheduled(lr=None, **{**PIECEWISE, "boundaries": [4, 2]}),
+        "update.schedule.boundaries",
+    ),
+    "piecewise boundary repeated": (
+        scheduled(lr=None, **{**PIECEWISE, "boundaries": [2, 2]}),
+        "update.schedule.boundaries",
+    ),
+    "piecewise boundary of zero": (
+        scheduled(lr=None, **{**PIECEWISE, "boundaries": [0, 2]}),
+        "update.schedule.boundaries",
+    ),
+    "piecewise without boundaries": (
+        scheduled(lr=None, **{**PIECEWISE, "boundaries": [], "values": [0.1]}),
+        "update.schedule.boundaries",
+    ),
+    "piecewise negative value": (
+        scheduled(lr=None, **{**PIECEWISE, "values": [0.1, -0.05, 0.01]}),
+        "update.schedule.values",
+    ),
+    "piecewise value as a string": (
+        scheduled(lr=None, **{**PIECEWISE, "values": [0.1, "0.05", 0.01]}),
+        "update.schedule.values",
+    ),
+    "piecewise values not a list": (scheduled(lr=None, **{**PIECEWISE, "values": 0.1}), "update.schedule.values"),
+}
+
+
+@pytest.mark.parametrize(("text", "field"), BAD_SCHEDULES.values(), ids=BAD_SCHEDULES.keys())
+def test_a_schedule_is_refused_with_its_field(folder, text, field):
+    result = outcome(written(folder, text))
+    assert (result.field if isinstance(result, CaseError) else None) == field
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [EXPONENTIAL, {**EXPONENTIAL, "staircase": True}, {"kind": "cosine", "decay_steps": 3, "alpha": 0.5}, WARMUP],
+    ids=["exponential", "staircase", "cosine", "warmup_cosine"],
+)
+def test_a_well_formed_schedule_loads(folder, schedule):
+    result = outcome(written(folder, scheduled(lr={"range": [0.01, 0.1]}, **schedule)))
+    assert not isinstance(result, CaseError), result
+
+
+def test_a_piecewise_schedule_gives_the_first_learning_rate(folder):
+    case = outcome(written(folder, scheduled(lr=None, **PIECEWISE)))
+    assert case.update.hyperparameters["lr"].value == 0.1 and case.update.schedule.values == (0.1, 0.05, 0.01)
+
+
 @pytest.mark.parametrize("function", ["sum", "logsumexp"])
 def test_an_axis_of_a_scalar_is_out_of_range(folder, function):
     error = outcome(written(folder, toml_document(scalar_case(loss={"expr": f"{function}(x, axis=0)"}))))
@@ -489,8 +578,9 @@ def test_a_file_name_that_is_no_printable_line_is_no_id(tmp_path, name):
     [
         (toml_document(scalar_case(loss={"expr": "x ** 2 + 1if x else 2"})), "loss.expr"),
         BAD_CLIPS["negative clip_norm"],
+        BAD_SCHEDULES["unknown kind"],
     ],
-    ids=["loss", "clip"],
+    ids=["loss", "clip", "schedule"],
 )
 def test_the_command_line_exits_2_with_one_line_naming_the_file(tmp_path, text, field):
     """End to end, in a fresh process: a loader warning or traceback would show on stderr."""

@@ -13,6 +13,7 @@ import pytest
 from conformance import backends
 from conformance.backends import native_optimizers as native
 from conformance.backends.base import NotApplicable
+from conformance.cases import Schedule
 from conformance.reference import optimizers as ref
 
 DECLARED = {name: backends.load(name).optimizers for name in ("torch", "tensorflow", "jax")}
@@ -276,7 +277,23 @@ def test_a_switch_value_must_be_known():
 
 
 def test_explain_lists_what_differs_and_matters():
-    assert [d.switch for d in ref.explain("amsgrad", TORCH, OPTAX)] == ["amsgrad_max", "clip_norm_eps", "no_gradient"]
+    everything = ["amsgrad_max", "clip_norm_eps", "cosine_after_decay", "schedule_precision", "no_gradient"]
+    assert [d.switch for d in ref.explain("amsgrad", TORCH, OPTAX)] == everything
+    cosine = {"amsgrad": False, "schedule": Schedule("cosine", decay_steps=4)}
+    assert [d.switch for d in ref.explain("adam", TORCH, OPTAX, cosine)] == [
+        "cosine_after_decay",
+        "schedule_precision",
+        "no_gradient",
+    ]
+    piecewise = {"amsgrad": False, "schedule": Schedule("piecewise", boundaries=(2,), values=(0.1, 0.05))}
+    assert [d.switch for d in ref.explain("adam", TORCH, KERAS, piecewise)] == [
+        "adam_eps",
+        "weight_decay",
+        "piecewise_boundary",
+        "schedule_precision",
+        "no_gradient",
+        "hyperparameter_precision",
+    ]
     assert [d.switch for d in ref.explain("adam", TORCH, OPTAX, {"amsgrad": False})] == ["no_gradient"]
     clipping = {"amsgrad": False, "clip_norm": 1.0}
     assert [d.switch for d in ref.explain("adam", TORCH, OPTAX, clipping)] == ["clip_norm_eps", "no_gradient"]
