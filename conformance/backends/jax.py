@@ -227,6 +227,7 @@ OPTIMIZERS = OptimizerDeclaration(
         rmsprop={"rho": 0.9, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
         adagrad={"eps": 1e-7, "initial_accumulator": 0.1, "weight_decay": 0.0},
         adamax={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+        adadelta={"rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
     ),
     defaults_source={
         rule: _source("optax/_src/alias.py", f"optax.{rule}'s keyword defaults") for rule in RULE_HYPERPARAMETERS

@@ -137,8 +137,10 @@ _TORCH_CLASSES = {
     "rmsprop": "RMSprop",
     "adagrad": "Adagrad",
     "adamax": "Adamax",
+    "adadelta": "Adadelta",
 }
 _TORCH_NAMES = {"rho": "alpha", "initial_accumulator": "initial_accumulator_value"}
+_RHO_AS_RHO = {"adadelta": {"rho": "rho"}}  # RMSprop's rho is torch's alpha and optax's decay; Adadelta's is rho
 
 
 def _torch_call(rule: str, hyper: dict) -> Call:
@@ -153,7 +155,7 @@ def _torch_call(rule: str, hyper: dict) -> Call:
             "(torch/optim/sgd.py raises ValueError)"
         )
     kwargs = {
-        _TORCH_NAMES.get(name, name): _native_value(value)
+        {**_TORCH_NAMES, **_RHO_AS_RHO.get(rule, {})}.get(name, name): _native_value(value)
         for name, value in hyper.items()
         if name not in ("beta1", "beta2", *CLIPPING)
     }
@@ -223,7 +225,8 @@ def _optax_call(rule: str, hyper: dict) -> Call:
         del hyper["momentum"]  # None is optax's way to say no momentum; 0 would keep an idle trace in the state
     decay = hyper.pop("weight_decay", 0.0) if rule != "adamw" else 0.0
     clip = _optax_clip(hyper)
-    kwargs = {_OPTAX_NAMES.get(name, name): _native_value(value) for name, value in hyper.items()}
+    names = {**_OPTAX_NAMES, **_RHO_AS_RHO.get(rule, {})}
+    kwargs = {names.get(name, name): _native_value(value) for name, value in hyper.items()}
     chain = [
         *([clip] if clip else []),
         *([Call("optax.add_decayed_weights", (float(decay),))] if decay else []),
@@ -319,6 +322,7 @@ _KERAS_SLOTS = {
     "rmsprop": {"velocity": "square_avg", "average_gradient": "grad_avg", "momentum": "momentum"},
     "adagrad": {"accumulator": "sum"},
     "adamax": {"momentum": "exp_avg", "norm": "exp_inf"},
+    "adadelta": {"accumulated_grad": "square_avg", "accumulated_delta_var": "acc_delta"},
 }
 
 
@@ -349,6 +353,7 @@ _OPTAX_SLOTS = {
     "ScaleByRmsState": {"nu": "square_avg"},
     "ScaleByRStdDevState": {"mu": "grad_avg", "nu": "square_avg"},
     "ScaleByRssState": {"sum_of_squares": "sum"},
+    "ScaleByAdaDeltaState": {"e_g": "square_avg", "e_x": "acc_delta"},
 }
 
 

@@ -223,6 +223,7 @@ OPTIMIZERS = OptimizerDeclaration(
         rmsprop={"lr": 1e-3, "rho": 0.9, "eps": 1e-7, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
         adagrad={"lr": 1e-3, "eps": 1e-7, "initial_accumulator": 0.1, "weight_decay": 0.0},
         adamax={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "weight_decay": 0.0},
+        adadelta={"lr": 1e-3, "rho": 0.95, "eps": 1e-7, "weight_decay": 0.0},
     ),
     defaults_source={
         rule: _source(f"keras/src/optimizers/{rule}.py", "the keras.optimizers constructor's keyword defaults")

@@ -213,6 +213,7 @@ OPTIMIZERS = OptimizerDeclaration(
         rmsprop={"lr": 1e-2, "rho": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
         adagrad={"lr": 1e-2, "eps": 1e-10, "initial_accumulator": 0.0, "weight_decay": 0.0},
         adamax={"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+        adadelta={"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
     ),
     defaults_source={
         rule: _source(f"torch/optim/{rule}.py", "the torch.optim constructor's keyword defaults")

@@ -31,6 +31,7 @@ RULE_HYPERPARAMETERS = {
     "rmsprop": ("lr", "rho", "eps", "momentum", "centered", "weight_decay"),
     "adagrad": ("lr", "eps", "initial_accumulator", "weight_decay"),
     "adamax": ("lr", "beta1", "beta2", "eps", "weight_decay"),
+    "adadelta": ("lr", "rho", "eps", "weight_decay"),
 }
 ALIASES = {"momentum": "sgd", "nesterov": "sgd", "amsgrad": "adam"}  # a rule that is another with a flag set
 FORCED = {"nesterov": {"nesterov": True}, "amsgrad": {"amsgrad": True}}
@@ -140,6 +141,7 @@ RULE_SWITCHES = {
     "rmsprop": ("rmsprop_eps", "rmsprop_momentum", "weight_decay", *_EVERY_RULE),
     "adagrad": ("adagrad_eps", "weight_decay", *_EVERY_RULE),
     "adamax": ("adamax_eps", "weight_decay", *_EVERY_RULE),
+    "adadelta": ("weight_decay", *_EVERY_RULE),  # the same formula in torch, Keras and optax
 }
 
 
@@ -176,9 +178,8 @@ class UpdateSwitches:
 # ---------------------------------------------------------------------------------------------------- defaults
 
 
-def defaults_by_rule(sgd: dict, adam: dict, adamw: dict, rmsprop: dict, adagrad: dict, adamax: dict) -> dict[str, dict]:
+def defaults_by_rule(**by_base: dict) -> dict[str, dict]:
     """A framework's defaults for every rule, from those of the base rules (aliases set their flag)."""
-    by_base = {"sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop, "adagrad": adagrad, "adamax": adamax}
     return {rule: {**by_base[base_rule(rule)], **FORCED.get(rule, {})} for rule in RULES}
 
 
@@ -222,6 +223,8 @@ def _initial_slots(rule: str, hyper: Hyper, switches: UpdateSwitches) -> dict[st
         return {"square_avg": 0.0, **centered, **({"momentum": 0.0} if hyper["momentum"] else {})}
     if rule == "adamax":
         return {"exp_avg": 0.0, "exp_inf": 0.0}
+    if rule == "adadelta":
+        return {"square_avg": 0.0, "acc_delta": 0.0}
     return {"sum": _precision(hyper["initial_accumulator"], switches)}
 
 
@@ -374,7 +377,23 @@ def _adamax(p, g, lr, hyper, switches, slots):
     return p - lr * (slots["exp_avg"] / correction) / (slots["exp_inf"] + (0.0 if inside else eps))
 
 
-_RULES = {"sgd": _sgd, "adam": _adam, "adamw": _adam, "rmsprop": _rmsprop, "adagrad": _adagrad, "adamax": _adamax}
+def _adadelta(p, g, lr, hyper, switches, slots):
+    rho, eps = float(hyper["rho"]), float(hyper["eps"])
+    slots["square_avg"] = rho * slots["square_avg"] + (1 - rho) * g * g
+    delta = np.sqrt(slots["acc_delta"] + eps) / np.sqrt(slots["square_avg"] + eps) * g
+    slots["acc_delta"] = rho * slots["acc_delta"] + (1 - rho) * delta * delta
+    return p - lr * delta
+
+
+_RULES = {
+    "sgd": _sgd,
+    "adam": _adam,
+    "adamw": _adam,
+    "rmsprop": _rmsprop,
+    "adagrad": _adagrad,
+    "adamax": _adamax,
+    "adadelta": _adadelta,
+}
 
 
 # ---------------------------------------------------------------------------------------------------- explanations

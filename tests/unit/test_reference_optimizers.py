@@ -181,6 +181,18 @@ def test_a_variable_without_a_gradient():
     assert len({float(skipped["b"]), float(counted["b"]), float(zeroed["b"])}) == 3
 
 
+def test_adadelta_by_hand():
+    """Zeiler's rule: v = rho v + (1 - rho) g^2, delta = sqrt(u + eps) / sqrt(v + eps) g, u likewise of delta."""
+    params, state = run("adadelta", {"lr": 1.0, "rho": 0.9, "eps": 1e-2}, TORCH, xs(3.0, -1.0))
+    v1 = 0.1 * 9
+    delta1 = math.sqrt(1e-2) / math.sqrt(v1 + 1e-2) * 3
+    u1 = 0.1 * delta1**2
+    v2 = 0.9 * v1 + 0.1 * 1
+    delta2 = math.sqrt(u1 + 1e-2) / math.sqrt(v2 + 1e-2) * -1
+    assert float(params["x"]) == pytest.approx(2 - delta1 - delta2, rel=1e-15)
+    assert float(state["acc_delta"]["x"]) == pytest.approx(0.9 * u1 + 0.1 * delta2**2, rel=1e-15)
+
+
 def test_adamax_by_hand():
     given = {"lr": 0.1, "eps": 0.5}
     torch_like, state = run("adamax", given, TORCH, xs(6.0, -2.0))  # u = max(0.999 u, |g| + eps)
@@ -380,10 +392,13 @@ def _configs():
         ("adamax", {"lr": 0.1}, "lr"),
         ("adamax", {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-3}, "betas-eps"),
         ("adamax", {"lr": 0.1, "weight_decay": 0.3}, "weight_decay"),
+        ("adadelta", {"lr": 1.0}, "lr"),
+        ("adadelta", {"lr": 0.5, "rho": 0.8, "eps": 1e-3}, "rho-eps"),
+        ("adadelta", {"lr": 1.0, "weight_decay": 0.3}, "weight_decay"),
     ]
     for rule, given, desc in table:
         yield pytest.param(rule, given, f"{rule}-{desc}", DENSE, id=f"{rule}-{desc}")
-    for rule, given, desc in [table[i] for i in (3, 8, 11, 18, 21, 22, 25, 27)]:
+    for rule, given, desc in [table[i] for i in (3, 8, 11, 18, 21, 22, 25, 27, 31)]:
         yield pytest.param(rule, given, f"{rule}-{desc}", GAP, id=f"{rule}-{desc}-no-gradient")
 
 
