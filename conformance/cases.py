@@ -17,7 +17,7 @@ from conformance import expressions
 from conformance.numpy_target import TooLarge, result_shape
 
 SHIPPED = Path(__file__).resolve().parent / "shipped_cases"  # the cases that come with the package
-RULES = ("sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop", "adagrad", "adamax", "adadelta")
+RULES = ("sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop", "adagrad", "adamax", "adadelta", "nadam")
 # gradient clipping before any rule: the global norm, each variable's norm, each element; a case gives one at most
 CLIPPING = ("clip_norm", "clip_norm_per_variable", "clip_value")
 HYPERPARAMETERS = (
@@ -33,6 +33,7 @@ HYPERPARAMETERS = (
     "rho",
     "centered",
     "initial_accumulator",
+    "momentum_decay",
     *CLIPPING,
 )
 BOOLEAN_HYPERPARAMETERS = ("amsgrad", "nesterov", "centered")

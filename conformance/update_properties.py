@@ -147,10 +147,12 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
 
 def schedule_unit_roundoff(hyper: dict, switches, dtype: str) -> float:
     """The precision a framework computes the case's schedule in: float32 where its `schedule_precision` says so,
-    else the dtype's or better (torch's Python floats)."""
-    u, schedule = unit_roundoff(dtype), hyper.get("schedule")
-    in_float32 = schedule is not None and schedules.in_float32(schedule, switches.schedule_precision)
-    return max(u, unit_roundoff("float32")) if in_float32 else u
+    double precision where it computes schedules in Python floats (torch: the lr's rounding into the dtype is one
+    of the step's own), else the run's dtype."""
+    schedule = hyper.get("schedule")
+    if schedule is not None and schedules.in_float32(schedule, switches.schedule_precision):
+        return max(unit_roundoff(dtype), unit_roundoff("float32"))
+    return unit_roundoff("float64") if switches.schedule_precision == "float64" else unit_roundoff(dtype)
 
 
 def learning_rate_error(hyper: dict, iteration: int, u: float) -> float:

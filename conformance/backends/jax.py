@@ -134,6 +134,8 @@ OPTIMIZERS = OptimizerDeclaration(
         rmsprop_eps="inside_sqrt",
         adagrad_eps="inside_sqrt",
         adamax_eps="inside_max",
+        nadam_momentum="constant",
+        nadam_mu_product="dtype",
         clip_norm_eps="exact",
         cosine_after_decay="hold",
         piecewise_boundary="from_boundary",
@@ -197,6 +199,15 @@ OPTIMIZERS = OptimizerDeclaration(
                 "optax/_src/transform.py",
                 "scale_by_rss: where(sum_of_squares > 0, rsqrt(sum_of_squares + eps), 0) * g",
             ),
+            "nadam_momentum": _source(
+                "optax/_src/alias.py",
+                "nadam = functools.partial(adam, nesterov=True); transform.py scale_by_adam: mu_hat = b1 * "
+                "bias_correction(mu, b1, count + 1) + (1 - b1) * bias_correction(updates, b1, count): a constant b1",
+            ),
+            "nadam_mu_product": _source(
+                "optax/_src/transform.py",
+                "scale_by_adam keeps no product of momentum factors: its bias corrections are powers of b1",
+            ),
             "adamax_eps": _source(
                 "optax/tree_utils/_tree_math.py",
                 "tree_update_infinity_moment: jnp.maximum(jnp.abs(g) + eps, decay * t); scale_by_adamax: "
@@ -228,6 +239,7 @@ OPTIMIZERS = OptimizerDeclaration(
         adagrad={"eps": 1e-7, "initial_accumulator": 0.1, "weight_decay": 0.0},
         adamax={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
         adadelta={"rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
+        nadam={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "momentum_decay": 4e-3},
     ),
     defaults_source={
         rule: _source("optax/_src/alias.py", f"optax.{rule}'s keyword defaults") for rule in RULE_HYPERPARAMETERS

@@ -138,6 +138,7 @@ _TORCH_CLASSES = {
     "adagrad": "Adagrad",
     "adamax": "Adamax",
     "adadelta": "Adadelta",
+    "nadam": "NAdam",
 }
 _TORCH_NAMES = {"rho": "alpha", "initial_accumulator": "initial_accumulator_value"}
 _RHO_AS_RHO = {"adadelta": {"rho": "rho"}}  # RMSprop's rho is torch's alpha and optax's decay; Adadelta's is rho
@@ -179,7 +180,7 @@ def torch_clipping(given: Hyper) -> Call | None:
 
 # ---------------------------------------------------------------------------------------------------- keras
 
-_KERAS_CLASSES = _TORCH_CLASSES  # the same class names
+_KERAS_CLASSES = {**_TORCH_CLASSES, "nadam": "Nadam"}
 _KERAS_NAMES = {
     "lr": "learning_rate",
     "beta1": "beta_1",
@@ -195,6 +196,11 @@ _KERAS_NAMES = {
 def _keras_call(rule: str, hyper: dict, module: str) -> Call:
     if hyper.pop("dampening", 0.0):
         raise NotApplicable("keras.optimizers.SGD has no dampening (keras/src/optimizers/sgd.py)")
+    if "momentum_decay" in hyper:
+        raise NotApplicable(
+            "keras.optimizers.Nadam has no momentum_decay: its momentum schedule is beta_1 * (1 - 0.5 * 0.96^t) "
+            "(keras/src/optimizers/nadam.py)"
+        )
     kwargs = {_KERAS_NAMES.get(name, name): _native_value(value) for name, value in hyper.items()}
     return Call(f"{module}.optimizers.{_KERAS_CLASSES[rule]}", (), kwargs)
 
@@ -218,6 +224,11 @@ def _optax_call(rule: str, hyper: dict) -> Call:
         )
     if hyper.pop("dampening", 0.0):
         raise NotApplicable("optax.sgd's momentum (optax.trace) has no dampening (optax/transforms/_accumulation.py)")
+    if "momentum_decay" in hyper:
+        raise NotApplicable(
+            "optax.nadam has no momentum schedule to decay: it is optax.adam(nesterov=True), mu_t = b1 "
+            "(optax/_src/alias.py)"
+        )
     function = "amsgrad" if amsgrad else rule
     if "lr" not in hyper:
         raise NotApplicable(f"optax.{function} has no default learning rate, and the case gives no lr")
@@ -323,6 +334,7 @@ _KERAS_SLOTS = {
     "adagrad": {"accumulator": "sum"},
     "adamax": {"momentum": "exp_avg", "norm": "exp_inf"},
     "adadelta": {"accumulated_grad": "square_avg", "accumulated_delta_var": "acc_delta"},
+    "nadam": {"momentum": "exp_avg", "velocity": "exp_avg_sq"},
 }
 
 

@@ -126,6 +126,8 @@ OPTIMIZERS = OptimizerDeclaration(
         rmsprop_eps="inside_sqrt",
         adagrad_eps="inside_sqrt",
         adamax_eps="outside_max",
+        nadam_momentum="schedule",
+        nadam_mu_product="dtype",
         clip_norm_eps="exact",
         cosine_after_decay="hold",
         piecewise_boundary="after_boundary",
@@ -185,6 +187,16 @@ OPTIMIZERS = OptimizerDeclaration(
             "adagrad_eps": _source(
                 "keras/src/optimizers/adagrad.py", "variable -= lr * gradient / sqrt(accumulator + epsilon)"
             ),
+            "nadam_momentum": _source(
+                "keras/src/optimizers/nadam.py",
+                "update_step: u_t = beta_1 * (1.0 - 0.5 * (ops.power(decay, local_step))) with decay = 0.96 and "
+                "local_step = iterations + 1, i.e. torch's schedule with momentum_decay = 1; m_hat = u_t_1 * m / "
+                "(1 - u_product_t_1) + (1 - u_t) * gradient / (1 - u_product_t)",
+            ),
+            "nadam_mu_product": _source(
+                "keras/src/optimizers/nadam.py",
+                "build: self._u_product = backend.Variable(1.0, dtype=var_list[0].dtype)",
+            ),
             "adamax_eps": _source(
                 "keras/src/optimizers/adamax.py",
                 "u = ops.maximum(ops.multiply(self.beta_2, u), ops.abs(gradient)); variable -= lr * m / "
@@ -224,6 +236,7 @@ OPTIMIZERS = OptimizerDeclaration(
         adagrad={"lr": 1e-3, "eps": 1e-7, "initial_accumulator": 0.1, "weight_decay": 0.0},
         adamax={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "weight_decay": 0.0},
         adadelta={"lr": 1e-3, "rho": 0.95, "eps": 1e-7, "weight_decay": 0.0},
+        nadam={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "weight_decay": 0.0, "momentum_decay": 1.0},
     ),
     defaults_source={
         rule: _source(f"keras/src/optimizers/{rule}.py", "the keras.optimizers constructor's keyword defaults")

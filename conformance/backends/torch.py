@@ -126,6 +126,8 @@ OPTIMIZERS = OptimizerDeclaration(
         rmsprop_eps="outside_sqrt",
         adagrad_eps="outside_sqrt",
         adamax_eps="inside_max",
+        nadam_momentum="schedule",
+        nadam_mu_product="float32",
         clip_norm_eps="norm_plus_1e-6",
         cosine_after_decay="periodic",
         piecewise_boundary="from_boundary",
@@ -166,6 +168,17 @@ OPTIMIZERS = OptimizerDeclaration(
             "adagrad_eps": _source(
                 "torch/optim/adagrad.py",
                 "_single_tensor_adagrad: std = state_sum.sqrt().add_(eps); param.addcdiv_(grad, std, value=-clr)",
+            ),
+            "nadam_momentum": _source(
+                "torch/optim/nadam.py",
+                "_single_tensor_nadam: mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay))); mu_next likewise "
+                "of step + 1; param.addcdiv_(grad, denom, value=(-lr * (1.0 - mu) / (1.0 - mu_product))) and "
+                "value=(-lr * mu_next) / (1.0 - mu_product_next) for exp_avg",
+            ),
+            "nadam_mu_product": _source(
+                "torch/optim/nadam.py",
+                "_init_group: state['mu_product'] = torch.ones((), dtype=_get_scalar_dtype()), float32 unless the "
+                "default dtype is float64 (optimizer.py); mu_product *= mu",
             ),
             "adamax_eps": _source(
                 "torch/optim/adamax.py",
@@ -214,6 +227,7 @@ OPTIMIZERS = OptimizerDeclaration(
         adagrad={"lr": 1e-2, "eps": 1e-10, "initial_accumulator": 0.0, "weight_decay": 0.0},
         adamax={"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
         adadelta={"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
+        nadam={"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "momentum_decay": 4e-3},
     ),
     defaults_source={
         rule: _source(f"torch/optim/{rule}.py", "the torch.optim constructor's keyword defaults")

@@ -32,6 +32,7 @@ RULE_HYPERPARAMETERS = {
     "adagrad": ("lr", "eps", "initial_accumulator", "weight_decay"),
     "adamax": ("lr", "beta1", "beta2", "eps", "weight_decay"),
     "adadelta": ("lr", "rho", "eps", "weight_decay"),
+    "nadam": ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay"),
 }
 ALIASES = {"momentum": "sgd", "nesterov": "sgd", "amsgrad": "adam"}  # a rule that is another with a flag set
 FORCED = {"nesterov": {"nesterov": True}, "amsgrad": {"amsgrad": True}}
@@ -112,6 +113,15 @@ SWITCH_MEANINGS: dict[str, dict[str, str]] = {
         "skip_count_advances": "a variable without a gradient is left alone, but the one shared step count advances",
         "zero": "a variable without a gradient gets a zero gradient and is updated like any other",
     },
+    "nadam_momentum": {
+        "schedule": "Dozat's momentum schedule mu_t = beta1 (1 - 0.5 * 0.96^(t * momentum_decay)), the step "
+        "(1 - mu_t) g / (1 - prod mu) + mu_t+1 m / (1 - mu_t+1 prod mu)",
+        "constant": "mu_t = beta1 at every step: the step (1 - beta1) g / (1 - beta1^t) + beta1 m / (1 - beta1^(t+1))",
+    },
+    "nadam_mu_product": {
+        "dtype": "the running product of the mu_t is held in the run's dtype",
+        "float32": "the running product of the mu_t is held in float32, in float64 runs too",
+    },
     "adamax_eps": {
         "inside_max": "the infinity norm takes eps in: u = max(beta2 * u, |g| + eps), step m_hat / u",
         "outside_max": "u = max(beta2 * u, |g|), step m_hat / (u + eps)",
@@ -124,7 +134,8 @@ SWITCH_MEANINGS: dict[str, dict[str, str]] = {
     "hyperparameter_precision": {
         "as_given": "hyperparameters enter the arithmetic as the Python floats given",
         "float32_casts": "a float64 run uses float32-rounded lr (held in a floatx variable), weight_decay, SGD's "
-        "momentum, Adagrad's initial accumulator and the betas of Adam's bias corrections (each "
+        "momentum, Adagrad's initial accumulator, the betas of Adam's bias corrections and of Nadam's whole step, "
+        "and Nadam's 0.96 (each "
         "passes through ops.cast(python_float, dtype), which makes a float32 tensor first); "
         "1 - beta2 in float32 is off by 1.3e-5 relative, so early Adam steps move by ~1e-5",
     },
@@ -142,6 +153,7 @@ RULE_SWITCHES = {
     "adagrad": ("adagrad_eps", "weight_decay", *_EVERY_RULE),
     "adamax": ("adamax_eps", "weight_decay", *_EVERY_RULE),
     "adadelta": ("weight_decay", *_EVERY_RULE),  # the same formula in torch, Keras and optax
+    "nadam": ("nadam_momentum", "nadam_mu_product", "weight_decay", *_EVERY_RULE),
 }
 
 
@@ -157,6 +169,8 @@ class UpdateSwitches:
     rmsprop_eps: str = "outside_sqrt"
     adagrad_eps: str = "outside_sqrt"
     adamax_eps: str = "inside_max"
+    nadam_momentum: str = "schedule"
+    nadam_mu_product: str = "dtype"
     clip_norm_eps: str = "exact"
     cosine_after_decay: str = "hold"
     piecewise_boundary: str = "from_boundary"
@@ -206,11 +220,17 @@ def init(rule: str, hyper: Hyper, switches: UpdateSwitches, params: Mapping[str,
 
     Every framework starts its moments at zero (rmsprop's too, in torch, Keras and optax)."""
     state = {
-        slot: {name: np.full(np.shape(value), initial, dtype=np.float64) for name, value in params.items()}
+        slot: {
+            name: np.full(() if slot in SCALAR_SLOTS else np.shape(value), initial, dtype=np.float64)
+            for name, value in params.items()
+        }
         for slot, initial in _initial_slots(base_rule(rule), hyper, switches).items()
     }
     state["step"] = {name: np.asarray(0, dtype=np.int64) for name in params}
     return state
+
+
+SCALAR_SLOTS = ("mu_product",)  # one number per variable, as torch keeps it
 
 
 def _initial_slots(rule: str, hyper: Hyper, switches: UpdateSwitches) -> dict[str, float]:
@@ -225,6 +245,8 @@ def _initial_slots(rule: str, hyper: Hyper, switches: UpdateSwitches) -> dict[st
         return {"exp_avg": 0.0, "exp_inf": 0.0}
     if rule == "adadelta":
         return {"square_avg": 0.0, "acc_delta": 0.0}
+    if rule == "nadam":
+        return {"exp_avg": 0.0, "exp_avg_sq": 0.0, "mu_product": 1.0}
     return {"sum": _precision(hyper["initial_accumulator"], switches)}
 
 
@@ -250,8 +272,13 @@ def step(
     for name in params:
         gradient = grads.get(name)
         if gradient is None and switches.no_gradient != "zero":
-            if switches.no_gradient == "skip_count_advances":
+            if switches.no_gradient == "skip_count_advances":  # and what the shared count drives
                 new_state["step"][name] = new_state["step"][name] + 1
+                if "mu_product" in new_state and switches.nadam_momentum == "schedule":
+                    count = int(new_state["step"][name])
+                    new_state["mu_product"][name] = _nadam_product(
+                        new_state["mu_product"][name], hyper, switches, count
+                    )
             continue
         g = np.zeros_like(new_params[name]) if gradient is None else np.asarray(gradient, dtype=np.float64)
         p = new_params[name]
@@ -385,6 +412,34 @@ def _adadelta(p, g, lr, hyper, switches, slots):
     return p - lr * delta
 
 
+def _nadam(p, g, lr, hyper, switches, slots):
+    # Keras casts the betas and 0.96 to the variable's dtype (through float32) for the step, moments included
+    beta1, beta2 = _precision(hyper["beta1"], switches), _precision(hyper["beta2"], switches)
+    eps, t = float(hyper["eps"]), int(slots["step"])
+    slots["exp_avg"] = beta1 * slots["exp_avg"] + (1 - beta1) * g
+    slots["exp_avg_sq"] = beta2 * slots["exp_avg_sq"] + (1 - beta2) * g * g
+    denominator = np.sqrt(slots["exp_avg_sq"] / (1 - beta2**t)) + eps
+    if switches.nadam_momentum == "constant":
+        return (
+            p
+            - lr * (beta1 * slots["exp_avg"] / (1 - beta1 ** (t + 1)) + (1 - beta1) * g / (1 - beta1**t)) / denominator
+        )
+    decay, base = float(hyper["momentum_decay"]), _precision(0.96, switches)
+    mu, mu_next = (beta1 * (1 - 0.5 * base ** (step * decay)) for step in (t, t + 1))
+    slots["mu_product"] = _nadam_product(slots["mu_product"], hyper, switches, t)
+    product = float(slots["mu_product"])
+    return p - lr * ((1 - mu) / (1 - product) * g + mu_next / (1 - product * mu_next) * slots["exp_avg"]) / denominator
+
+
+def _nadam_product(product: np.ndarray, hyper: Hyper, switches: UpdateSwitches, t: int) -> np.ndarray:
+    """The running product of the momentum factors after step t, from the Python floats (Keras' _backend_update_step
+    multiplies by self.beta_1 and 0.96 as given, though its step casts them), held as `nadam_mu_product` says."""
+    mu = float(hyper["beta1"]) * (1 - 0.5 * 0.96 ** (t * float(hyper["momentum_decay"])))
+    if switches.nadam_mu_product == "float32":
+        return np.asarray(np.float32(product) * np.float32(mu), dtype=np.float64)
+    return np.asarray(product * mu, dtype=np.float64)
+
+
 _RULES = {
     "sgd": _sgd,
     "adam": _adam,
@@ -393,6 +448,7 @@ _RULES = {
     "adagrad": _adagrad,
     "adamax": _adamax,
     "adadelta": _adadelta,
+    "nadam": _nadam,
 }
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from conformance.cases import Schedule
 
 SWITCH_MEANINGS = {
@@ -21,7 +23,7 @@ SWITCH_MEANINGS = {
         "periodic": "past decay_steps the cosine goes on, back up to lr at 2 * decay_steps (torch's CosineAnnealingLR)",
     },
     "schedule_precision": {
-        "float64": "the schedule is computed in double precision",
+        "float64": "the schedule is computed in double precision (Python floats), in every run",
         "float32": "the schedule is computed in float32, in float64 runs too: each step's learning rate is a float32 "
         "value",
         "float32_exponential_warmup": "exponential and warm-up schedules are computed in float32, in float64 runs "
@@ -62,24 +64,29 @@ def _cosine(start: float, k: int, schedule: Schedule, after_decay: str) -> float
 
 
 def learning_rate_error(schedule: Schedule, lr: float, k: int, u: float) -> float:
-    """How far a framework's learning rate for the step with `k` steps before it may lie from `learning_rate`,
-    computed with unit roundoff `u` (float32's where `in_float32`):
+    """How far a framework's learning rate for the step with `k` steps before it may lie from `learning_rate`, its
+    closed form computed with unit roundoff `u` (float32's where `in_float32`); torch's schedulers recurse from step
+    to step instead, in Python floats, which adds k double-precision terms (`DOUBLE`):
 
     - exponential: lr and the decay rate rounded, k / decay_steps, the power and the product, (k / decay_steps
       + 5) u relative (the power carries the base's rounding times the exponent); torch's ExponentialLR multiplies
-      by gamma once a step instead, k + 2 roundings: (k + 6) u lr_k covers both;
+      by gamma once a step, k + 2 roundings;
     - cosine: pi, k / decay_steps and their product put cos's argument off by 3 pi u, so cos is off by
-      (3 pi + 1) u absolute, half of which reaches the value, and alpha, 1 - alpha, the sum and the product
-      add 4 u of lr; torch's CosineAnnealingLR recurses from step to step, each adding its ratio's rounding,
-      about 6 u of lr: (12 + 6 k) u lr;
-    - warmup_cosine: the same of the peak, and torch's LinearLR recursing over the warm-up as well: (16 + 6 k) u
-      max(lr, peak);
-    - piecewise: each value rounded, optax's scales (their quotients, computed here) and products and torch's
-      gammas: (2 + 2 n) u lr_k for n boundaries."""
+      (3 pi + 1) u absolute, half of which reaches the value, and alpha, 1 - alpha, the sum and the product add
+      4 u of lr: 12 u lr; torch's CosineAnnealingLR recursion adds about 6 u of lr a step;
+    - warmup_cosine: the same of the peak, and the warm-up's line 4 u: 16 u max(lr, peak), torch's LinearLR
+      recursing as well (4 u a step);
+    - piecewise: each value rounded, optax's scales (their quotients) and products, torch's gammas: (2 + 2 n) u of
+      the step's value for n boundaries (the larger where the boundary conventions disagree)."""
     if schedule.kind == "exponential":
-        return (k + 6) * u * abs(learning_rate(schedule, lr, k, "hold", "from_boundary"))
+        rate = abs(learning_rate(schedule, lr, k, "hold", "from_boundary"))
+        return ((k / schedule.decay_steps + 6) * u + (k + 2) * DOUBLE) * rate
     if schedule.kind == "cosine":
-        return (12 + 6 * k) * u * abs(lr)
+        return (12 * u + 6 * k * DOUBLE) * abs(lr)
     if schedule.kind == "warmup_cosine":
-        return (16 + 6 * k) * u * max(abs(lr), schedule.peak)
-    return (2 + 2 * len(schedule.boundaries)) * u * max(schedule.values)
+        return (16 * u + 10 * k * DOUBLE) * max(abs(lr), schedule.peak)
+    rate = max(learning_rate(schedule, lr, k, "hold", boundary) for boundary in ("from_boundary", "after_boundary"))
+    return (2 + 2 * len(schedule.boundaries)) * u * rate
+
+
+DOUBLE = float(np.finfo(np.float64).eps) / 2  # the unit roundoff of torch's Python floats
