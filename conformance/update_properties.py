@@ -103,26 +103,19 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
     offset_state = absolute_state  # the absolute run with each step's learning rate raised by its schedule's error
     for k, (values, gradients) in enumerate(zip(run.values, run.gradients, strict=False)):
         following, state = optimizers.step(rule, hyper, switches, values, gradients, state, iteration=k)
-        magnitudes, absolute_gradients = _absolute(values), _absolute(gradients)
-        absolute_following, absolute_state = optimizers.step(
-            rule,
-            hyper,
-            magnitude_switches,
-            magnitudes,
-            absolute_gradients,
-            {slot: _absolute(v) for slot, v in absolute_state.items()},
-            iteration=k,
+        magnitudes = _absolute(values)
+        absolute_following, absolute_state = _absolute_step(
+            rule, hyper, magnitude_switches, values, gradients, absolute_state, k
         )
-        lr_offset = learning_rate_error(hyper, k, schedule_u)
-        offset_following, offset_state = optimizers.step(
+        offset_following, offset_state = _absolute_step(
             rule,
             hyper,
             magnitude_switches,
-            magnitudes,
-            absolute_gradients,
-            {slot: _absolute(v) for slot, v in offset_state.items()},
-            iteration=k,
-            lr_offset=lr_offset,
+            values,
+            gradients,
+            offset_state,
+            k,
+            learning_rate_error(hyper, k, schedule_u),
         )
         expected.append(following)
         bounds.append(
@@ -143,6 +136,14 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
         for slot, by_name in absolute_state.items()
     }
     return expected, bounds, state, absolute_state, schedule_drift
+
+
+def _absolute_step(rule, hyper, switches, values, gradients, carried, iteration, lr_offset=0.0):
+    """The reference step on absolute values (see the module's docstring), its state carried on absolute values."""
+    absolute = {slot: _absolute(v) for slot, v in carried.items()}
+    return optimizers.step(
+        rule, hyper, switches, _absolute(values), _absolute(gradients), absolute, iteration, lr_offset
+    )
 
 
 def schedule_unit_roundoff(hyper: dict, switches, dtype: str) -> float:
