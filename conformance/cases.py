@@ -386,7 +386,7 @@ class _CaseReader:
 
     def _schedule(self, table: Any) -> Schedule:
         where = "update.schedule"
-        if not isinstance(table, dict) or table.get("kind") not in SCHEDULES:
+        if not isinstance(table, dict) or not isinstance(table.get("kind"), str) or table["kind"] not in SCHEDULES:
             raise self.fail(f"{where}.kind", f"a schedule is a table whose kind is one of {', '.join(SCHEDULES)}")
         required, optional = SCHEDULES[table["kind"]]
         for name in table:

@@ -459,6 +459,8 @@ BAD_SCHEDULES = {
     "unknown kind": (scheduled(kind="linear", decay_steps=2), "update.schedule.kind"),
     "no kind": (scheduled(decay_steps=2), "update.schedule.kind"),
     "kind as a number": (scheduled(kind=1), "update.schedule.kind"),
+    "kind as a list": (scheduled(kind=[]), "update.schedule.kind"),
+    "kind as a table": (scheduled(kind={"kind": "cosine"}), "update.schedule.kind"),
     "missing decay_steps": (scheduled(kind="cosine"), "update.schedule.decay_steps"),
     "a field of another kind": (scheduled(**EXPONENTIAL, peak=0.1), "update.schedule.peak"),
     "zero decay_steps": (scheduled(**{**EXPONENTIAL, "decay_steps": 0}), "update.schedule.decay_steps"),
