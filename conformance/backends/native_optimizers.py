@@ -105,12 +105,14 @@ def native_call(framework: str, rule: str, given: Hyper, schedule: Schedule | No
     hyper: dict[str, Any] = {**given, **FORCED.get(rule, {})}
     if schedule is not None:
         lr = float(hyper["lr"])
-        hyper["lr"] = {
-            "torch": native_schedules.torch_base_lr(schedule, lr),
-            "tensorflow": native_schedules.keras_schedule(schedule, lr, "tf.keras"),
-            "keras": native_schedules.keras_schedule(schedule, lr, "keras"),
-            "jax": native_schedules.optax_schedule(schedule, lr),
-        }[framework]
+        if framework == "torch":
+            hyper["lr"] = native_schedules.torch_base_lr(schedule, lr)
+        elif framework == "jax":
+            hyper["lr"] = native_schedules.optax_schedule(schedule, lr)
+        else:
+            hyper["lr"] = native_schedules.keras_schedule(
+                schedule, lr, "tf.keras" if framework == "tensorflow" else "keras"
+            )
     calls = {
         "torch": _torch_call,
         "tensorflow": functools.partial(_keras_call, module="tf.keras"),
