@@ -347,8 +347,17 @@ class _CaseReader:
             tree = expressions.parse(source, frozenset(tensors))
         except expressions.ExpressionError as error:
             raise self.fail("loss.expr", str(error)) from None
-        if not expressions.names_used(tree) & {n for n, spec in tensors.items() if spec.trainable}:
+        trainable = {name for name, spec in tensors.items() if spec.trainable}
+        if not expressions.names_used(tree) & trainable:
             raise self.fail("loss.expr", "uses no trainable variable, so there is nothing to differentiate")
+        for call in expressions.calls(tree):
+            if expressions.FUNCTIONS[call.function].loss and expressions.names_used(call.args[1]) & trainable:
+                used = ", ".join(sorted(expressions.names_used(call.args[1]) & trainable))
+                raise self.fail(
+                    "loss.expr",
+                    f"gives {call.function} targets that depend on the variable {used}; a loss function's targets "
+                    "are data (the frameworks differentiate it in its predictions)",
+                )
         try:
             shape = result_shape(tree, {name: spec.shape for name, spec in tensors.items()})
         except TooLarge as error:

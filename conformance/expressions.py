@@ -1,9 +1,10 @@
 """The loss expression language: a small subset of Python expression syntax, parsed and never evaluated.
 
-A case's `expr` is read with `ast.parse` and then rebuilt, node by node, into the tree below; anything
-outside the whitelist (attributes, subscripts, calls to unknown names, keywords other than `axis`, strings,
-comparisons, lambdas...) is an `ExpressionError`. The tree is lowered to every target (each framework, the
-SymPy reference, a source-code printer for reproducers) by `lower`, with one function table for all.
+A case's `expr` is read with `ast.parse` and then rebuilt, node by node, into the tree below; anything outside
+the whitelist (attributes, subscripts, calls to unknown names, keywords a function does not take, strings other
+than a loss function's `reduction`, comparisons, lambdas...) is an `ExpressionError`. The tree is lowered to every
+target (each framework, the SymPy reference, a source-code printer for reproducers) by `lower`, with one function
+table for all.
 """
 
 from __future__ import annotations
@@ -27,11 +28,34 @@ class ExpressionError(ValueError):
 
 
 @dataclass(frozen=True)
+class Keyword:
+    """A keyword a function takes besides `axis`: a number literal in [low, high] (above low where `low_open`), or
+    one of the strings `choices`; a call that leaves it out gets `default`."""
+
+    name: str
+    default: float | str
+    low: float = -MAX_ABS_LITERAL
+    high: float = MAX_ABS_LITERAL
+    low_open: bool = False
+    choices: tuple[str, ...] = ()
+
+
+REDUCTION = Keyword("reduction", "mean", choices=("mean", "sum"))
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     name: str
     arity: int
     takes_axis: bool
     doc: str
+    axis_default: int | None = None  # the axis a call without `axis` acts on; None: every element
+    keywords: tuple[Keyword, ...] = ()
+    loss: bool = False  # a framework's loss function: (predictions, targets), the targets data, equal shapes
+
+
+def _loss(name: str, doc: str, *keywords: Keyword, axis_default: int | None = None) -> FunctionSpec:
+    return FunctionSpec(name, 2, axis_default is not None, doc, axis_default, (*keywords, REDUCTION), loss=True)
 
 
 FUNCTIONS: dict[str, FunctionSpec] = {
@@ -51,6 +75,21 @@ FUNCTIONS: dict[str, FunctionSpec] = {
         FunctionSpec("square", 1, False, "a * a"),
         FunctionSpec("maximum", 2, False, "elementwise maximum with broadcasting; ties are a convention"),
         FunctionSpec("minimum", 2, False, "elementwise minimum with broadcasting; ties are a convention"),
+        _loss(
+            "cross_entropy",
+            "softmax cross-entropy of logits against target probabilities along `axis`, the targets smoothed",
+            Keyword("label_smoothing", 0.0, low=0.0, high=1.0),
+            axis_default=-1,
+        ),
+        _loss("binary_cross_entropy_with_logits", "binary cross-entropy of sigmoid(logits), elementwise"),
+        _loss("binary_cross_entropy", "binary cross-entropy of probabilities, elementwise, as each framework clamps"),
+        _loss(
+            "huber",
+            "0.5 e^2 where |e| <= delta, else delta (|e| - delta / 2)",
+            Keyword("delta", 1.0, 0.0, low_open=True),
+        ),
+        _loss("mse", "the squared error, elementwise"),
+        _loss("kl_divergence", "sum of targets * (log(targets) - log_predictions) over the last axis"),
     ]
 }
 
@@ -84,6 +123,7 @@ class Call:
     function: str
     args: tuple[Node, ...]
     axis: int | None = None
+    options: tuple[tuple[str, float | str], ...] = ()  # every keyword of the function but axis, defaults filled
 
 
 Node = Number | Name | Negate | Binary | Call
@@ -171,17 +211,46 @@ class _Builder:
             raise ExpressionError(f"calls the unknown function {name!r} (known: {', '.join(sorted(FUNCTIONS))})")
         if len(args) != spec.arity:
             raise ExpressionError(f"calls {name} with {len(args)} arguments; it takes {spec.arity}")
-        axis = None
+        axis, given, seen = spec.axis_default, {}, set()
+        taken = {keyword.name: keyword for keyword in spec.keywords}
         for keyword in keywords:
-            if keyword.arg != "axis" or not spec.takes_axis:
+            if keyword.arg in seen:
+                raise ExpressionError(f"calls {name} with the keyword {keyword.arg!r} twice")
+            seen.add(keyword.arg)
+            if keyword.arg == "axis" and spec.takes_axis:
+                axis = self._axis(name, keyword.value, depth)
+            elif keyword.arg in taken:
+                given[keyword.arg] = self._keyword(name, taken[keyword.arg], keyword.value, depth)
+            else:
                 raise ExpressionError(f"calls {name} with the keyword {keyword.arg!r}, which it does not take")
-            value = self.build(keyword.value, depth + 1)
-            if not isinstance(value, Number) or value.value != int(value.value):
-                raise ExpressionError(f"calls {name} with an axis that is not an integer literal")
-            if not -MAX_AXES <= value.value < MAX_AXES:
-                raise ExpressionError(f"calls {name} with axis={value.value:g}; a value has at most {MAX_AXES} axes")
-            axis = int(value.value)
-        return Call(name, tuple(self.build(arg, depth + 1) for arg in args), axis)
+        options = tuple((keyword.name, given.get(keyword.name, keyword.default)) for keyword in spec.keywords)
+        return Call(name, tuple(self.build(arg, depth + 1) for arg in args), axis, options)
+
+    def _axis(self, name: str, node: ast.AST, depth: int) -> int:
+        value = self.build(node, depth + 1)
+        if not isinstance(value, Number) or value.value != int(value.value):
+            raise ExpressionError(f"calls {name} with an axis that is not an integer literal")
+        if not -MAX_AXES <= value.value < MAX_AXES:
+            raise ExpressionError(f"calls {name} with axis={value.value:g}; a value has at most {MAX_AXES} axes")
+        return int(value.value)
+
+    def _keyword(self, name: str, keyword: Keyword, node: ast.AST, depth: int) -> float | str:
+        if keyword.choices:
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in keyword.choices):
+                shown = " or ".join(repr(choice) for choice in keyword.choices)
+                raise ExpressionError(f"calls {name} with a {keyword.name} that is not {shown}")
+            return node.value
+        value = self.build(node, depth + 1)
+        if not isinstance(value, Number):
+            raise ExpressionError(f"calls {name} with a {keyword.name} that is not a number literal")
+        above_low = value.value > keyword.low if keyword.low_open else value.value >= keyword.low
+        if not (above_low and value.value <= keyword.high):
+            opening = "(" if keyword.low_open else "["
+            raise ExpressionError(
+                f"calls {name} with {keyword.name}={value.value:g}; it must lie in {opening}{keyword.low:g}, "
+                f"{keyword.high:g}]"
+            )
+        return value.value
 
 
 def _checked_literal(value: int | float) -> float:
@@ -229,6 +298,18 @@ def names_used(node: Node) -> set[str]:
     return set()
 
 
+def calls(node: Node) -> list[Call]:
+    """Every call in the tree, outermost first."""
+    match node:
+        case Negate(operand=operand):
+            return calls(operand)
+        case Binary(left=left, right=right):
+            return calls(left) + calls(right)
+        case Call(args=args):
+            return [node] + [call for arg in args for call in calls(arg)]
+    return []
+
+
 def functions_used(node: Node) -> set[str]:
     """The function names that occur in the tree (used to check that the cases cover the table)."""
     match node:
@@ -247,7 +328,7 @@ class Target(Protocol):
     def constant(self, value: float) -> Any: ...
     def binary(self, op: str, left: Any, right: Any) -> Any: ...
     def negate(self, operand: Any) -> Any: ...
-    def call(self, function: str, args: list[Any], axis: int | None) -> Any: ...
+    def call(self, function: str, args: list[Any], axis: int | None, options: dict[str, Any]) -> Any: ...
 
 
 class OperatorTarget:
@@ -265,9 +346,9 @@ class OperatorTarget:
     def negate(self, operand: Any) -> Any:
         return -operand
 
-    def call(self, function: str, args: list[Any], axis: int | None) -> Any:
+    def call(self, function: str, args: list[Any], axis: int | None, options: dict[str, Any]) -> Any:
         method = getattr(self, function)
-        return method(*args, axis=axis) if FUNCTIONS[function].takes_axis else method(*args)
+        return method(*args, axis=axis, **options) if FUNCTIONS[function].takes_axis else method(*args, **options)
 
 
 _OPERATORS = {**_OPERATORS_ON_FLOATS, "@": lambda a, b: a @ b}
@@ -286,6 +367,6 @@ def lower(node: Node, target: Target, env: dict[str, Any]) -> Any:
             return target.binary("**", lower(left, target, env), exponent)
         case Binary(op=op, left=left, right=right):
             return target.binary(op, lower(left, target, env), lower(right, target, env))
-        case Call(function=function, args=args, axis=axis):
-            return target.call(function, [lower(arg, target, env) for arg in args], axis)
+        case Call(function=function, args=args, axis=axis, options=options):
+            return target.call(function, [lower(arg, target, env) for arg in args], axis, dict(options))
     raise TypeError(f"not an expression node: {node!r}")

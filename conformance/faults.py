@@ -29,6 +29,7 @@ UPDATE_ONLY = "update_matches or update_agrees"  # the update properties' test f
 TRAINING_CASES = ("optimizers/sgd-plain", "optimizers/sgd-momentum", "optimizers/adam-hyperparameters")
 CLIP_CASES = ("clipping/sgd-global-norm", "clipping/adam-global-norm")
 SCHEDULE_CASES = ("schedules/sgd-exponential", "schedules/adam-cosine")
+LOSS_CASES = ("losses/mse-linear", "losses/cross-entropy-label-smoothing", "losses/kl-divergence")
 
 
 class Patches:
@@ -238,6 +239,33 @@ def torch_loose_clip(patches: Patches) -> None:
     patches.setattr(torch.nn.utils, "clip_grad_norm_", clip_grad_norm_)
 
 
+def torch_miscounted_mean(patches: Patches) -> None:
+    """torch.nn.functional's mse_loss, cross_entropy and kl_div divide their mean by one more than its count."""
+    import torch
+
+    functional = torch.nn.functional
+
+    def miscounted(original, count_of):
+        def loss(input, target, *args, reduction="mean", **kwargs):
+            if reduction not in ("mean", "batchmean"):
+                return original(input, target, *args, reduction=reduction, **kwargs)
+            count = count_of(input, reduction)
+            return original(input, target, *args, reduction="sum", **kwargs) / (count + 1)
+
+        return loss
+
+    every_element = lambda input, reduction: input.numel()  # noqa: E731
+    patches.setattr(functional, "mse_loss", miscounted(functional.mse_loss, every_element))
+    patches.setattr(
+        functional, "cross_entropy", miscounted(functional.cross_entropy, lambda x, _: x.numel() // x.shape[1])
+    )
+    patches.setattr(
+        functional,
+        "kl_div",
+        miscounted(functional.kl_div, lambda x, reduction: x.shape[0] if reduction == "batchmean" else x.numel()),
+    )
+
+
 def torch_late_schedule(patches: Patches) -> None:
     """Every scheduler steps once more when it is built, so that each optimizer step takes the learning rate of
     the step after it: a scheduler stepped before `optimizer.step()` instead of after."""
@@ -395,6 +423,22 @@ def keras_loose_clip(patches: Patches) -> None:
     patches.setattr(
         base_optimizer, "clip_by_global_norm", lambda values, clip_norm: original(values, clip_norm * SCALE)
     )
+
+
+def keras_miscounted_mean(patches: Patches) -> None:
+    """A Keras loss' "sum_over_batch_size" divides by one more than the count of its values, on every engine
+    (keras/src/losses/loss.py, reduce_values)."""
+    from keras import ops
+    from keras.src.losses import loss
+
+    original = loss.reduce_values
+
+    def reduce_values(values, sample_weight=None, reduction="sum_over_batch_size"):
+        if reduction != "sum_over_batch_size" or sample_weight is not None:
+            return original(values, sample_weight, reduction)
+        return ops.sum(values) / ops.cast(ops.size(values) + 1, values.dtype)
+
+    patches.setattr(loss, "reduce_values", reduce_values)
 
 
 def keras_late_schedule(patches: Patches) -> None:
@@ -1146,6 +1190,33 @@ FAULTS = (
         )
         for backend in ("keras-jax", "keras-torch")
     ),
+    Fault(
+        "miscounted-mean",
+        "torch",
+        "the loss functions' mean divides by one more than its count",
+        LOSS_CASES,
+        GRADIENT_PROPERTY,
+        torch_miscounted_mean,
+    ),
+    Fault(
+        "miscounted-mean",
+        "tensorflow",
+        "the loss functions' mean divides by one more than its count",
+        LOSS_CASES,
+        GRADIENT_PROPERTY,
+        keras_miscounted_mean,
+    ),
+    *(
+        _in_own_process(
+            "miscounted-mean",
+            backend,
+            "the loss functions' mean divides by one more than its count",
+            LOSS_CASES,
+            GRADIENT_PROPERTY,
+            keras_miscounted_mean,
+        )
+        for backend in ("keras-jax", "keras-torch")
+    ),
     *(
         _in_own_process(
             "late-schedule",
@@ -1160,6 +1231,7 @@ FAULTS = (
     ),
 )
 NOT_PLANTED = {
+    ("miscounted-mean", "jax"): "optax's losses return a loss per element or example; the mean is the user's jnp.mean",
     ("nudged-variable", "jax"): "JAX arrays are immutable: jax.grad cannot change the values it differentiates at",
     ("leaked-gradients", "tensorflow"): "tf.GradientTape returns new tensors and keeps no gradient between calls",
     ("leaked-gradients", "jax"): "jax.grad is a pure function and keeps no gradient between calls",

@@ -251,8 +251,9 @@ class _Link:
 
 
 def _conventions(raw: dict[str, Any]) -> KinkConventions:
+    """The conventions a record was run with; a switch it predates has its default (no case before it used it)."""
     return KinkConventions(
-        **{name: float(raw["conventions"][name]) for name in SWITCH_NAMES},
+        **{name: float(raw["conventions"][name]) for name in SWITCH_NAMES if name in raw["conventions"]},
         citations={
             name: _Link(str(url)) for name, url in dict(raw.get("citations") or {}).items() if name in SWITCH_NAMES
         },

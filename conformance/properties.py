@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,9 +100,15 @@ class Verdict:
     citation: str | None = None
 
 
-def gradient_agreement(mine: GradientSide, theirs: GradientSide) -> Verdict:
-    """Whether two backends' gradients agree, and if not, whether a documented kink convention explains the gap:
-    only when each matches the reference under its own conventions, and those differ."""
+def gradient_agreement(
+    mine: GradientSide,
+    theirs: GradientSide,
+    reference_under: Callable[[KinkConventions], ReferenceGradient] | None = None,
+) -> Verdict:
+    """Whether two backends' gradients agree, and if not, whether a documented convention explains the gap: only
+    when each matches the reference under its own conventions, and those differ. With `reference_under` (the
+    reference at these inputs under given conventions) the explanation names the switches that move the reference
+    here, each flipped alone to the other backend's value; all that differ where none does alone."""
     agreement = agrees(mine.run, theirs.run, mine.reference.bounds, theirs.reference.bounds, theirs.name)
     missing = missing_gradients(mine.run) ^ missing_gradients(theirs.run)
     if agreement.ok:
@@ -116,10 +124,21 @@ def gradient_agreement(mine: GradientSide, theirs: GradientSide) -> Verdict:
     own, other = matches_reference(mine.run, mine.reference), matches_reference(theirs.run, theirs.reference)
     if not (own.ok and other.ok and switches):
         return Verdict(agreement)
+    if reference_under is not None:
+        switches = [s for s in switches if _moves_reference(mine, theirs, s, reference_under)] or switches
     citations = {**theirs.conventions.citations, **mine.conventions.citations}
     differing = ", ".join(f"{s}: {getattr(mine.conventions, s)} vs {getattr(theirs.conventions, s)}" for s in switches)
     return Verdict(
         agreement,
-        f"{mine.name} and {theirs.name} differ at a kink or tie ({differing}): {agreement.where} is {agreement.detail}",
+        f"{mine.name} and {theirs.name} differ in a documented convention ({differing}): {agreement.where} is "
+        f"{agreement.detail}",
         "; ".join(citations[s].url for s in switches if s in citations),
+    )
+
+
+def _moves_reference(mine: GradientSide, theirs: GradientSide, switch: str, reference_under) -> bool:
+    flipped = reference_under(dataclasses.replace(mine.conventions, **{switch: getattr(theirs.conventions, switch)}))
+    return any(
+        not np.array_equal(flipped.gradients[name], mine.reference.gradients[name], equal_nan=True)
+        for name in mine.reference.gradients
     )

@@ -177,7 +177,10 @@ class SourceTarget(OperatorTarget):
     """Lowers an expression to source text for a reproducer; `formats` maps each function to a template."""
 
     def __init__(self, formats: dict[str, str], constant_format: str = "{!r}"):
-        missing = set(FUNCTIONS) - {name.removesuffix("@axis") for name in formats}  # "@" may override matmul
+        # "@" may override matmul; a loss function the framework lacks has no format (its cases are not applicable)
+        missing = {name for name, spec in FUNCTIONS.items() if not spec.loss} - {
+            n.removesuffix("@axis") for n in formats
+        }
         if missing:
             raise ValueError(f"no source format for {sorted(missing)}")
         self.formats, self.constant_format = formats, constant_format
@@ -193,9 +196,9 @@ class SourceTarget(OperatorTarget):
     def negate(self, operand: str) -> str:
         return f"(-{operand})"
 
-    def call(self, function: str, args: list[str], axis: int | None) -> str:
+    def call(self, function: str, args: list[str], axis: int | None, options: dict) -> str:
         template = self.formats.get(f"{function}@axis" if axis is not None else function, self.formats[function])
-        return template.format(*args, axis=axis)
+        return template.format(*args, axis=axis, **options)
 
 
 def source_of(case: Case, formats: dict[str, str], constant_format: str = "{!r}") -> str:

@@ -11,7 +11,7 @@ import importlib.util
 import numpy as np
 
 from conformance import caches
-from conformance.backends import native_optimizers
+from conformance.backends import native_losses, native_optimizers
 from conformance.backends.base import (
     AccumulationMechanism,
     AccumulationRun,
@@ -55,10 +55,11 @@ SOURCE_FORMATS = {
     "square": "jnp.square({0})",
     "maximum": "jnp.maximum({0}, {1})",
     "minimum": "jnp.minimum({0}, {1})",
+    **native_losses.OPTAX_FORMATS,
 }
 
 
-class JaxTarget(OperatorTarget):
+class JaxTarget(native_losses.OptaxLosses, OperatorTarget):
     def __init__(self, jax, dtype):
         self.jax, self.jnp, self.dtype = jax, jax.numpy, dtype
 
@@ -269,22 +270,25 @@ class JaxBackend(Backend):
     # optax.MultiSteps averages; its documented default accumulator_dtype is float32
     accumulation_mechanism = AccumulationMechanism("mean", step_read_back=True, accumulator_dtype="float32")
     optimizers = OPTIMIZERS
-    conventions = KinkConventions(
-        abs_slope_at_zero=1.0,
-        maximum_tie_to_first=0.5,
-        minimum_tie_to_first=0.5,
-        citations={
-            "abs_slope_at_zero": Citation(
-                "jnp.abs differentiates as select(x >= 0, 1, -1): slope 1 at 0 "
-                "(jax/_src/lax/lax.py, abs_p's JVP uses sign with the positive branch at 0)",
-                "https://github.com/jax-ml/jax/blob/main/jax/_src/lax/lax.py",
-            ),
-            "maximum_tie_to_first": Citation(
-                "lax.max_p / min_p JVPs give each argument half of the gradient at a tie "
-                "(jax/_src/lax/lax.py, _balanced_eq)",
-                "https://github.com/jax-ml/jax/blob/main/jax/_src/lax/lax.py",
-            ),
-        },
+    conventions = native_losses.with_loss_conventions(
+        KinkConventions(
+            abs_slope_at_zero=1.0,
+            maximum_tie_to_first=0.5,
+            minimum_tie_to_first=0.5,
+            citations={
+                "abs_slope_at_zero": Citation(
+                    "jnp.abs differentiates as select(x >= 0, 1, -1): slope 1 at 0 "
+                    "(jax/_src/lax/lax.py, abs_p's JVP uses sign with the positive branch at 0)",
+                    "https://github.com/jax-ml/jax/blob/main/jax/_src/lax/lax.py",
+                ),
+                "maximum_tie_to_first": Citation(
+                    "lax.max_p / min_p JVPs give each argument half of the gradient at a tie "
+                    "(jax/_src/lax/lax.py, _balanced_eq)",
+                    "https://github.com/jax-ml/jax/blob/main/jax/_src/lax/lax.py",
+                ),
+            },
+        ),
+        "optax",
     )
 
     def __init__(self):
@@ -477,7 +481,7 @@ class JaxBackend(Backend):
         return self._compiled[key]
 
     def repro(self, case: Case, inputs: Arrays, dtype: str) -> str:
-        lines = ["import jax", "import jax.numpy as jnp", ""]
+        lines = ["import jax", "import jax.numpy as jnp", "import optax", ""]
         if dtype == "float64":
             lines.append("jax.config.update('jax_enable_x64', True)")
         for spec in case.tensors:

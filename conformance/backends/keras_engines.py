@@ -20,7 +20,7 @@ import importlib.util
 import numpy as np
 
 from conformance.backends import jax as jax_backend
-from conformance.backends import native_optimizers
+from conformance.backends import native_losses, native_optimizers
 from conformance.backends import tensorflow as tensorflow_backend
 from conformance.backends import torch as torch_backend
 from conformance.backends.base import (
@@ -60,14 +60,18 @@ SOURCE_FORMATS = {
     "maximum": "keras.ops.maximum({0}, {1})",
     "minimum": "keras.ops.minimum({0}, {1})",
     "@": "keras.ops.matmul({0}, {1})",
+    **native_losses.keras_formats("keras", "keras.ops.exp({0})", "keras.backend.standardize_dtype({0}.dtype)"),
 }
 
 
-class KerasOpsTarget(OperatorTarget):
-    """Lowers a loss to `keras.ops`, which calls the engine's own functions."""
+class KerasOpsTarget(native_losses.KerasLosses, OperatorTarget):
+    """Lowers a loss to `keras.ops`, which calls the engine's own functions, and to `keras.losses`."""
 
     def __init__(self, ops, dtype: str):
+        import keras
+
         self.ops, self.dtype = ops, dtype
+        self.losses, self.loss_dtype = keras.losses, dtype
 
     def constant(self, value):
         return self.ops.convert_to_tensor(value, dtype=self.dtype)
@@ -250,7 +254,7 @@ class KerasOnJax(_KerasOnEngine):
     name = "keras-jax"
     engine = "jax"
     variants = ("jit",)
-    conventions = jax_backend.JaxBackend.conventions
+    conventions = native_losses.with_loss_conventions(jax_backend.JaxBackend.conventions, "keras")
     optimizers = _declaration(
         no_gradient=(
             "zero",
@@ -359,7 +363,7 @@ class KerasOnTorch(_KerasOnEngine):
         ", and its decoupled weight decay multiplies by 1 - weight_decay * learning_rate computed in float32 "
         "(keras/src/backend/torch/optimizers/torch_optimizer.py, _apply_weight_decay)"
     )
-    conventions = torch_backend.TorchBackend.conventions
+    conventions = native_losses.with_loss_conventions(torch_backend.TorchBackend.conventions, "keras")
     optimizers = _declaration(
         no_gradient=(
             "skip_count_advances",

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from conformance.backends import native_optimizers
+from conformance.backends import native_losses, native_optimizers
 from conformance.backends.base import (
     AccumulationMechanism,
     AccumulationRun,
@@ -52,12 +52,14 @@ SOURCE_FORMATS = {
     "maximum": "tf.maximum({0}, {1})",
     "minimum": "tf.minimum({0}, {1})",
     "@": "tf.experimental.numpy.matmul({0}, {1})",
+    **native_losses.keras_formats("tf.keras", "tf.exp({0})", "{0}.dtype.name"),
 }
 
 
-class TensorFlowTarget(OperatorTarget):
+class TensorFlowTarget(native_losses.KerasLosses, OperatorTarget):
     def __init__(self, tf, dtype):
         self.tf, self.dtype = tf, dtype
+        self.losses, self.loss_dtype = tf.keras.losses, dtype.name  # tf.keras: Keras on TensorFlow
 
     def constant(self, value):
         return self.tf.constant(value, dtype=self.dtype)
@@ -271,21 +273,24 @@ class TensorFlowBackend(Backend):
     update_variants = tuple(TRAINING_STEPS)
     accumulation_mechanism = AccumulationMechanism("mean", step_read_back=True)  # gradient_accumulation_steps
     optimizers = OPTIMIZERS
-    conventions = KinkConventions(
-        abs_slope_at_zero=0.0,
-        maximum_tie_to_first=1.0,
-        minimum_tie_to_first=1.0,
-        citations={
-            "abs_slope_at_zero": Citation(
-                "Abs gradient is grad * sign(x), sign(0) = 0 (tensorflow/python/ops/math_grad.py)",
-                "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/math_grad.py",
-            ),
-            "maximum_tie_to_first": Citation(
-                "Maximum/Minimum gradients route a tie entirely to x: the mask is "
-                "x >= y, resp. x <= y (tensorflow/python/ops/math_grad.py, _MaximumMinimumGrad)",
-                "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/math_grad.py",
-            ),
-        },
+    conventions = native_losses.with_loss_conventions(
+        KinkConventions(
+            abs_slope_at_zero=0.0,
+            maximum_tie_to_first=1.0,
+            minimum_tie_to_first=1.0,
+            citations={
+                "abs_slope_at_zero": Citation(
+                    "Abs gradient is grad * sign(x), sign(0) = 0 (tensorflow/python/ops/math_grad.py)",
+                    "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/math_grad.py",
+                ),
+                "maximum_tie_to_first": Citation(
+                    "Maximum/Minimum gradients route a tie entirely to x: the mask is "
+                    "x >= y, resp. x <= y (tensorflow/python/ops/math_grad.py, _MaximumMinimumGrad)",
+                    "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/math_grad.py",
+                ),
+            },
+        ),
+        "tf.keras",
     )
 
     def __init__(self):

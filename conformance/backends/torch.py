@@ -13,7 +13,7 @@ import types
 import numpy as np
 
 from conformance import caches
-from conformance.backends import native_optimizers
+from conformance.backends import native_losses, native_optimizers
 from conformance.backends.base import (
     AccumulationMechanism,
     AccumulationRun,
@@ -57,10 +57,11 @@ SOURCE_FORMATS = {
     "square": "torch.square({0})",
     "maximum": "torch.maximum({0}, {1})",
     "minimum": "torch.minimum({0}, {1})",
+    **native_losses.TORCH_FORMATS,
 }
 
 
-class TorchTarget(OperatorTarget):
+class TorchTarget(native_losses.TorchLosses, OperatorTarget):
     def __init__(self, torch, dtype, device):
         self.torch, self.dtype, self.device = torch, dtype, device
 
@@ -293,27 +294,30 @@ class TorchBackend(Backend):
     update_variants = tuple(TRAINING_STEPS)
     accumulation_mechanism = AccumulationMechanism("sum")  # .grad sums over backward() calls
     optimizers = OPTIMIZERS
-    conventions = KinkConventions(
-        abs_slope_at_zero=0.0,
-        maximum_tie_to_first=0.5,
-        minimum_tie_to_first=0.5,
-        softplus_linear_above=20.0,
-        citations={
-            "softplus_linear_above": Citation(
-                "torch.nn.functional.softplus reverts to the linear function when "
-                "input * beta > threshold (default 20), gradient exactly 1",
-                "https://pytorch.org/docs/stable/generated/torch.nn.Softplus.html",
-            ),
-            "abs_slope_at_zero": Citation(
-                "abs backward is grad * sgn(x), sgn(0) = 0 (tools/autograd/derivatives.yaml)",
-                "https://github.com/pytorch/pytorch/blob/main/tools/autograd/derivatives.yaml",
-            ),
-            "maximum_tie_to_first": Citation(
-                "maximum/minimum backward splits ties evenly (derivatives.yaml: "
-                "at::where(self == other, grad / 2, grad)...)",
-                "https://github.com/pytorch/pytorch/blob/main/tools/autograd/derivatives.yaml",
-            ),
-        },
+    conventions = native_losses.with_loss_conventions(
+        KinkConventions(
+            abs_slope_at_zero=0.0,
+            maximum_tie_to_first=0.5,
+            minimum_tie_to_first=0.5,
+            softplus_linear_above=20.0,
+            citations={
+                "softplus_linear_above": Citation(
+                    "torch.nn.functional.softplus reverts to the linear function when "
+                    "input * beta > threshold (default 20), gradient exactly 1",
+                    "https://pytorch.org/docs/stable/generated/torch.nn.Softplus.html",
+                ),
+                "abs_slope_at_zero": Citation(
+                    "abs backward is grad * sgn(x), sgn(0) = 0 (tools/autograd/derivatives.yaml)",
+                    "https://github.com/pytorch/pytorch/blob/main/tools/autograd/derivatives.yaml",
+                ),
+                "maximum_tie_to_first": Citation(
+                    "maximum/minimum backward splits ties evenly (derivatives.yaml: "
+                    "at::where(self == other, grad / 2, grad)...)",
+                    "https://github.com/pytorch/pytorch/blob/main/tools/autograd/derivatives.yaml",
+                ),
+            },
+        ),
+        "torch",
     )
 
     def __init__(self):

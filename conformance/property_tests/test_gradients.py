@@ -59,18 +59,22 @@ def test_agrees_across_backends(conformance_item, data):
     inputs = item.draw_inputs(data)
     run, reference = item.gradients(inputs), item.reference(inputs)
     mine = properties.GradientSide(item.backend.name, run, reference, item.backend.conventions)
+    compared = 0
     for other in others:
+        their_run = item.call("differentiate_once", inputs, backend=other, partner=True)
+        if their_run is None:  # the partner cannot run the case natively: it is left out of the comparison
+            continue
+        compared += 1
         theirs = properties.GradientSide(
-            other.name,
-            item.gradients(inputs, backend=other),
-            item.reference(inputs, other.conventions),
-            other.conventions,
+            other.name, their_run, item.reference(inputs, other.conventions), other.conventions
         )
-        verdict = properties.gradient_agreement(mine, theirs)
+        verdict = properties.gradient_agreement(mine, theirs, lambda conventions: item.reference(inputs, conventions))
         if verdict.explanation:
             item.explain(verdict.explanation, verdict.citation, None if verdict.comparison.ok else verdict.comparison)
         if verdict.explanation is None or verdict.comparison.ok:
             item.check(verdict.comparison)
+    if not compared:
+        pytest.skip("no other backend in the run can run this case natively")
 
 
 @property_test("expect.goldens", requires="expect")

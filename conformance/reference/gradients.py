@@ -81,7 +81,7 @@ def _compile(case: Case) -> tuple[Callable, list[float]]:
     loss = sp.sympify(np.asarray(lower(case.loss, target, symbols), dtype=object).item())
     variables = [symbol for name in case.variable_names for symbol in symbols[name].ravel()]
     gradients = [sp.diff(loss, symbol) for symbol in variables]
-    bound, flushed = RoundingBound(target.constants), FlushBound()
+    bound, flushed = RoundingBound(target.constants, frozenset(target.float32_held)), FlushBound()
     bounds = [_sum_of(bound(gradient), flushed(gradient)) for gradient in gradients]
     inputs = [symbol for spec in case.tensors for symbol in symbols[spec.name].ravel()]
     arguments = [inputs + list(target.constants), list(symbolic.CONVENTION_SYMBOLS), UNIT_ROUNDOFF, TINY]

@@ -67,14 +67,23 @@ def _rounding(value: sp.Expr, ulps: float = 1) -> sp.Expr:
     return _product(sp.Float(ulps), _sum([_product(UNIT_ROUNDOFF, _abs(value)), TINY]))
 
 
-class RoundingBound:
-    """Builds bound expressions for many expressions that share subexpressions (memoised)."""
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 
-    def __init__(self, literals: dict[sp.Symbol, float]):
+
+class RoundingBound:
+    """Builds bound expressions for many expressions that share subexpressions (memoised). A literal in
+    `float32_held` may be held as a float32 whatever the dtype (a framework's C++ `float` constant): its bound is
+    float32's rounding, on top of the dtype's."""
+
+    def __init__(self, literals: dict[sp.Symbol, float], float32_held: frozenset[sp.Symbol] = frozenset()):
         self.memo: dict[sp.Expr, sp.Expr] = {
             symbol: sp.S.Zero if _exact(value) else _product(UNIT_ROUNDOFF, sp.Float(abs(value)))
             for symbol, value in literals.items()
         }
+        for symbol in float32_held:
+            self.memo[symbol] = _product(
+                _sum([UNIT_ROUNDOFF, sp.Float(FLOAT32_UNIT_ROUNDOFF)]), sp.Float(abs(literals[symbol]))
+            )
 
     def __call__(self, expr: sp.Expr) -> sp.Expr:
         if expr not in self.memo:

@@ -71,10 +71,17 @@ def test_valid_expressions_become_the_right_trees(source, tree):
 
 def test_every_function_of_the_table_parses():
     for name, spec in FUNCTIONS.items():
-        source = f"{name}({', '.join(['x'] * spec.arity)})"
-        assert parse(source, NAMES) == Call(name, (x,) * spec.arity)
+        arguments = ", ".join(["x"] * spec.arity)
+        defaults = tuple((keyword.name, keyword.default) for keyword in spec.keywords)
+        assert parse(f"{name}({arguments})", NAMES) == Call(name, (x,) * spec.arity, spec.axis_default, defaults)
         if spec.takes_axis:
-            assert parse(f"{name}(a, axis=1)", NAMES) == Call(name, (a,), 1)
+            assert parse(f"{name}({arguments}, axis=1)", NAMES) == Call(name, (x,) * spec.arity, 1, defaults)
+
+
+def test_a_loss_function_takes_its_keywords_in_any_order_and_fills_the_rest():
+    tree = parse("cross_entropy(x, w, reduction='sum', axis=0, label_smoothing=0.25)", NAMES)
+    assert tree == Call("cross_entropy", (x, w), 0, (("label_smoothing", 0.25), ("reduction", "sum")))
+    assert parse("huber(x, w)", NAMES) == Call("huber", (x, w), None, (("delta", 1.0), ("reduction", "mean")))
 
 
 def test_names_and_functions_used():
@@ -153,6 +160,16 @@ def test_hostile_input_runs_nothing(payload, tmp_path):
         ("sum(x, **w)", "keyword None"),
         ("sum(x, axis=1.5)", "not an integer literal"),
         ("sum(x, axis=x)", "not an integer literal"),
+        ("mse(x)", "takes 2"),
+        ("mse(x, w, reduction='avg')", "reduction that is not 'mean' or 'sum'"),
+        ("mse(x, w, reduction=0)", "reduction that is not 'mean' or 'sum'"),
+        ("mse(x, w) + 'sum'", "only numbers are allowed"),
+        ("cross_entropy(x, w, label_smoothing=1.01)", "must lie in [0, 1]"),
+        ("cross_entropy(x, w, label_smoothing=x)", "not a number literal"),
+        ("huber(x, w, delta=0)", "must lie in (0, "),
+        ("huber(x, w, delta=1, delta=2)", "twice"),
+        ("cross_entropy(x, w, axis=-1, axis=0)", "twice"),
+        ("kl_divergence(x, w, axis=0)", "keyword 'axis'"),
         ("x; x", "not a valid expression"),
         ("x +", "not a valid expression"),
         ("", "empty"),

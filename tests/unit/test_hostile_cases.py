@@ -532,6 +532,64 @@ def test_a_piecewise_schedule_gives_the_first_learning_rate(folder):
     assert case.update.hyperparameters["lr"].value == 0.1 and case.update.schedule.values == (0.1, 0.05, 0.01)
 
 
+def loss_case(expr: str, **tensors: Any) -> str:
+    """A loss on a variable p and data y, both 2 by 3 unless `tensors` says otherwise."""
+    document = {
+        "variables": {"p": {"shape": [2, 3], "range": [0.1, 0.9]}},
+        "data": {"y": {"shape": [2, 3], "range": [0.0, 1.0]}},
+        "loss": {"expr": expr},
+    }
+    for name, spec in tensors.items():
+        document["variables" if name.startswith("p") else "data"][name] = spec
+    return toml_document(document)
+
+
+BAD_LOSS_FUNCTIONS = {
+    "one argument": loss_case("mse(p)"),
+    "three arguments": loss_case("huber(p, y, y)"),
+    "label smoothing above 1": loss_case("cross_entropy(p, y, label_smoothing=1.5)"),
+    "negative label smoothing": loss_case("cross_entropy(p, y, label_smoothing=-0.1)"),
+    "label smoothing a name": loss_case("cross_entropy(p, y, label_smoothing=p)"),
+    "label smoothing a string": loss_case("cross_entropy(p, y, label_smoothing='0.1')"),
+    "unknown reduction": loss_case("mse(p, y, reduction='avg')"),
+    "reduction a number": loss_case("mse(p, y, reduction=1)"),
+    "reduction none": loss_case("mse(p, y, reduction='none')"),
+    "a string elsewhere": loss_case("mse(p, y) + sum('sum')"),
+    "zero delta": loss_case("huber(p, y, delta=0)"),
+    "negative delta": loss_case("huber(p, y, delta=-1.0)"),
+    "unknown keyword": loss_case("mse(p, y, weight=2.0)"),
+    "an axis it does not take": loss_case("mse(p, y, axis=0)"),
+    "a keyword twice": loss_case("cross_entropy(p, y, axis=-1, axis=0)"),
+    "an axis out of range": loss_case("cross_entropy(p, y, axis=2)"),
+    "targets that depend on a variable": loss_case("mse(y, p * y)"),
+    "targets that are the variable": loss_case("binary_cross_entropy(y, p)"),
+    "shapes that differ": loss_case("mse(p, y)", y={"shape": [3], "range": [0.0, 1.0]}),
+    "a scalar argument": loss_case("mse(sum(p), sum(y))"),
+    "cross-entropy of a vector": loss_case("cross_entropy(sum(p, axis=0), sum(y, axis=0))"),
+    "a loss function uncalled": loss_case("mse + sum(p)"),
+}
+
+
+@pytest.mark.parametrize("text", BAD_LOSS_FUNCTIONS.values(), ids=BAD_LOSS_FUNCTIONS.keys())
+def test_a_loss_function_call_that_does_not_fit_is_refused(folder, text):
+    result = outcome(written(folder, text))
+    assert (result.field if isinstance(result, CaseError) else None) == "loss.expr", result
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "cross_entropy(p, y, axis=0, label_smoothing=1.0, reduction='sum')",
+        "binary_cross_entropy(p, y) + binary_cross_entropy_with_logits(p, y, reduction='sum')",
+        "huber(p, y, delta=1e-3) + mse(p, y) + kl_divergence(log(p), y)",
+        "mse(p, y ** 2 + 1)",
+    ],
+)
+def test_a_loss_function_call_that_fits_loads(folder, expr):
+    result = outcome(written(folder, loss_case(expr)))
+    assert not isinstance(result, CaseError), result
+
+
 @pytest.mark.parametrize("function", ["sum", "logsumexp"])
 def test_an_axis_of_a_scalar_is_out_of_range(folder, function):
     error = outcome(written(folder, toml_document(scalar_case(loss={"expr": f"{function}(x, axis=0)"}))))

@@ -95,6 +95,12 @@ def test_a_broken_torch_is_caught(torch, torch_backend, planted, fault, property
     assert_caught(property_name, torch_backend, shipped(case_id), dtype, variant)
 
 
+@pytest.mark.parametrize("case_id", faults.LOSS_CASES)
+def test_a_torch_loss_that_miscounts_its_mean_is_caught(torch, torch_backend, planted, case_id):
+    faults.torch_miscounted_mean(planted)
+    assert_caught("matches_reference", torch_backend, shipped(case_id), "float32", "eager")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case_id", CASES[:2])
 def test_a_miscompiling_torch_compile_is_caught_where_it_compiles(torch, fresh_torch_backend, planted, case_id, dtype):
@@ -209,3 +215,10 @@ def test_a_broken_tensorflow_is_caught(
 ):
     fault(planted)
     assert_caught(property_name, broken_tensorflow_backend, shipped(case_id), dtype, variant)
+
+
+@pytest.mark.parametrize("variant", ["eager", "function"])
+@pytest.mark.parametrize("case_id", faults.LOSS_CASES)
+def test_a_keras_loss_that_miscounts_its_mean_is_caught(broken_tensorflow_backend, planted, case_id, variant):
+    faults.keras_miscounted_mean(planted)
+    assert_caught("matches_reference", broken_tensorflow_backend, shipped(case_id), "float32", variant)
