@@ -152,7 +152,9 @@ def test_hostile_input_runs_nothing(payload, tmp_path):
         ("(-8) ** 0.5", "complex"),
         ("(" * 300 + "x" + ")" * 300, "not a valid expression"),
         ("exp(" * (MAX_DEPTH + 1) + "x" + ")" * (MAX_DEPTH + 1), "deeper than"),
-        ("-" * 3000 + "x", "not a valid expression"),
+        # Python's parser refuses it under the default recursion limit; under a raised one (Hypothesis and some
+        # frameworks raise it) it parses, and the count of syntax nodes refuses it
+        ("-" * 3000 + "x", "not a valid expression|syntax nodes"),
         ("x" + " + x" * 300, "syntax nodes"),
         ("x" * 100_000, "characters long"),
         ("sum(x, keepdims=1)", "keyword 'keepdims'"),
@@ -180,7 +182,7 @@ def test_hostile_input_runs_nothing(payload, tmp_path):
 def test_invalid_expressions_are_clear_errors(source, message):
     with pytest.raises(ExpressionError) as caught:
         parse(source, NAMES)
-    assert message in str(caught.value)
+    assert any(part in str(caught.value) for part in message.split("|")), caught.value
     assert "\n" not in str(caught.value)
 
 
