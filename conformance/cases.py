@@ -17,7 +17,21 @@ from conformance import expressions
 from conformance.numpy_target import TooLarge, result_shape
 
 SHIPPED = Path(__file__).resolve().parent / "shipped_cases"  # the cases that come with the package
-RULES = ("sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop", "adagrad", "adamax", "adadelta", "nadam")
+RULES = (
+    "sgd",
+    "momentum",
+    "nesterov",
+    "adam",
+    "adamw",
+    "amsgrad",
+    "rmsprop",
+    "adagrad",
+    "adamax",
+    "adadelta",
+    "nadam",
+    "radam",
+    "lion",
+)
 # gradient clipping before any rule: the global norm, each variable's norm, each element; a case gives one at most
 CLIPPING = ("clip_norm", "clip_norm_per_variable", "clip_value")
 HYPERPARAMETERS = (

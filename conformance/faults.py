@@ -30,6 +30,8 @@ TRAINING_CASES = ("optimizers/sgd-plain", "optimizers/sgd-momentum", "optimizers
 CLIP_CASES = ("clipping/sgd-global-norm", "clipping/adam-global-norm")
 SCHEDULE_CASES = ("schedules/sgd-exponential", "schedules/adam-cosine")
 LOSS_CASES = ("losses/mse-linear", "losses/cross-entropy-label-smoothing", "losses/kl-divergence")
+RADAM_CASES = ("optimizers/radam",)
+LION_CASES = ("optimizers/lion",)
 
 
 class Patches:
@@ -441,6 +443,23 @@ def keras_miscounted_mean(patches: Patches) -> None:
     patches.setattr(loss, "reduce_values", reduce_values)
 
 
+def keras_momentum_sign(patches: Patches) -> None:
+    """keras.optimizers.Lion steps by the sign of its new momentum: beta_2 in place of beta_1, on every engine (the
+    torch engine's Lion, a subclass, steps in `_parallel_update_step`: both read beta_1 within `apply`)."""
+    from keras.src.optimizers.lion import Lion
+
+    original = Lion.apply
+
+    def apply(self, *args, **kwargs):
+        beta_1, self.beta_1 = self.beta_1, self.beta_2
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            self.beta_1 = beta_1
+
+    patches.setattr(Lion, "apply", apply)
+
+
 def keras_late_schedule(patches: Patches) -> None:
     """A Keras optimizer asks its schedule for the learning rate at `iterations + 1`, on every engine."""
     from keras.src.optimizers import base_optimizer
@@ -714,6 +733,23 @@ def optax_loose_clip(patches: Patches) -> None:
 
     original = optax.clip_by_global_norm
     patches.setattr(optax, "clip_by_global_norm", lambda max_norm: original(max_norm * SCALE))
+
+
+def optax_paper_threshold(patches: Patches) -> None:
+    """optax.radam rectifies from rho_t >= 4, the tractability condition of Liu et al.'s Algorithm 2 (rho_t > 4),
+    instead of its own threshold 5."""
+    import optax
+
+    original = optax.radam
+    patches.setattr(optax, "radam", lambda *args, **kwargs: original(*args, **{**kwargs, "threshold": 4.0}))
+
+
+def optax_momentum_sign(patches: Patches) -> None:
+    """optax.lion steps by the sign of its new momentum: scale_by_lion is given b2 in place of b1."""
+    from optax._src import transform
+
+    original = transform.scale_by_lion
+    patches.setattr(transform, "scale_by_lion", lambda b1=0.9, b2=0.99, **kwargs: original(b1=b2, b2=b2, **kwargs))
 
 
 def optax_late_schedule(patches: Patches) -> None:
@@ -1217,6 +1253,39 @@ FAULTS = (
         )
         for backend in ("keras-jax", "keras-torch")
     ),
+    Fault(
+        "paper-threshold",
+        "jax",
+        "RAdam rectifies from rho_t >= 4 (the paper's Algorithm 2) instead of 5",
+        RADAM_CASES,
+        UPDATE_PROPERTY,
+        optax_paper_threshold,
+        UPDATE_ONLY,
+    ),
+    *(
+        Fault(
+            "momentum-sign",
+            backend,
+            "Lion steps by the sign of its new momentum (beta2 in place of beta1)",
+            LION_CASES,
+            UPDATE_PROPERTY,
+            plant,
+            UPDATE_ONLY,
+        )
+        for backend, plant in (("tensorflow", keras_momentum_sign), ("jax", optax_momentum_sign))
+    ),
+    *(
+        _in_own_process(
+            "momentum-sign",
+            backend,
+            "Lion steps by the sign of its new momentum (beta2 in place of beta1)",
+            LION_CASES,
+            UPDATE_PROPERTY,
+            keras_momentum_sign,
+            UPDATE_ONLY,
+        )
+        for backend in ("keras-jax", "keras-torch")
+    ),
     *(
         _in_own_process(
             "late-schedule",
@@ -1231,6 +1300,8 @@ FAULTS = (
     ),
 )
 NOT_PLANTED = {
+    ("paper-threshold", "torch"): "torch.optim.RAdam's threshold is the literal 5.0 in _single_tensor_radam's body",
+    ("momentum-sign", "torch"): "torch.optim has no Lion",
     ("miscounted-mean", "jax"): "optax's losses return a loss per element or example; the mean is the user's jnp.mean",
     ("nudged-variable", "jax"): "JAX arrays are immutable: jax.grad cannot change the values it differentiates at",
     ("leaked-gradients", "tensorflow"): "tf.GradientTape returns new tensors and keeps no gradient between calls",

@@ -72,10 +72,14 @@ def render(sizes: dict[str, tuple[float, str]]) -> str:
         lines.append(f"| `{switch}` | " + " | ".join(values) + f" | {_measured(sizes, switch)} | {citations} |")
     lines += ["", "## Optimizer formulas", ""]
     for switch, meanings in optimizers.SWITCH_MEANINGS.items():
-        values = {name: getattr(declared[name].switches, switch) for name in FRAMEWORKS}
-        if len(set(values.values())) == 1:
-            continue
         rules = [rule for rule, switches in optimizers.RULE_SWITCHES.items() if switch in switches]
+        values = {  # the frameworks that have one of the switch's rules (Keras has no RAdam, torch no Lion)
+            name: getattr(declared[name].switches, switch)
+            for name in FRAMEWORKS
+            if any(rule in declared[name].defaults for rule in rules)
+        }
+        if len(set(values.values())) <= 1:
+            continue
         lines += [f"### `{switch}` (rules: {', '.join(rules)}); largest measured: {_measured(sizes, switch)}", ""]
         for name, value in values.items():
             citation = declared[name].switches.citations.get(switch)
@@ -86,7 +90,12 @@ def render(sizes: dict[str, tuple[float, str]]) -> str:
     lines.append("|---|---|" + "---|" * len(FRAMEWORKS))
     for rule in optimizers.RULE_HYPERPARAMETERS:
         for name in optimizers.RULE_HYPERPARAMETERS[rule]:
-            values = [str(declared[framework].defaults[rule].get(name, "none")) for framework in FRAMEWORKS]
+            values = [
+                str(declared[framework].defaults[rule].get(name, "none"))
+                if rule in declared[framework].defaults
+                else "no such optimizer"
+                for framework in FRAMEWORKS
+            ]
             if len(set(values)) > 1:
                 lines.append(f"| {rule} | {name} | " + " | ".join(values) + " |")
     lines += [

@@ -20,7 +20,9 @@ bound adds, for each backend, how far the reference trajectory moves when every 
 divides by sqrt(v)), two backends still agree when each matches its reference step by step and the references with both
 backends' formulas agree. A norm clip adds its own roundings to every step's count (`clip_roundings`); a learning-rate
 schedule adds how far the step on absolute values moves when every step's learning rate is off by the schedule's own
-rounding (`learning_rate_error`), its state carried."""
+rounding (`learning_rate_error`), its state carried. Where a rule branches on a computed value (Lion's sign of a
+sum near 0, RAdam's threshold on rho_t) or amplifies a scalar's rounding (RAdam's r_t of a cancelling rho_t), each
+step adds what `optimizers.branch_allowance` allows."""
 
 from __future__ import annotations
 
@@ -94,14 +96,17 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
     # product are two roundings at p's magnitude before the step's last one
     p_roundings = (
         3
-        if (optimizers.base_rule(rule) == "adamw" or switches.weight_decay == "decoupled") and hyper.get("weight_decay")
+        if (optimizers.base_rule(rule) in optimizers.DECOUPLED or switches.weight_decay == "decoupled")
+        and hyper.get("weight_decay")
         else 2
     )
     expected, bounds = [], []
     elements = sum(np.size(value) for value in run.values[0].values())
     schedule_u = schedule_unit_roundoff(hyper, switches, dtype)
     offset_state = absolute_state  # the absolute run with each step's learning rate raised by its schedule's error
+    u_scalars = u if decay_rates_in_dtype else unit_roundoff("float64")
     for k, (values, gradients) in enumerate(zip(run.values, run.gradients, strict=False)):
+        branches = optimizers.branch_allowance(rule, hyper, switches, values, gradients, state, k, u, u_scalars)
         following, state = optimizers.step(rule, hyper, switches, values, gradients, state, iteration=k)
         magnitudes = _absolute(values)
         absolute_following, absolute_state = _absolute_step(
@@ -127,6 +132,7 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
                     np.abs(magnitudes[name] - absolute_following[name]), np.abs(values[name] - following[name])
                 )
                 + np.abs(offset_following[name] - absolute_following[name])
+                + branches[name]
                 + float(np.finfo(dtype).smallest_normal)
                 for name in values
             }
@@ -373,10 +379,9 @@ def relevant_differences(
     default eps each move Adam's step a little, and both at once ten times more."""
 
     def flipped(chosen: list) -> dict:
-        names = {d.switch for d in chosen}
-        changed = {n: getattr(other_switches, n) for n in names if hasattr(switches, n)}
+        changed = {d.switch: getattr(other_switches, d.switch) for d in chosen if not d.default}
         return trajectory_of(
-            {**hyper, **{n: other_hyper[n] for n in names if not hasattr(switches, n)}},
+            {**hyper, **{d.switch: other_hyper[d.switch] for d in chosen if d.default}},
             dataclasses.replace(switches, **changed),
         )
 

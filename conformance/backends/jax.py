@@ -137,6 +137,8 @@ OPTIMIZERS = OptimizerDeclaration(
         adamax_eps="inside_max",
         nadam_momentum="constant",
         nadam_mu_product="dtype",
+        radam_eps="sqrt_v_hat",
+        radam_threshold="from",
         clip_norm_eps="exact",
         cosine_after_decay="hold",
         piecewise_boundary="from_boundary",
@@ -209,6 +211,16 @@ OPTIMIZERS = OptimizerDeclaration(
                 "optax/_src/transform.py",
                 "scale_by_adam keeps no product of momentum factors: its bias corrections are powers of b1",
             ),
+            "radam_eps": _source(
+                "optax/_src/transform.py",
+                "scale_by_radam: _radam_update: r * m / (jnp.sqrt(v + eps_root) + eps) of mu_hat and nu_hat, "
+                "both bias-corrected",
+            ),
+            "radam_threshold": _source(
+                "optax/_src/transform.py",
+                "scale_by_radam: jnp.where(ro >= threshold, _radam_update(ro, mu_hat, nu_hat), mu_hat), threshold 5.0; "
+                "ro from b2**count_inc, an int32 count: float32 unless under jax_enable_x64",
+            ),
             "adamax_eps": _source(
                 "optax/tree_utils/_tree_math.py",
                 "tree_update_infinity_moment: jnp.maximum(jnp.abs(g) + eps, decay * t); scale_by_adamax: "
@@ -241,6 +253,8 @@ OPTIMIZERS = OptimizerDeclaration(
         adamax={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
         adadelta={"rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
         nadam={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "momentum_decay": 4e-3},
+        radam={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+        lion={"beta1": 0.9, "beta2": 0.99, "weight_decay": 1e-3},
     ),
     defaults_source={
         rule: _source("optax/_src/alias.py", f"optax.{rule}'s keyword defaults") for rule in RULE_HYPERPARAMETERS

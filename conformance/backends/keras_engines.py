@@ -138,7 +138,7 @@ def _declaration(**engine_switches) -> OptimizerDeclaration:
         **{name: value for name, (value, _) in engine_switches.items()},
         citations={**keras.switches.citations, **{name: cited for name, (_, cited) in engine_switches.items()}},
     )
-    return OptimizerDeclaration(switches, keras.defaults, keras.defaults_source)
+    return dataclasses.replace(keras, switches=switches)
 
 
 FLOAT64_DEMOTED = (

@@ -141,12 +141,15 @@ _TORCH_CLASSES = {
     "adamax": "Adamax",
     "adadelta": "Adadelta",
     "nadam": "NAdam",
+    "radam": "RAdam",
 }
 _TORCH_NAMES = {"rho": "alpha", "initial_accumulator": "initial_accumulator_value"}
 _RHO_AS_RHO = {"adadelta": {"rho": "rho"}}  # RMSprop's rho is torch's alpha and optax's decay; Adadelta's is rho
 
 
 def _torch_call(rule: str, hyper: dict) -> Call:
+    if rule not in _TORCH_CLASSES:
+        raise NotApplicable(f"torch.optim has no optimizer for {rule!r} (torch/optim/__init__.py)")
     if "clip_norm_per_variable" in hyper:
         raise NotApplicable(
             "torch has no clip of each parameter's own norm: torch.nn.utils.clip_grad_norm_ clips the global norm of "
@@ -182,7 +185,11 @@ def torch_clipping(given: Hyper) -> Call | None:
 
 # ---------------------------------------------------------------------------------------------------- keras
 
-_KERAS_CLASSES = {**_TORCH_CLASSES, "nadam": "Nadam"}
+_KERAS_CLASSES = {  # the same names as torch's but for Nadam; Lion and no RAdam
+    **{rule: name for rule, name in _TORCH_CLASSES.items() if rule != "radam"},
+    "nadam": "Nadam",
+    "lion": "Lion",
+}
 _KERAS_NAMES = {
     "lr": "learning_rate",
     "beta1": "beta_1",
@@ -196,6 +203,8 @@ _KERAS_NAMES = {
 
 
 def _keras_call(rule: str, hyper: dict, module: str) -> Call:
+    if rule not in _KERAS_CLASSES:
+        raise NotApplicable(f"keras.optimizers has no optimizer for {rule!r} (keras/src/optimizers/__init__.py)")
     if hyper.pop("dampening", 0.0):
         raise NotApplicable("keras.optimizers.SGD has no dampening (keras/src/optimizers/sgd.py)")
     if "momentum_decay" in hyper:
@@ -236,7 +245,7 @@ def _optax_call(rule: str, hyper: dict) -> Call:
         raise NotApplicable(f"optax.{function} has no default learning rate, and the case gives no lr")
     if "momentum" in hyper and not hyper["momentum"]:
         del hyper["momentum"]  # None is optax's way to say no momentum; 0 would keep an idle trace in the state
-    decay = hyper.pop("weight_decay", 0.0) if rule != "adamw" else 0.0
+    decay = hyper.pop("weight_decay", 0.0) if rule not in ("adamw", "lion") else 0.0  # theirs are decoupled
     clip = _optax_clip(hyper)
     names = {**_OPTAX_NAMES, **_RHO_AS_RHO.get(rule, {})}
     kwargs = {names.get(name, name): _native_value(value) for name, value in hyper.items()}
@@ -337,6 +346,7 @@ _KERAS_SLOTS = {
     "adamax": {"momentum": "exp_avg", "norm": "exp_inf"},
     "adadelta": {"accumulated_grad": "square_avg", "accumulated_delta_var": "acc_delta"},
     "nadam": {"momentum": "exp_avg", "velocity": "exp_avg_sq"},
+    "lion": {"momentum": "exp_avg"},
 }
 
 
@@ -368,6 +378,7 @@ _OPTAX_SLOTS = {
     "ScaleByRStdDevState": {"mu": "grad_avg", "nu": "square_avg"},
     "ScaleByRssState": {"sum_of_squares": "sum"},
     "ScaleByAdaDeltaState": {"e_g": "square_avg", "e_x": "acc_delta"},
+    "ScaleByLionState": {"count": "step", "mu": "exp_avg"},
 }
 
 

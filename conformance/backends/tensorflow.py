@@ -239,11 +239,14 @@ OPTIMIZERS = OptimizerDeclaration(
         adamax={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "weight_decay": 0.0},
         adadelta={"lr": 1e-3, "rho": 0.95, "eps": 1e-7, "weight_decay": 0.0},
         nadam={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7, "weight_decay": 0.0, "momentum_decay": 1.0},
+        lion={"lr": 1e-3, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.0},
     ),
     defaults_source={
         rule: _source(f"keras/src/optimizers/{rule}.py", "the keras.optimizers constructor's keyword defaults")
         for rule in RULE_HYPERPARAMETERS
+        if rule != "radam"
     },
+    absent={"radam": "keras.optimizers has no RAdam (keras/src/optimizers/__init__.py lists its optimizers)"},
 )
 
 

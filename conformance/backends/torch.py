@@ -129,6 +129,8 @@ OPTIMIZERS = OptimizerDeclaration(
         adamax_eps="inside_max",
         nadam_momentum="schedule",
         nadam_mu_product="float32",
+        radam_eps="sqrt_v",
+        radam_threshold="above",
         clip_norm_eps="norm_plus_1e-6",
         cosine_after_decay="periodic",
         piecewise_boundary="from_boundary",
@@ -181,6 +183,16 @@ OPTIMIZERS = OptimizerDeclaration(
                 "_init_group: state['mu_product'] = torch.ones((), dtype=_get_scalar_dtype()), float32 unless the "
                 "default dtype is float64 (optimizer.py); mu_product *= mu",
             ),
+            "radam_eps": _source(
+                "torch/optim/radam.py",
+                "_single_tensor_radam: _compute_adaptive_lr = (bias_correction2**0.5) / exp_avg_sq.sqrt().add_(eps); "
+                "param.add_(bias_corrected_exp_avg * lr * _compute_adaptive_lr() * _compute_rect(), alpha=-1.0)",
+            ),
+            "radam_threshold": _source(
+                "torch/optim/radam.py",
+                "_single_tensor_radam: if rho_t > 5.0: the rectified step, else param.add_(bias_corrected_exp_avg * "
+                "lr, alpha=-1.0); rho_t from Python floats (step = _get_value(step_t))",
+            ),
             "adamax_eps": _source(
                 "torch/optim/adamax.py",
                 "_single_tensor_adamax: torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf); "
@@ -229,11 +241,13 @@ OPTIMIZERS = OptimizerDeclaration(
         adamax={"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
         adadelta={"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
         nadam={"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "momentum_decay": 4e-3},
+        radam={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
     ),
     defaults_source={
         rule: _source(f"torch/optim/{rule}.py", "the torch.optim constructor's keyword defaults")
         for rule in RULE_HYPERPARAMETERS
     },
+    absent={"lion": "torch.optim has no Lion (torch/optim/__init__.py lists its optimizers)"},
 )
 
 

@@ -33,7 +33,10 @@ RULE_HYPERPARAMETERS = {
     "adamax": ("lr", "beta1", "beta2", "eps", "weight_decay"),
     "adadelta": ("lr", "rho", "eps", "weight_decay"),
     "nadam": ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay"),
+    "radam": ("lr", "beta1", "beta2", "eps", "weight_decay"),
+    "lion": ("lr", "beta1", "beta2", "weight_decay"),
 }
+DECOUPLED = ("adamw", "lion")  # rules whose weight decay is decoupled in every framework
 ALIASES = {"momentum": "sgd", "nesterov": "sgd", "amsgrad": "adam"}  # a rule that is another with a flag set
 FORCED = {"nesterov": {"nesterov": True}, "amsgrad": {"amsgrad": True}}
 REQUIRED = {"momentum": ("momentum",), "nesterov": ("momentum",)}  # no framework has a non-zero default
@@ -71,7 +74,8 @@ def hyperparameters(
     and the case's learning-rate schedule, if any, as "schedule"."""
     check_hyperparameters(rule, given)
     if rule not in declared.defaults:
-        raise ValueError(f"update.rule: {framework} declares no native optimizer for {rule!r}")
+        why = f": {declared.absent[rule]}" if rule in declared.absent else ""
+        raise ValueError(f"update.rule: {framework} declares no native optimizer for {rule!r}{why}")
     complete = {**declared.defaults[rule], **given, **FORCED.get(rule, {})}
     missing = [name for name in RULE_HYPERPARAMETERS[base_rule(rule)] if name not in complete]
     if missing:
@@ -126,6 +130,15 @@ SWITCH_MEANINGS: dict[str, dict[str, str]] = {
         "inside_max": "the infinity norm takes eps in: u = max(beta2 * u, |g| + eps), step m_hat / u",
         "outside_max": "u = max(beta2 * u, |g|), step m_hat / (u + eps)",
     },
+    "radam_eps": {
+        "sqrt_v_hat": "the rectified step is r_t m_hat / (sqrt(v_hat) + eps)",
+        "sqrt_v": "the rectified step is r_t m_hat sqrt(1 - beta2^t) / (sqrt(v) + eps), i.e. eps / sqrt(1 - beta2^t) "
+        "in terms of v_hat: much larger for small t",
+    },
+    "radam_threshold": {
+        "above": "the rectified step once rho_t > 5, m_hat alone before",
+        "from": "the rectified step once rho_t >= 5, m_hat alone before",
+    },
     "clip_norm_eps": {
         "exact": "clip_norm scales the gradients by min(1, clip_norm / norm)",
         "norm_plus_1e-6": "clip_norm scales the gradients by min(1, clip_norm / (norm + 1e-6)): a clipped norm "
@@ -134,8 +147,8 @@ SWITCH_MEANINGS: dict[str, dict[str, str]] = {
     "hyperparameter_precision": {
         "as_given": "hyperparameters enter the arithmetic as the Python floats given",
         "float32_casts": "a float64 run uses float32-rounded lr (held in a floatx variable), weight_decay, SGD's "
-        "momentum, Adagrad's initial accumulator, the betas of Adam's bias corrections and of Nadam's whole step, "
-        "and Nadam's 0.96 (each "
+        "momentum, Adagrad's initial accumulator, the betas of Adam's bias corrections and of Nadam's and Lion's "
+        "whole step, and Nadam's 0.96 (each "
         "passes through ops.cast(python_float, dtype), which makes a float32 tensor first); "
         "1 - beta2 in float32 is off by 1.3e-5 relative, so early Adam steps move by ~1e-5",
     },
@@ -154,6 +167,8 @@ RULE_SWITCHES = {
     "adamax": ("adamax_eps", "weight_decay", *_EVERY_RULE),
     "adadelta": ("weight_decay", *_EVERY_RULE),  # the same formula in torch, Keras and optax
     "nadam": ("nadam_momentum", "nadam_mu_product", "weight_decay", *_EVERY_RULE),
+    "radam": ("radam_eps", "radam_threshold", "weight_decay", *_EVERY_RULE),
+    "lion": _EVERY_RULE,  # decoupled weight decay in every framework
 }
 
 
@@ -171,6 +186,8 @@ class UpdateSwitches:
     adamax_eps: str = "inside_max"
     nadam_momentum: str = "schedule"
     nadam_mu_product: str = "dtype"
+    radam_eps: str = "sqrt_v_hat"
+    radam_threshold: str = "from"
     clip_norm_eps: str = "exact"
     cosine_after_decay: str = "hold"
     piecewise_boundary: str = "from_boundary"
@@ -193,8 +210,8 @@ class UpdateSwitches:
 
 
 def defaults_by_rule(**by_base: dict) -> dict[str, dict]:
-    """A framework's defaults for every rule, from those of the base rules (aliases set their flag)."""
-    return {rule: {**by_base[base_rule(rule)], **FORCED.get(rule, {})} for rule in RULES}
+    """A framework's defaults for every rule it has, from those of the base rules (aliases set their flag)."""
+    return {rule: {**by_base[base_rule(rule)], **FORCED.get(rule, {})} for rule in RULES if base_rule(rule) in by_base}
 
 
 ADAM_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "amsgrad": False}  # the same in torch, Keras and optax
@@ -210,6 +227,7 @@ class OptimizerDeclaration:
     switches: UpdateSwitches
     defaults: dict[str, dict[str, float | bool]]
     defaults_source: dict[str, Citation]
+    absent: dict[str, str] = field(default_factory=dict)  # rule -> why the framework has no native optimizer for it
 
 
 # ---------------------------------------------------------------------------------------------------- the rules
@@ -247,6 +265,10 @@ def _initial_slots(rule: str, hyper: Hyper, switches: UpdateSwitches) -> dict[st
         return {"square_avg": 0.0, "acc_delta": 0.0}
     if rule == "nadam":
         return {"exp_avg": 0.0, "exp_avg_sq": 0.0, "mu_product": 1.0}
+    if rule == "radam":
+        return {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+    if rule == "lion":
+        return {"exp_avg": 0.0}
     return {"sum": _precision(hyper["initial_accumulator"], switches)}
 
 
@@ -280,19 +302,51 @@ def step(
                         new_state["mu_product"][name], hyper, switches, count
                     )
             continue
-        g = np.zeros_like(new_params[name]) if gradient is None else np.asarray(gradient, dtype=np.float64)
-        p = new_params[name]
-        slots = {slot: values[name] for slot, values in new_state.items() if name in values}
-        slots["step"] = slots["step"] + 1
-        weight_decay = _precision(hyper["weight_decay"], switches)
-        if rule == "adamw" or switches.weight_decay == "decoupled":
-            p = p - lr * weight_decay * p
-        else:
-            g = g + weight_decay * p
+        p, g, slots = _prepared(rule, hyper, switches, lr, new_params[name], gradient, new_state, name)
         new_params[name] = _RULES[rule](p, g, lr, hyper, switches, slots)
         for slot, value in slots.items():
             new_state[slot][name] = value
     return new_params, new_state
+
+
+def _prepared(rule, hyper, switches, lr, p, gradient, state, name):
+    """A variable's parameter and gradient after weight decay (decoupled or L2), and its slots with the step counted:
+    what the rule's own formula starts from."""
+    g = np.zeros_like(p) if gradient is None else np.asarray(gradient, dtype=np.float64)
+    slots = {slot: values[name] for slot, values in state.items() if name in values}
+    slots["step"] = slots["step"] + 1
+    weight_decay = _precision(hyper["weight_decay"], switches)
+    if rule in DECOUPLED or switches.weight_decay == "decoupled":
+        return p - lr * weight_decay * p, g, slots
+    return p, g + weight_decay * p, slots
+
+
+def branch_allowance(
+    rule: str,
+    hyper: Hyper,
+    switches: UpdateSwitches,
+    params: Mapping[str, np.ndarray],
+    grads: Mapping[str, np.ndarray | None],
+    state: State,
+    iteration: int,
+    u: float,
+    u_scalars: float,
+) -> dict[str, np.ndarray]:
+    """How far a framework's step may lie from `step`'s beyond the roundings of its arithmetic, where the rule
+    branches on a computed value (Lion's sign, RAdam's rectification threshold) or amplifies a scalar's rounding
+    (RAdam's rho_t): 0 for the other rules. `u` is the unit roundoff of the tensors' arithmetic, `u_scalars` that of
+    the framework's step counts and decay powers (double precision where it keeps Python floats)."""
+    rule = base_rule(rule)
+    allowance = {name: np.zeros(np.shape(value)) for name, value in params.items()}
+    if rule not in _BRANCHES:
+        return allowance
+    grads, lr = clipped(grads, hyper, switches), _precision(scheduled_lr(hyper, switches, iteration), switches)
+    for name in params:
+        if grads.get(name) is None and switches.no_gradient != "zero":
+            continue
+        _, g, slots = _prepared(rule, hyper, switches, lr, np.asarray(params[name]), grads.get(name), state, name)
+        allowance[name] = lr * _BRANCHES[rule](g, hyper, switches, slots, u, u_scalars)
+    return allowance
 
 
 def scheduled_lr(hyper: Hyper, switches: UpdateSwitches, iteration: int) -> float:
@@ -356,10 +410,14 @@ def _sgd(p, g, lr, hyper, switches, slots):
     return p + change
 
 
-def _adam(p, g, lr, hyper, switches, slots):
-    beta1, beta2, eps, t = float(hyper["beta1"]), float(hyper["beta2"]), float(hyper["eps"]), int(slots["step"])
+def _adam_moments(slots: dict, g: np.ndarray, beta1: float, beta2: float) -> None:
     slots["exp_avg"] = beta1 * slots["exp_avg"] + (1 - beta1) * g
     slots["exp_avg_sq"] = beta2 * slots["exp_avg_sq"] + (1 - beta2) * g * g
+
+
+def _adam(p, g, lr, hyper, switches, slots):
+    beta1, beta2, eps, t = float(hyper["beta1"]), float(hyper["beta2"]), float(hyper["eps"]), int(slots["step"])
+    _adam_moments(slots, g, beta1, beta2)
     correction1 = 1 - _precision(beta1, switches) ** t
     correction2 = 1 - _precision(beta2, switches) ** t
     v = slots["exp_avg_sq"]
@@ -416,8 +474,7 @@ def _nadam(p, g, lr, hyper, switches, slots):
     # Keras casts the betas and 0.96 to the variable's dtype (through float32) for the step, moments included
     beta1, beta2 = _precision(hyper["beta1"], switches), _precision(hyper["beta2"], switches)
     eps, t = float(hyper["eps"]), int(slots["step"])
-    slots["exp_avg"] = beta1 * slots["exp_avg"] + (1 - beta1) * g
-    slots["exp_avg_sq"] = beta2 * slots["exp_avg_sq"] + (1 - beta2) * g * g
+    _adam_moments(slots, g, beta1, beta2)
     denominator = np.sqrt(slots["exp_avg_sq"] / (1 - beta2**t)) + eps
     if switches.nadam_momentum == "constant":
         return (
@@ -440,6 +497,92 @@ def _nadam_product(product: np.ndarray, hyper: Hyper, switches: UpdateSwitches, 
     return np.asarray(product * mu, dtype=np.float64)
 
 
+def radam_rho(beta2: float, t: int) -> float:
+    """rho_t, the length of the simple moving average that Adam's exponential one approximates after t steps
+    (Liu et al. 2020, eq. 7): rho_inf - 2 t beta2^t / (1 - beta2^t), rho_inf = 2 / (1 - beta2) - 1."""
+    return 2 / (1 - beta2) - 1 - 2 * t * beta2**t / (1 - beta2**t)
+
+
+def _rectification(beta2: float, rho: float) -> float:
+    """r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t)), 0 where rho_t <= 4."""
+    rho_inf = 2 / (1 - beta2) - 1
+    return float(np.sqrt(max((rho - 4) * (rho - 2), 0.0) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)))
+
+
+def _rectifies(beta2: float, t: int, switches: UpdateSwitches) -> bool:
+    rho = radam_rho(beta2, t)
+    return rho > 5 if switches.radam_threshold == "above" else rho >= 5
+
+
+def _radam_direction(hyper: Hyper, switches: UpdateSwitches, slots: dict, rectified: bool) -> np.ndarray:
+    """m_hat, or once rho_t passes the threshold m_hat times r_t over the adaptive denominator (`radam_eps`)."""
+    beta1, beta2, eps, t = float(hyper["beta1"]), float(hyper["beta2"]), float(hyper["eps"]), int(slots["step"])
+    m_hat = slots["exp_avg"] / (1 - beta1**t)
+    if not rectified:
+        return m_hat
+    r, correction2, v = _rectification(beta2, radam_rho(beta2, t)), 1 - beta2**t, slots["exp_avg_sq"]
+    if switches.radam_eps == "sqrt_v":
+        return m_hat * r * np.sqrt(correction2) / (np.sqrt(v) + eps)
+    return m_hat * r / (np.sqrt(v / correction2) + eps)
+
+
+def _radam(p, g, lr, hyper, switches, slots):
+    beta2 = float(hyper["beta2"])
+    _adam_moments(slots, g, float(hyper["beta1"]), beta2)
+    return p - lr * _radam_direction(hyper, switches, slots, _rectifies(beta2, int(slots["step"]), switches))
+
+
+def _rho_error(beta2: float, t: int, u: float) -> float:
+    """A bound on the error of rho_t computed at unit roundoff u from beta2 rounded to it: beta2^t is off by (t + 2) u
+    relative (beta2's rounding t times, pow's within two ulps), 1 - beta2^t then by beta2^t (t + 2) u / (1 - beta2^t)
+    + u, their quotient times 2 t by the sum and three more, and rho_inf - that quotient, a cancellation of two
+    numbers near rho_inf, by u (rho_inf + |rho_t|) more. For beta2 = 0.999 in float32 this is 0.16 at t = 6."""
+    q = beta2**t
+    power = (t + 2) * u
+    quotient = 2 * t * q / (1 - q)
+    return quotient * (power + q * power / (1 - q) + 4 * u) + u * (2 / (1 - beta2) - 1 + abs(radam_rho(beta2, t)))
+
+
+def _radam_branch(g, hyper, switches, slots, u, u_scalars):
+    """r_t's spread over rho_t's error (r_t grows with rho_t), and both branches where that error reaches 5."""
+    slots, beta2 = dict(slots), float(hyper["beta2"])
+    _adam_moments(slots, g, float(hyper["beta1"]), beta2)
+    t = int(slots["step"])
+    rho, error = radam_rho(beta2, t), _rho_error(beta2, t, u_scalars)
+    rectified = _radam_direction(hyper, switches, slots, True)
+    allowance = np.zeros_like(rectified)
+    if _rectifies(beta2, t, switches):
+        r = _rectification(beta2, rho)
+        spread = max(abs(_rectification(beta2, rho + sign * error) / r - 1) for sign in (1.0, -1.0))
+        allowance = allowance + (spread + 8 * u_scalars) * np.abs(rectified)
+    if abs(rho - 5) <= error:
+        allowance = allowance + np.abs(rectified - _radam_direction(hyper, switches, slots, False))
+    return allowance
+
+
+def _lion_interpolation(g, hyper, switches, slots) -> tuple[np.ndarray, float]:
+    beta1 = _precision(hyper["beta1"], switches)  # Keras casts beta_1 and beta_2, then computes 1 - beta there
+    return beta1 * slots["exp_avg"] + (1 - beta1) * g, beta1
+
+
+def _lion(p, g, lr, hyper, switches, slots):
+    interpolation, _ = _lion_interpolation(g, hyper, switches, slots)
+    beta2 = _precision(hyper["beta2"], switches)
+    slots["exp_avg"] = beta2 * slots["exp_avg"] + (1 - beta2) * g
+    return p - lr * np.sign(interpolation)
+
+
+def _lion_branch(g, hyper, switches, slots, u, u_scalars):
+    """Where beta1 m + (1 - beta1) g is within its rounding of 0 (two products, a sum, and 1 - beta1 from a beta1
+    rounded to the dtype, off by beta1 / (1 - beta1) u), the sign may come out either way: a step of up to 2 lr."""
+    interpolation, beta1 = _lion_interpolation(g, hyper, switches, slots)
+    terms = np.abs(beta1 * slots["exp_avg"]) + np.abs((1 - beta1) * g)
+    error = (3 + beta1 / (1 - beta1)) * u * terms
+    return np.where((np.abs(interpolation) <= error) & (error > 0), 2.0, 0.0)
+
+
+_BRANCHES = {"radam": _radam_branch, "lion": _lion_branch}
+
 _RULES = {
     "sgd": _sgd,
     "adam": _adam,
@@ -449,6 +592,8 @@ _RULES = {
     "adamax": _adamax,
     "adadelta": _adadelta,
     "nadam": _nadam,
+    "radam": _radam,
+    "lion": _lion,
 }
 
 
@@ -456,11 +601,13 @@ _RULES = {
 
 
 class Difference(NamedTuple):
-    """One reason two frameworks' updates differ, with where each documents its side."""
+    """One reason two frameworks' updates differ, with where each documents its side: a switch, or a default
+    (`switch` then names the hyperparameter, which may share a switch's name: weight_decay)."""
 
     switch: str
     text: str
     citations: tuple[Citation, ...]
+    default: bool = False
 
 
 def _matters(switch: str, rule: str, hyper: Hyper) -> bool:
@@ -517,5 +664,5 @@ def explain_defaults(
             continue
         text = f"default {name}: {value_a} in {framework_a} vs {value_b} in {framework_b}"
         sources = (declared_a.defaults_source[base_rule(rule)], declared_b.defaults_source[base_rule(rule)])
-        differences.append(Difference(name, text, sources))
+        differences.append(Difference(name, text, sources, default=True))
     return differences

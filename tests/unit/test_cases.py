@@ -176,7 +176,7 @@ INVALID = {
     "non-scalar loss": (tensors("a @ w"), "loss.expr"),
     "loss using no variable": (tensors("sum(a)"), "loss.expr"),
     "loss not a string": ("[variables.x]\nvalue = 1.0\n[loss]\nexpr = 3\n", "loss.expr"),
-    "unknown rule": (scalar_with(extra='[update]\nrule = "lion"\n'), "update.rule"),
+    "unknown rule": (scalar_with(extra='[update]\nrule = "adafactor"\n'), "update.rule"),
     "no rule": (scalar_with(extra="[update]\nlr = 0.1\n"), "update.rule"),
     "steps zero": (scalar_with(extra='[update]\nrule = "sgd"\nsteps = 0\n'), "update.steps"),
     "unknown hyperparameter": (

@@ -277,9 +277,13 @@ def test_hyperparameters_that_do_not_fit(rule, given, problem):
 
 
 def test_every_switch_of_every_framework_is_cited():
-    for framework, switches in ((framework, declared.switches) for framework, declared in DECLARED.items()):
+    """Every switch of a rule the framework has (Keras has no RAdam, so no radam_eps to cite)."""
+    for framework, declared in DECLARED.items():
+        rules = {ref.base_rule(rule) for rule in declared.defaults}
         for name in ref.UpdateSwitches.names():
-            citation = switches.citations[name]
+            if not any(name in ref.RULE_SWITCHES[rule] for rule in rules):
+                continue
+            citation = declared.switches.citations[name]
             assert citation.url.startswith("https://github.com/") and ".py" in citation.text, (framework, name)
 
 
@@ -357,6 +361,17 @@ START = {"w": [2.0, -1.5], "b": 0.5}
 # Shrinking gradients, so that amsgrad's running maximum stays at an early step, where it matters which v it keeps.
 DENSE = [{"w": [6.0, -12.0], "b": 2.0}, {"w": [0.5, 3.0], "b": -1.0}, {"w": [0.25, -0.1], "b": 0.3}]
 GAP = [{"w": [6.0, -12.0], "b": 2.0}, {"w": [0.5, 3.0], "b": None}, {"w": [0.25, -0.1], "b": 0.3}]
+# RAdam takes its first rectified step at t = 6 at the earliest (rho_t < t): eight steps
+LONG = DENSE + [
+    {"w": [1.0, 2.0], "b": -0.5},
+    {"w": [-0.3, 0.7], "b": 0.2},
+    {"w": [2.0, -1.0], "b": 1.0},
+    {"w": [0.1, 0.4], "b": -0.2},
+    {"w": [-1.5, 0.5], "b": 0.6},
+]
+LONG_GAP = GAP + LONG[3:]
+# rho_6 = 5.0 exactly, in Python floats (torch) and in float64 jax (optax): torch's rho_t > 5 waits a step longer
+RHO_6_AT_THRESHOLD = 0.8397685748659791
 
 
 def _configs():
@@ -399,11 +414,18 @@ def _configs():
         ("nadam", {"lr": 0.01, "beta1": 0.8, "beta2": 0.99, "eps": 1e-3}, "betas-eps"),
         ("nadam", {"lr": 0.1, "momentum_decay": 0.5}, "momentum_decay"),
         ("nadam", {"lr": 0.1, "weight_decay": 0.3}, "weight_decay"),
+        ("radam", {"lr": 0.1}, "lr"),
+        ("radam", {"lr": 0.01, "beta1": 0.8, "beta2": 0.9, "eps": 1e-3}, "betas-eps"),
+        ("radam", {"lr": 0.1, "beta2": 0.95, "weight_decay": 0.3}, "weight_decay"),
+        ("lion", {"lr": 0.1}, "lr"),
+        ("lion", {"lr": 0.01, "beta1": 0.5, "beta2": 0.9, "weight_decay": 0.3}, "betas-weight_decay"),
     ]
     for rule, given, desc in table:
-        yield pytest.param(rule, given, f"{rule}-{desc}", DENSE, id=f"{rule}-{desc}")
-    for rule, given, desc in [table[i] for i in (3, 8, 11, 18, 21, 22, 25, 27, 31, 34)]:
-        yield pytest.param(rule, given, f"{rule}-{desc}", GAP, id=f"{rule}-{desc}-no-gradient")
+        gradients = LONG if rule in ("radam", "lion") else DENSE
+        yield pytest.param(rule, given, f"{rule}-{desc}", gradients, id=f"{rule}-{desc}")
+    for rule, given, desc in [table[i] for i in (3, 8, 11, 18, 21, 22, 25, 27, 31, 34, 37, 39)]:
+        gradients = LONG_GAP if rule in ("radam", "lion") else GAP
+        yield pytest.param(rule, given, f"{rule}-{desc}", gradients, id=f"{rule}-{desc}-no-gradient")
 
 
 NOT_APPLICABLE = {
@@ -414,6 +436,8 @@ NOT_APPLICABLE = {
     ("jax", "momentum-clip_norm_per_variable"),
     ("tensorflow", "nadam-momentum_decay"),
     ("jax", "nadam-momentum_decay"),
+    *(("tensorflow", f"radam-{desc}") for desc in ("lr", "betas-eps", "weight_decay")),
+    *(("torch", f"lion-{desc}") for desc in ("lr", "betas-weight_decay")),
 }
 
 
@@ -504,12 +528,21 @@ PROBES = {  # a case where each switch changes the parameters or the state
     "adamax_eps": ("adamax", {"lr": 0.1, "eps": 0.5}, DENSE),
     "nadam_momentum": ("nadam", {"lr": 0.1}, DENSE),
     "nadam_mu_product": ("nadam", {"lr": 0.1}, DENSE),
+    "radam_eps": ("radam", {"lr": 0.1, "beta2": 0.9, "eps": 0.5}, LONG),
+    "radam_threshold": ("radam", {"lr": 0.1, "beta2": RHO_6_AT_THRESHOLD}, LONG),
 }
 
 
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")
-@pytest.mark.parametrize("framework", ["torch", "tensorflow", "jax"])
-@pytest.mark.parametrize("switch", list(PROBES))
+@pytest.mark.parametrize(
+    "framework, switch",
+    [
+        (framework, switch)
+        for switch, (rule, _, _) in PROBES.items()
+        for framework in ("torch", "tensorflow", "jax")
+        if rule in DECLARED[framework].defaults  # a framework without the rule has no value to measure
+    ],
+)
 def test_every_switch_value_is_needed(framework, switch):
     """Setting any other value of a framework's switch loses agreement: the switches are measured, not guessed."""
     rule, given, gradients = PROBES[switch]

@@ -72,6 +72,17 @@ def test_documented_formulas_explain_the_gap():
     assert "eps" in result.explanation and result.citation
 
 
+@pytest.mark.parametrize("rule", ["adamw", "lion"])
+def test_a_default_weight_decay_explains_the_gap(rule):
+    """A hyperparameter that shares its name with a switch (weight_decay) is flipped as a default, not as the switch:
+    AdamW's default decay is 1e-2 in torch and 1e-4 in optax, Lion's 0 in Keras and 1e-3 in optax."""
+    given = {"lr": 0.1}
+    other = "torch" if rule == "adamw" else "tensorflow"
+    result = verdict(rule, given, side(other, rule, given), side("jax", rule, given))
+    assert result.outcome == "divergent", result
+    assert "default weight_decay" in result.explanation
+
+
 @pytest.mark.parametrize("fault", [{"gradient_scale": SCALE}, {"step_scale": SCALE}])
 @pytest.mark.parametrize("faulty", ["mine", "theirs"])
 def test_a_wrong_backend_is_never_explained_nor_agreeing(fault, faulty):

@@ -197,3 +197,72 @@ def test_a_float32_norm_clip_is_within_its_derived_roundings(framework, size):
         worst = max(worst, relative)
     if size > 1:  # one element is clipped to sign * threshold, exactly in optax
         assert worst > allowed / (4 * size + 16)  # at least a few roundings of the count are real
+
+
+def test_radam_rho_error_covers_a_float32_rho():
+    """rho_t computed as optax's scale_by_radam computes it in a float32 run (b2 ** count of an int32 count, so b2
+    rounded to float32; rho_inf a Python float) lies within `_rho_error` of the float64 rho_t, for beta2 from 0.9 to
+    0.9999 and t up to 60; and the bound is not vacuous: the worst error is a sizeable share of it."""
+    jnp = pytest.importorskip("jax.numpy")
+    u, worst = update_properties.unit_roundoff("float32"), 0.0
+    for beta2 in (0.9, 0.95, 0.99, 0.995, 0.999, 0.9999):
+        ro_inf = 2.0 / (1.0 - beta2) - 1.0
+        for t in range(1, 61):
+            count = jnp.asarray(t, jnp.int32)
+            b2t = beta2**count
+            computed = float(ro_inf - 2 * count * b2t / (1 - b2t))
+            error, bound = abs(computed - optimizers.radam_rho(beta2, t)), optimizers._rho_error(beta2, t, u)
+            assert error <= bound, (beta2, t, error, bound)
+            worst = max(worst, error / bound)
+    assert worst > 0.1
+
+
+def _radam_run(gradients: list[float], lr: float = 0.01) -> UpdateRun:
+    """A float64 run of torch's RAdam formulas on a scalar, from given gradients."""
+    hyper = optimizers.hyperparameters("radam", "torch", DECLARED["torch"], {"lr": lr})
+    params = {"w": np.array(1.0)}
+    state, values = optimizers.init("radam", hyper, DECLARED["torch"].switches, params), [params]
+    for g in gradients:
+        params, state = optimizers.step("radam", hyper, DECLARED["torch"].switches, params, {"w": np.array(g)}, state)
+        values.append(params)
+    return hyper, UpdateRun(values=values, gradients=[{"w": np.array(g)} for g in gradients], state={})
+
+
+def test_radam_step_near_the_threshold_allows_either_branch_only_where_rho_is_uncertain():
+    """At beta2 = 0.999, rho_5 = 4.996: with rho_t in float32 (optax) step 5 may take either branch, so its bound
+    holds both; with rho_t in Python floats (torch) it does not, and neither does step 6 (rho_6 = 5.994)."""
+    hyper, run = _radam_run([1.0, -0.5, 0.8, 0.3, -0.2, 0.6])
+    switches = DECLARED["torch"].switches
+    rho_5 = optimizers.radam_rho(0.999, 5)
+    assert 4.99 < rho_5 < 5
+    state = optimizers.init("radam", hyper, switches, run.values[0])
+    for k in range(4):
+        _, state = optimizers.step("radam", hyper, switches, run.values[k], run.gradients[k], state, iteration=k)
+    moments = {slot: dict(by_name) for slot, by_name in state.items()}
+    _, after = optimizers.step("radam", hyper, switches, run.values[4], run.gradients[4], moments, iteration=4)
+    slots = {slot: by_name["w"] for slot, by_name in after.items()}
+    rectified, plain = (optimizers._radam_direction(hyper, switches, slots, branch) for branch in (True, False))
+    branches = abs(0.01 * (rectified - plain))
+    _, in_dtype, *_ = update_properties.step_by_step("radam", hyper, switches, run, "float32", True)
+    _, in_python, *_ = update_properties.step_by_step("radam", hyper, switches, run, "float32", False)
+    assert in_dtype[4]["w"] >= branches > 1e-3
+    assert in_python[4]["w"] < 1e-3 * branches  # float32 roundings of the step alone
+    assert in_dtype[5]["w"] < 0.1 * 0.01  # step 6: r_t's spread only, a few percent of the step
+
+
+def test_lion_sign_near_zero_allows_either_sign():
+    """Lion's step is lr sign(beta1 m + (1 - beta1) g): exact, but where that sum is within its rounding of 0 the
+    sign may come out either way, and the bound is then 2 lr."""
+    hyper = optimizers.hyperparameters("lion", "tensorflow", DECLARED["tensorflow"], {"lr": 0.01})
+    switches = DECLARED["tensorflow"].switches
+    beta1 = float(np.float32(0.9))  # as Keras casts it
+    m1 = (1 - float(np.float32(0.99))) * 1.0  # the momentum after a first gradient of 1
+    cancelling = -beta1 * m1 / (1 - beta1)  # the second gradient that brings the sum to 0
+    for g2, near in ((cancelling, True), (cancelling * (1 + 1e-3), False)):
+        gradients = [{"w": np.array(1.0)}, {"w": np.array(g2)}]
+        values = [{"w": np.array(1.0)}, {"w": np.array(0.99)}, {"w": np.array(0.99)}]
+        _, bounds, *_ = update_properties.step_by_step(
+            "lion", hyper, switches, UpdateRun(values, gradients, state={}), "float32"
+        )
+        assert (bounds[1]["w"] >= 2 * 0.01) == near, (g2, bounds[1]["w"])
+        assert bounds[0]["w"] < 1e-5
