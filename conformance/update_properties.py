@@ -104,9 +104,21 @@ def step_by_step(rule: str, hyper: dict, switches, run: UpdateRun, dtype: str, d
     elements = sum(np.size(value) for value in run.values[0].values())
     schedule_u = schedule_unit_roundoff(hyper, switches, dtype)
     offset_state = absolute_state  # the absolute run with each step's learning rate raised by its schedule's error
-    u_scalars = u if decay_rates_in_dtype else unit_roundoff("float64")
+    scalars_dtype = dtype if decay_rates_in_dtype else "float64"
     for k, (values, gradients) in enumerate(zip(run.values, run.gradients, strict=False)):
-        branches = optimizers.branch_allowance(rule, hyper, switches, values, gradients, state, k, u, u_scalars)
+        carried = {  # how far the framework's state may lie from the reference's after k steps (matches_reference)
+            slot: {
+                name: step_roundings(hyper, k, decay_rates_in_dtype, elements)
+                * u
+                * np.maximum(np.abs(absolute_state[slot][name]), np.abs(value))
+                for name, value in by_name.items()
+            }
+            for slot, by_name in state.items()
+            if slot != "step"
+        }
+        branches = optimizers.branch_allowance(
+            rule, hyper, switches, values, gradients, state, k, u, carried, scalars_dtype
+        )
         following, state = optimizers.step(rule, hyper, switches, values, gradients, state, iteration=k)
         magnitudes = _absolute(values)
         absolute_following, absolute_state = _absolute_step(

@@ -330,12 +330,14 @@ def branch_allowance(
     state: State,
     iteration: int,
     u: float,
-    u_scalars: float,
+    carried: State,
+    scalars_dtype: str,
 ) -> dict[str, np.ndarray]:
     """How far a framework's step may lie from `step`'s beyond the roundings of its arithmetic, where the rule
     branches on a computed value (Lion's sign, RAdam's rectification threshold) or amplifies a scalar's rounding
-    (RAdam's rho_t): 0 for the other rules. `u` is the unit roundoff of the tensors' arithmetic, `u_scalars` that of
-    the framework's step counts and decay powers (double precision where it keeps Python floats)."""
+    (RAdam's rho_t): 0 for the other rules. `u` is the unit roundoff of the tensors' arithmetic, `carried` bounds
+    how far the framework's state may lie from `state` (slot -> name -> array), and `scalars_dtype` is the dtype of
+    the framework's decay powers ("float64" where it keeps Python floats)."""
     rule = base_rule(rule)
     allowance = {name: np.zeros(np.shape(value)) for name, value in params.items()}
     if rule not in _BRANCHES:
@@ -345,7 +347,8 @@ def branch_allowance(
         if grads.get(name) is None and switches.no_gradient != "zero":
             continue
         _, g, slots = _prepared(rule, hyper, switches, lr, np.asarray(params[name]), grads.get(name), state, name)
-        allowance[name] = lr * _BRANCHES[rule](g, hyper, switches, slots, u, u_scalars)
+        off = {slot: by_name[name] for slot, by_name in carried.items() if name in by_name}
+        allowance[name] = lr * _BRANCHES[rule](g, hyper, switches, slots, off, u, scalars_dtype)
     return allowance
 
 
@@ -503,24 +506,30 @@ def radam_rho(beta2: float, t: int) -> float:
     return 2 / (1 - beta2) - 1 - 2 * t * beta2**t / (1 - beta2**t)
 
 
+def rho_with_power_in(beta2: float, t: int, dtype: str) -> float:
+    """rho_t, exactly, as a framework forms it with beta2^t in `dtype`: rho_inf from the Python float, the power from
+    beta2 rounded to `dtype` (optax's b2 ** count of an int32 count, float32 in float32 runs)."""
+    power = float(np.asarray(beta2, dtype)) ** t
+    return 2 / (1 - beta2) - 1 - 2 * t * power / (1 - power)
+
+
 def _rectification(beta2: float, rho: float) -> float:
     """r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t)), 0 where rho_t <= 4."""
     rho_inf = 2 / (1 - beta2) - 1
     return float(np.sqrt(max((rho - 4) * (rho - 2), 0.0) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)))
 
 
-def _rectifies(beta2: float, t: int, switches: UpdateSwitches) -> bool:
-    rho = radam_rho(beta2, t)
+def _passes(rho: float, switches: UpdateSwitches) -> bool:
     return rho > 5 if switches.radam_threshold == "above" else rho >= 5
 
 
-def _radam_direction(hyper: Hyper, switches: UpdateSwitches, slots: dict, rectified: bool) -> np.ndarray:
-    """m_hat, or once rho_t passes the threshold m_hat times r_t over the adaptive denominator (`radam_eps`)."""
+def _radam_direction(hyper: Hyper, switches: UpdateSwitches, slots: dict, rho: float) -> np.ndarray:
+    """m_hat, or where rho passes the threshold m_hat times r(rho) over the adaptive denominator (`radam_eps`)."""
     beta1, beta2, eps, t = float(hyper["beta1"]), float(hyper["beta2"]), float(hyper["eps"]), int(slots["step"])
     m_hat = slots["exp_avg"] / (1 - beta1**t)
-    if not rectified:
+    if not _passes(rho, switches):
         return m_hat
-    r, correction2, v = _rectification(beta2, radam_rho(beta2, t)), 1 - beta2**t, slots["exp_avg_sq"]
+    r, correction2, v = _rectification(beta2, rho), 1 - beta2**t, slots["exp_avg_sq"]
     if switches.radam_eps == "sqrt_v":
         return m_hat * r * np.sqrt(correction2) / (np.sqrt(v) + eps)
     return m_hat * r / (np.sqrt(v / correction2) + eps)
@@ -529,35 +538,34 @@ def _radam_direction(hyper: Hyper, switches: UpdateSwitches, slots: dict, rectif
 def _radam(p, g, lr, hyper, switches, slots):
     beta2 = float(hyper["beta2"])
     _adam_moments(slots, g, float(hyper["beta1"]), beta2)
-    return p - lr * _radam_direction(hyper, switches, slots, _rectifies(beta2, int(slots["step"]), switches))
+    return p - lr * _radam_direction(hyper, switches, slots, radam_rho(beta2, int(slots["step"])))
 
 
 def _rho_error(beta2: float, t: int, u: float) -> float:
-    """A bound on the error of rho_t computed at unit roundoff u from beta2 rounded to it: beta2^t is off by (t + 2) u
-    relative (beta2's rounding t times, pow's within two ulps), 1 - beta2^t then by beta2^t (t + 2) u / (1 - beta2^t)
-    + u, their quotient times 2 t by the sum and three more, and rho_inf - that quotient, a cancellation of two
-    numbers near rho_inf, by u (rho_inf + |rho_t|) more. For beta2 = 0.999 in float32 this is 0.16 at t = 6."""
-    q = beta2**t
-    power = (t + 2) * u
+    """A bound on the error of rho_t computed at unit roundoff u from a beta2 exact there: beta2^t is off by (t + 2) u
+    relative (XLA's float32 pow of a scalar errs more as t grows, 22 ulps at t = 200, as t - 1 multiplications
+    would), 1 - beta2^t then by that times beta2^t / (1 - beta2^t) and u more, their quotient times 2 t by the sum
+    and three more, and rho_inf - that quotient, a cancellation of two numbers near rho_inf, by u (rho_inf +
+    |rho_t|) more. For beta2 = 0.999 in float32 this is 0.16 at t = 6."""
+    q, power = beta2**t, (t + 2) * u
     quotient = 2 * t * q / (1 - q)
-    return quotient * (power + q * power / (1 - q) + 4 * u) + u * (2 / (1 - beta2) - 1 + abs(radam_rho(beta2, t)))
+    return quotient * (power + power * q / (1 - q) + 4 * u) + u * (2 / (1 - beta2) - 1 + abs(radam_rho(beta2, t)))
 
 
-def _radam_branch(g, hyper, switches, slots, u, u_scalars):
-    """r_t's spread over rho_t's error (r_t grows with rho_t), and both branches where that error reaches 5."""
+def _radam_branch(g, hyper, switches, slots, carried, u, scalars_dtype):
+    """The step at every rho_t the framework may compute: from beta2 rounded to `scalars_dtype` (optax's b2 ** count
+    in float32 runs: 0.039 below the exact rho_6 at beta2 = 0.999, 3.3 above rho_2 at 0.9999), within `_rho_error`;
+    r_t grows with rho_t, so the ends of that interval and the threshold, where it lies inside, bound the step."""
     slots, beta2 = dict(slots), float(hyper["beta2"])
     _adam_moments(slots, g, float(hyper["beta1"]), beta2)
-    t = int(slots["step"])
-    rho, error = radam_rho(beta2, t), _rho_error(beta2, t, u_scalars)
-    rectified = _radam_direction(hyper, switches, slots, True)
-    allowance = np.zeros_like(rectified)
-    if _rectifies(beta2, t, switches):
-        r = _rectification(beta2, rho)
-        spread = max(abs(_rectification(beta2, rho + sign * error) / r - 1) for sign in (1.0, -1.0))
-        allowance = allowance + (spread + 8 * u_scalars) * np.abs(rectified)
-    if abs(rho - 5) <= error:
-        allowance = allowance + np.abs(rectified - _radam_direction(hyper, switches, slots, False))
-    return allowance
+    t, u_scalars = int(slots["step"]), float(np.finfo(scalars_dtype).eps) / 2
+    centre = rho_with_power_in(beta2, t, scalars_dtype)
+    error = _rho_error(float(np.asarray(beta2, scalars_dtype)), t, u_scalars)
+    first = 5.0 if switches.radam_threshold == "from" else float(np.nextafter(5.0, 6.0))  # the first rho it passes
+    candidates = [centre - error, centre + error] + ([first] if centre - error < first <= centre + error else [])
+    own = _radam_direction(hyper, switches, slots, radam_rho(beta2, t))
+    spread = np.max([np.abs(_radam_direction(hyper, switches, slots, rho) - own) for rho in candidates], axis=0)
+    return spread + 8 * u_scalars * np.abs(own)
 
 
 def _lion_interpolation(g, hyper, switches, slots) -> tuple[np.ndarray, float]:
@@ -572,12 +580,13 @@ def _lion(p, g, lr, hyper, switches, slots):
     return p - lr * np.sign(interpolation)
 
 
-def _lion_branch(g, hyper, switches, slots, u, u_scalars):
-    """Where beta1 m + (1 - beta1) g is within its rounding of 0 (two products, a sum, and 1 - beta1 from a beta1
-    rounded to the dtype, off by beta1 / (1 - beta1) u), the sign may come out either way: a step of up to 2 lr."""
+def _lion_branch(g, hyper, switches, slots, carried, u, scalars_dtype):
+    """Where beta1 m + (1 - beta1) g is within its rounding of 0 (two products, a sum, 1 - beta1 from a beta1 rounded
+    to the dtype, off by beta1 / (1 - beta1) u, and beta1 times the momentum's own carried error), the sign may come
+    out either way: a step of up to 2 lr."""
     interpolation, beta1 = _lion_interpolation(g, hyper, switches, slots)
     terms = np.abs(beta1 * slots["exp_avg"]) + np.abs((1 - beta1) * g)
-    error = (3 + beta1 / (1 - beta1)) * u * terms
+    error = (3 + beta1 / (1 - beta1)) * u * terms + beta1 * carried.get("exp_avg", 0.0)
     return np.where((np.abs(interpolation) <= error) & (error > 0), 2.0, 0.0)
 
 
