@@ -24,7 +24,7 @@ import numpy as np
 
 from conformance.backends.base import NotApplicable
 from conformance.cases import CLIPPING, Schedule
-from conformance.reference.optimizers import FORCED, Hyper, State, base_rule, check_hyperparameters
+from conformance.reference.optimizers import DECOUPLED, FORCED, Hyper, State, base_rule, check_hyperparameters
 
 # how a reproducer imports each root name
 MODULES = {"torch": "torch", "tf": "tensorflow", "keras": "keras", "optax": "optax"}
@@ -245,7 +245,7 @@ def _optax_call(rule: str, hyper: dict) -> Call:
         raise NotApplicable(f"optax.{function} has no default learning rate, and the case gives no lr")
     if "momentum" in hyper and not hyper["momentum"]:
         del hyper["momentum"]  # None is optax's way to say no momentum; 0 would keep an idle trace in the state
-    decay = hyper.pop("weight_decay", 0.0) if rule not in ("adamw", "lion") else 0.0  # theirs are decoupled
+    decay = hyper.pop("weight_decay", 0.0) if rule not in DECOUPLED else 0.0  # theirs are their own, decoupled
     clip = _optax_clip(hyper)
     names = {**_OPTAX_NAMES, **_RHO_AS_RHO.get(rule, {})}
     kwargs = {names.get(name, name): _native_value(value) for name, value in hyper.items()}
